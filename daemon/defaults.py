@@ -1,0 +1,53 @@
+"""Named defaults, each with the reason for its value.
+
+Config models read these; nothing else in the package hard-codes a number a
+user might want to change.
+"""
+
+from __future__ import annotations
+
+# Audio files a person may drop. Matched case-insensitively on the suffix.
+AUDIO_SUFFIXES: frozenset[str] = frozenset({".mp3", ".wav", ".flac", ".ogg", ".m4a"})
+
+# Wan 2.1 image-to-video generates 4k+1 frames; 81 is its native clip length.
+CLIP_FRAMES = 81
+# Wan 2.1's native frame rate: 81 frames at 16 fps is a 5.06 s clip.
+CLIP_FPS = 16
+# Wan 2.1 I2V 480p model's native landscape size.
+VIDEO_WIDTH = 832
+VIDEO_HEIGHT = 480
+
+# Refuse songs longer than this without decoding them: a 2-hour DJ mix would
+# plan ~1,400 GPU clips, which is never what someone meant to drop.
+MAX_SONG_SECONDS = 20 * 60
+# Shorter than this there are not enough beats to estimate a tempo.
+MIN_SONG_SECONDS = 2.0
+# Beat tracking only needs the band below ~5 kHz; 22,050 Hz is librosa's
+# native rate and halves the work of a 44.1 kHz file.
+ANALYSIS_SAMPLE_RATE = 22050
+
+# A file counts as arrived when size and mtime hold still this long. Two
+# seconds covers SMB clients that pause between chunks.
+STABLE_SECONDS = 2.0
+# Native events get lost (overflow, share reconnects); a rescan finds the rest.
+RESCAN_SECONDS = 30.0
+# Polling interval on network shares, where inotify sees nothing.
+POLL_SECONDS = 1.0
+
+# How long the engine sleeps between looks at the state directories when idle.
+ENGINE_TICK_SECONDS = 0.5
+# Transient errors: attempts per stage before the run fails, and backoff bounds.
+STAGE_ATTEMPTS = 5
+BACKOFF_INITIAL_SECONDS = 2.0
+BACKOFF_MAX_SECONDS = 300.0
+# Decoding and analysis are CPU-bound; one per core is the most a 2-core box
+# can use without starving the watcher and the GPU feeders.
+CPU_WORKERS = 2
+
+# Log rotation: a month of a busy daemon fits in 10 x 10 MB.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 10
+
+THEME = "shiva"
+WRITER = "theme"
+SEED = 0
