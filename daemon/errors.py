@@ -38,7 +38,7 @@ class ConfigError(TandavaError):
         self.key = key
         self.value = value
         self.expected = expected
-        super().__init__(f"{key} = {value!r}: expected {expected}")
+        super().__init__(f"{key} = {value!r} is not valid: {expected}")
 
 
 class StoreError(TandavaError):

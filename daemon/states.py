@@ -15,12 +15,12 @@ it as an argument instead of being a fixed edge.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from daemon.errors import IllegalTransition
 
 
-class State(str, Enum):
+class State(StrEnum):
     """Where a run is. Each value is also its directory name under the state root."""
 
     INCOMING = "incoming"
@@ -32,7 +32,7 @@ class State(str, Enum):
     FAILED = "failed"
 
 
-class Event(str, Enum):
+class Event(StrEnum):
     """Something that happened to a run."""
 
     ANALYSIS_DONE = "analysis_done"

@@ -1,0 +1,210 @@
+"""Configuration: one TOML file, ``TANDAVA_…`` environment variables, and a ``.env`` file.
+
+Precedence, highest first: environment variables, then ``.env`` (beside the
+config file; meant for secrets), then ``tandava.toml``, then the defaults in
+``daemon.defaults``. Nested keys use ``__`` in the environment:
+``TANDAVA_WATCH__POLLING=always`` sets ``[watch] polling``.
+
+Relative paths resolve against the config file's folder (the working folder
+when there is no file), so a service started in ``System32`` or ``/`` finds
+the same inbox a person configured. Unknown keys are errors: a typo in a key
+would otherwise be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon import defaults
+from daemon.errors import ConfigError
+
+CONFIG_NAME = "tandava.toml"
+ENV_CONFIG = "TANDAVA_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsConfig(_Section):
+    inbox: Path = Path("inbox")
+    state_root: Path = Path("state")
+    logs: Path = Path("logs")
+    themes: Path | None = None
+
+
+class WatchConfig(_Section):
+    stable_seconds: float = Field(defaults.STABLE_SECONDS, gt=0)
+    rescan_seconds: float = Field(defaults.RESCAN_SECONDS, gt=0)
+    poll_seconds: float = Field(defaults.POLL_SECONDS, gt=0)
+    polling: Literal["auto", "always", "never"] = "auto"
+
+
+class AnalysisConfig(_Section):
+    max_song_seconds: float = Field(defaults.MAX_SONG_SECONDS, gt=0)
+    min_song_seconds: float = Field(defaults.MIN_SONG_SECONDS, ge=0)
+    sample_rate: int = Field(defaults.ANALYSIS_SAMPLE_RATE, ge=8000, le=48000)
+    writer: Literal["theme"] = defaults.WRITER
+    theme: str = defaults.THEME
+    seed: int = defaults.SEED
+    segments: Literal["dynamic"] | int = "dynamic"
+
+
+class VideoConfig(_Section):
+    width: int = Field(defaults.VIDEO_WIDTH, ge=64, le=4096)
+    height: int = Field(defaults.VIDEO_HEIGHT, ge=64, le=4096)
+    fps: int = Field(defaults.CLIP_FPS, ge=1, le=120)
+    clip_frames: int = Field(defaults.CLIP_FRAMES, ge=1)
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.clip_frames / self.fps
+
+
+class EngineConfig(_Section):
+    cpu_workers: int = Field(defaults.CPU_WORKERS, ge=1, le=64)
+    attempts: int = Field(defaults.STAGE_ATTEMPTS, ge=1)
+    backoff_initial_seconds: float = Field(defaults.BACKOFF_INITIAL_SECONDS, ge=0)
+    backoff_max_seconds: float = Field(defaults.BACKOFF_MAX_SECONDS, ge=0)
+    tick_seconds: float = Field(defaults.ENGINE_TICK_SECONDS, gt=0)
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    console: Literal["auto", "json", "pretty"] = "auto"
+    max_bytes: int = Field(defaults.LOG_MAX_BYTES, ge=1024)
+    backups: int = Field(defaults.LOG_BACKUPS, ge=0)
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one Tandava installation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TANDAVA_",
+        env_nested_delimiter="__",
+        env_file_encoding="utf-8",
+        extra="forbid",
+    )
+
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    # Where the configuration came from; set by load_settings, never by a user.
+    config_file: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _KnownKeysOnly(settings_cls, dotenv_settings),
+            TomlConfigSettingsSource(settings_cls),
+        )
+
+
+class _KnownKeysOnly(PydanticBaseSettingsSource):
+    """A ``.env`` also holds other programs' secrets (``GOOGLE_API_KEY``); only our keys count."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.inner().items() if k in self.settings_cls.model_fields}
+
+
+def find_config_file(explicit: Path | None = None, *, cwd: Path | None = None) -> Path | None:
+    """The config file to use: ``--config``, then ``$TANDAVA_CONFIG``, then ``./tandava.toml``."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(ENV_CONFIG)
+    if from_env:
+        return Path(from_env)
+    candidate = (cwd or Path.cwd()) / CONFIG_NAME
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, *, cwd: Path | None = None) -> Settings:
+    """Load, validate and resolve the configuration; raises ConfigError naming the bad key."""
+    path = find_config_file(config_file, cwd=cwd)
+    if path is not None and not path.is_file():
+        raise ConfigError("--config", str(path), "an existing TOML file")
+    base = (path.parent if path is not None else (cwd or Path.cwd())).resolve()
+    env_file = base / ".env"
+
+    class _Bound(Settings):
+        model_config = SettingsConfigDict(toml_file=path, env_file=env_file if env_file.is_file() else None)
+
+    try:
+        loaded = _Bound()
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    except ValueError as exc:  # a TOML syntax error surfaces as tomllib's ValueError
+        raise ConfigError(str(path), "(file)", f"valid TOML ({exc})") from None
+    settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    settings.config_file = path.resolve() if path is not None else None
+    settings.paths = _resolve_paths(settings.paths, base)
+    return settings
+
+
+def _resolve_paths(paths: PathsConfig, base: Path) -> PathsConfig:
+    resolved: dict[str, Any] = {}
+    for name in PathsConfig.model_fields:
+        value = getattr(paths, name)
+        if isinstance(value, Path):
+            value = value.expanduser()
+            resolved[name] = value if value.is_absolute() else base / value
+        else:
+            resolved[name] = value
+    return PathsConfig(**resolved)
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(root)"
+    expected = first["msg"]
+    more = exc.error_count() - 1
+    if more:
+        expected += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(key, first.get("input"), expected)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret replaced by ``***``."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "***" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {name: walk(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    data = walk(settings)
+    data.pop("config_file", None)
+    return data

@@ -1,0 +1,249 @@
+"""The stage engine: runs each stage for the runs waiting in its input state.
+
+How this works: a ``Stage`` names its input state, the event it fires when it
+finishes a run, the resource it needs (``cpu`` now; one GPU queue per ComfyUI
+backend later) and a work function. Every tick the engine lists each stage's
+input directory and hands runs that are not already in flight to a bounded
+thread pool for that resource. The directory listing *is* the queue: a run
+that a restart, a person (``tandava retry``) or another stage puts there is
+picked up on the next tick with no other bookkeeping.
+
+A work function records each finished step in the manifest (``StageRun.done``)
+and skips steps already done, so a run interrupted by a crash resumes where it
+stopped and nothing finished is redone. ``TransientError`` (and ``OSError``: a
+share that went away, a full disk) is retried with exponential backoff and
+jitter; ``PermanentError``, or a transient one that outlived its attempts,
+moves the run to failed/ with ``error.json``.
+
+Stopping: ``run(stop_event)`` returns once the stop event is set and the work
+in flight has finished (a warm stop); queued work that has not started is
+dropped and simply found again in its input directory on the next start.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import tenacity
+
+from daemon.errors import PermanentError, StageError, StoreError, TransientError
+from daemon.runs import Manifest
+from daemon.states import Event, State
+from daemon.store import RunRef, RunStore
+
+log = structlog.get_logger("tandava.engine")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: where runs wait, what it does, what it fires."""
+
+    name: str
+    input: State
+    done: Event
+    work: Callable[[StageRun], None]
+    resource: str = "cpu"
+
+
+@dataclass
+class StageRun:
+    """What a work function gets: the run, its manifest, and a way to record progress."""
+
+    stage: str
+    ref: RunRef
+    manifest: Manifest
+    store: RunStore
+    stop_event: threading.Event
+    log: Any = field(default=log)
+
+    def is_done(self, step: str) -> bool:
+        """Whether ``step`` finished in an earlier attempt (then skip it)."""
+        return self.manifest.step_done(self.stage, step)
+
+    def done(self, step: str, **detail: Any) -> None:
+        """Record ``step`` as finished, durably, before doing anything else."""
+        progress = self.manifest.progress(self.stage)
+        if step not in progress.steps_done:
+            progress.steps_done.append(step)
+        progress.detail.update(detail)
+        self.store.save(self.ref, self.manifest)
+        self.log.info("stage.step_done", step=step)
+
+
+class Engine:
+    """Feeds runs to stages with bounded concurrency per resource."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        stages: list[Stage],
+        *,
+        workers: dict[str, int] | None = None,
+        attempts: int = 5,
+        backoff_initial: float = 2.0,
+        backoff_max: float = 300.0,
+        tick_seconds: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.stages = stages
+        self.attempts = attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.tick_seconds = tick_seconds
+        workers = workers or {}
+        self._pools = {
+            resource: ThreadPoolExecutor(
+                max_workers=workers.get(resource, 1), thread_name_prefix=f"tandava-{resource}"
+            )
+            for resource in {stage.resource for stage in stages}
+        }
+        self._in_flight: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event, *, once: bool = False) -> None:
+        """Tick until ``stop_event`` is set (or, with ``once``, until nothing is left to do)."""
+        self._stop = stop_event
+        try:
+            while not stop_event.is_set():
+                submitted = self.tick()
+                if once and not submitted and not self.busy():
+                    return
+                stop_event.wait(self.tick_seconds)
+        finally:
+            self.shutdown()
+
+    def tick(self) -> int:
+        """Hand every waiting run that is not in flight to its stage; returns how many."""
+        submitted = 0
+        self._reap()
+        for stage in self.stages:
+            for ref in self.store.iter_runs([stage.input]):
+                with self._lock:
+                    if ref.run_id in self._in_flight or self._stop.is_set():
+                        continue
+                    self._in_flight[ref.run_id] = self._pools[stage.resource].submit(
+                        self._process, stage, ref
+                    )
+                submitted += 1
+        return submitted
+
+    def busy(self) -> bool:
+        """Whether any run is being worked on."""
+        self._reap()
+        with self._lock:
+            return bool(self._in_flight)
+
+    def in_flight(self) -> list[str]:
+        """Run ids being worked on now."""
+        with self._lock:
+            return list(self._in_flight)
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Let work in flight finish (``wait``) and drop what has not started."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _reap(self) -> None:
+        with self._lock:
+            for run_id, future in list(self._in_flight.items()):
+                if future.done():
+                    del self._in_flight[run_id]
+
+    # -- one run through one stage ----------------------------------------------
+
+    def _process(self, stage: Stage, ref: RunRef) -> None:
+        with structlog.contextvars.bound_contextvars(run_id=ref.run_id, stage=stage.name):
+            try:
+                self._attempt_stage(stage, ref)
+            except StoreError as exc:
+                # The run was moved or damaged under us (a person ran retry, or a
+                # share blinked); the next tick looks again.
+                log.warning("stage.store_error", error=str(exc))
+            except Exception as exc:  # a bug must not take the daemon down
+                log.exception("stage.crashed")
+                self._fail(stage, ref, PermanentError(
+                    f"Tandava hit an internal error in {stage.name}: {exc!r}",
+                    "This is a bug; please report it with the log. "
+                    f"Then run `tandava retry {ref.run_id}`.",
+                    cause="InternalError",
+                ))
+
+    def _attempt_stage(self, stage: Stage, ref: RunRef) -> None:
+        manifest = self.store.load(ref)
+        progress = manifest.progress(stage.name)
+        failures_before = int(progress.detail.get("transient_failures", 0))
+        if progress.started_at is None:
+            progress.started_at = self.store.clock()
+        progress.attempts += 1
+        self.store.save(ref, manifest)
+        log.info("stage.started", attempt=progress.attempts)
+
+        def note_failure(retry_state: tenacity.RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            progress.detail["transient_failures"] = failures_before + retry_state.attempt_number
+            self.store.save(ref, manifest)
+            log.warning("stage.retrying", error=str(exc), attempt=retry_state.attempt_number)
+
+        work = StageRun(stage.name, ref, manifest, self.store, self._stop)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((TransientError, OSError)),
+            stop=tenacity.stop_after_attempt(max(1, self.attempts - failures_before))
+            | tenacity.stop_when_event_set(self._stop),
+            wait=tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+            sleep=self._stop.wait,
+            before_sleep=note_failure,
+            reraise=True,
+        )
+        try:
+            retrying(stage.work, work)
+        except (TransientError, OSError) as exc:
+            if self._stop.is_set():
+                log.info("stage.interrupted", error=str(exc))
+                return
+            self._fail(stage, ref, _as_stage_error(exc, ref.run_id), attempt=progress.attempts)
+            return
+        except StageError as exc:
+            self._fail(stage, ref, exc, attempt=progress.attempts)
+            return
+        progress.finished_at = self.store.clock()
+        progress.detail.pop("transient_failures", None)
+        self.store.save(ref, manifest)
+        new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
+        log.info("run.moved", to=new_ref.state.value, seconds=_elapsed(progress.started_at, progress.finished_at))
+
+    def _fail(self, stage: Stage, ref: RunRef, error: StageError, *, attempt: int = 0) -> None:
+        try:
+            ref = self.store.refresh(ref)
+            if ref.state is State.FAILED:
+                return
+            self.store.fail(ref, stage.name, error, attempt=attempt)
+        except StoreError as exc:
+            log.error("stage.cannot_record_failure", error=str(exc), reason=error.reason)
+            return
+        log.error("run.failed", cause=error.cause, reason=error.reason, hint=error.hint)
+
+
+def _as_stage_error(exc: BaseException, run_id: str) -> StageError:
+    if isinstance(exc, StageError):
+        return exc
+    return TransientError(
+        f"a file operation kept failing: {exc}",
+        "Check that the disk is not full and the share is reachable, "
+        f"then run `tandava retry {run_id}`.",
+        cause=type(exc).__name__,
+    )
+
+
+def _elapsed(start: Any, end: Any) -> float | None:
+    try:
+        return round((end - start).total_seconds(), 3)
+    except (TypeError, AttributeError):
+        return None

@@ -1,0 +1,356 @@
+"""The run store: run folders under the state root, moved between state directories.
+
+How this works: the state root holds one directory per ``State``. A run is a
+folder inside exactly one of them; moving a run is one ``os.replace`` of the
+whole folder, so a crash leaves it either where it was or where it went. The
+manifest inside is rewritten atomically after the move; if a crash falls
+between the two, ``reconcile`` notices the manifest disagrees with the
+directory and trusts the directory.
+
+A song enters through ``create``: its manifest and audio are assembled in a
+hidden ``.ingest-<run_id>`` folder and the folder is renamed into
+``incoming/`` when whole. ``reconcile`` finishes or unwinds any ingest a crash
+interrupted without ever deleting the only copy of a person's file.
+
+One daemon owns a state root at a time (``lock``): two processes renaming the
+same folders would race, and one rotating log file per process depends on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+from pydantic import ValidationError
+
+from daemon import fsutil
+from daemon.errors import RunNotFound, StageError, StoreError, StoreLocked
+from daemon.runs import (
+    ERROR_FILE,
+    MANIFEST,
+    SCHEMA_VERSION,
+    ErrorRecord,
+    Manifest,
+    Song,
+    StateChange,
+    hash8_of,
+    new_run_id,
+    utcnow,
+)
+from daemon.states import Event, State, next_state
+
+INGEST_PREFIX = ".ingest-"
+LOCK_FILE = ".tandava.lock"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Where a run is right now: its id, state and folder."""
+
+    run_id: str
+    state: State
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+
+class RunStore:
+    """Run folders under ``root``; every method is safe to interrupt at any instant."""
+
+    def __init__(self, root: Path, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.root = root
+        self.clock = clock
+
+    # -- layout ---------------------------------------------------------------
+
+    def ensure_layout(self) -> None:
+        """Create the state directories (idempotent)."""
+        try:
+            for state in State:
+                self.dir_for(state).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the state directories under {self.root}: {exc}") from exc
+
+    def dir_for(self, state: State) -> Path:
+        return self.root / state.value
+
+    def iter_runs(self, states: Iterable[State] | None = None) -> Iterator[RunRef]:
+        """Runs in the given states (all by default), oldest first within each state."""
+        for state in states if states is not None else State:
+            folder = self.dir_for(state)
+            try:
+                names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if not name.startswith("."):
+                    yield RunRef(name, state, folder / name)
+
+    def find(self, run_id: str) -> RunRef:
+        """The run whose id is ``run_id`` or starts with it (a unique prefix is enough)."""
+        matches = [ref for ref in self.iter_runs() if ref.run_id.startswith(run_id)]
+        exact = [ref for ref in matches if ref.run_id == run_id]
+        if exact:
+            return exact[0]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise RunNotFound(f"no run matches {run_id!r}")
+        raise RunNotFound(f"{run_id!r} matches {len(matches)} runs; give more of the id")
+
+    def refresh(self, ref: RunRef) -> RunRef:
+        """Where ``ref``'s run is now (another process, e.g. the CLI, may have moved it)."""
+        if ref.path.is_dir():
+            return ref
+        return self.find(ref.run_id)
+
+    # -- manifests ------------------------------------------------------------
+
+    def load(self, ref: RunRef) -> Manifest:
+        """Read a run's manifest; a newer schema or a damaged file is a StoreError."""
+        try:
+            manifest = Manifest.model_validate_json(ref.manifest_path.read_bytes())
+        except (OSError, ValidationError, ValueError) as exc:
+            raise StoreError(f"cannot read {ref.manifest_path}: {exc}") from exc
+        if manifest.schema_version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{ref.manifest_path} has schema {manifest.schema_version}; "
+                f"this Tandava reads up to {SCHEMA_VERSION}"
+            )
+        return manifest
+
+    def save(self, ref: RunRef, manifest: Manifest) -> None:
+        """Atomically rewrite a run's manifest."""
+        manifest.updated_at = self.clock()
+        fsutil.atomic_write_text(ref.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+
+    # -- moves ----------------------------------------------------------------
+
+    def move(self, ref: RunRef, event: Event, *, note: str = "") -> RunRef:
+        """Apply ``event``: one atomic folder rename, then the manifest records it."""
+        manifest = self.load(ref)
+        target = next_state(ref.state, event, failed_from=manifest.failed_from)
+        new_ref = self._rename(ref, target)
+        manifest.state = target
+        manifest.history.append(StateChange(state=target, at=self.clock(), note=note or event.value))
+        if event is Event.RETRY:
+            manifest.failed_from = None
+        self.save(new_ref, manifest)
+        return new_ref
+
+    def fail(self, ref: RunRef, stage: str, error: StageError, *, attempt: int = 0) -> RunRef:
+        """Record ``error`` (manifest and ``error.json``) and move the run to failed/."""
+        manifest = self.load(ref)
+        record = ErrorRecord(
+            stage=stage,
+            cause=error.cause,
+            reason=error.reason,
+            hint=error.hint,
+            at=self.clock(),
+            attempt=attempt,
+            retryable=error.retryable,
+        )
+        manifest.errors.append(record)
+        manifest.failed_from = ref.state
+        self.save(ref, manifest)
+        error_doc = record.model_dump(mode="json") | {
+            "run_id": ref.run_id,
+            "failed_in": ref.state.value,
+            "retry": f"tandava retry {ref.run_id}",
+        }
+        fsutil.atomic_write_json(ref.path / ERROR_FILE, error_doc)
+        return self.move(ref, Event.FAIL, note=f"{stage}: {error.reason}")
+
+    def retry(self, ref: RunRef) -> RunRef:
+        """Send a failed run back to the state it failed in; its error stays in the history."""
+        manifest = self.load(ref)
+        if manifest.failed_from is not None:
+            # A fresh start of the failed stage: its attempts count from zero again.
+            for progress in manifest.stages.values():
+                progress.attempts = 0
+            self.save(ref, manifest)
+        new_ref = self.move(ref, Event.RETRY, note="retry requested")
+        with contextlib.suppress(FileNotFoundError):
+            (new_ref.path / ERROR_FILE).unlink()
+        return new_ref
+
+    def _rename(self, ref: RunRef, target: State) -> RunRef:
+        dest = self.dir_for(target) / ref.run_id
+        if dest.exists():
+            raise StoreError(f"cannot move {ref.run_id} to {target.value}/: a folder of that name exists")
+        try:
+            os.replace(ref.path, dest)
+        except OSError as exc:
+            raise StoreError(f"cannot move {ref.run_id} to {target.value}/: {exc}") from exc
+        fsutil.fsync_dir(dest.parent)
+        fsutil.fsync_dir(ref.path.parent)
+        return RunRef(ref.run_id, target, dest)
+
+    # -- intake ---------------------------------------------------------------
+
+    def find_by_hash(self, digest: str) -> RunRef | None:
+        """The run holding a song with this content hash, in any state."""
+        for ref in self.iter_runs():
+            if hash8_of(ref.run_id) != digest[:8]:
+                continue
+            with contextlib.suppress(StoreError):
+                if self.load(ref).song.sha256 == digest:
+                    return ref
+        return None
+
+    def create(self, song_path: Path, digest: str, *, id_digest: str | None = None) -> RunRef:
+        """Turn a song in the inbox into a run in incoming/, moving the file into it.
+
+        ``digest`` is the content hash ("" when unreadable; ``id_digest`` then
+        names the run instead).
+        """
+        now = self.clock()
+        run_id = new_run_id(now, song_path.name, id_digest or digest)
+        staging = self.dir_for(State.INCOMING) / f"{INGEST_PREFIX}{run_id}"
+        final = self.dir_for(State.INCOMING) / run_id
+        if final.exists() or staging.exists():
+            raise StoreError(f"run {run_id} already exists")
+        size = song_path.stat().st_size
+        manifest = Manifest(
+            run_id=run_id,
+            song=Song(
+                original_name=song_path.name,
+                file_name=song_path.name,
+                size=size,
+                sha256=digest,
+                dropped_from=str(song_path),
+            ),
+            created_at=now,
+            updated_at=now,
+            history=[StateChange(state=State.INCOMING, at=now, note="song arrived")],
+        )
+        staging.mkdir(parents=True)
+        staging_ref = RunRef(run_id, State.INCOMING, staging)
+        self.save(staging_ref, manifest)
+        fsutil.move_file(song_path, staging / song_path.name)
+        os.replace(staging, final)
+        fsutil.fsync_dir(final.parent)
+        return RunRef(run_id, State.INCOMING, final)
+
+    # -- start-up -------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Bring the store back to a known state after a crash; returns what it did.
+
+        Sweeps our temp files, finishes or unwinds interrupted ingests, and makes
+        every manifest agree with the directory its run sits in. Never deletes a
+        person's song: an ingest is unwound only while the song is still in the
+        inbox, and finished when the run folder holds the only copy.
+        """
+        self.ensure_layout()
+        actions: list[str] = []
+        folders = [self.root, *(ref.path for ref in self.iter_runs())]
+        for folder in folders:
+            for tmp in fsutil.iter_temp_files(folder):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    actions.append(f"removed temp file {tmp.relative_to(self.root)}")
+        actions.extend(self._reconcile_ingests())
+        actions.extend(self._reconcile_manifests())
+        return actions
+
+    def _reconcile_ingests(self) -> list[str]:
+        actions = []
+        incoming = self.dir_for(State.INCOMING)
+        for staging in sorted(incoming.glob(f"{INGEST_PREFIX}*")):
+            run_id = staging.name[len(INGEST_PREFIX) :]
+            ref = RunRef(run_id, State.INCOMING, staging)
+            try:
+                manifest = self.load(ref)
+            except StoreError:
+                # No manifest means the song was never moved in (manifest comes first).
+                shutil.rmtree(staging, ignore_errors=True)
+                actions.append(f"discarded empty ingest {run_id}")
+                continue
+            song_here = staging / manifest.song.file_name
+            source = Path(manifest.song.dropped_from)
+            if song_here.exists() and not source.exists():
+                os.replace(staging, incoming / run_id)
+                actions.append(f"finished ingest of {run_id}")
+            else:
+                # The song is still in the inbox (or was never moved): this copy
+                # is ours, and the watcher will offer the song again.
+                shutil.rmtree(staging, ignore_errors=True)
+                actions.append(f"unwound ingest of {run_id}; the song stays in the inbox")
+        return actions
+
+    def _reconcile_manifests(self) -> list[str]:
+        actions = []
+        for ref in self.iter_runs():
+            try:
+                manifest = self.load(ref)
+            except StoreError as exc:
+                actions.append(f"cannot read manifest of {ref.run_id}: {exc}")
+                continue
+            if manifest.state is not ref.state:
+                manifest.state = ref.state
+                manifest.history.append(
+                    StateChange(state=ref.state, at=self.clock(), note="reconciled after restart")
+                )
+                self.save(ref, manifest)
+                actions.append(f"recorded {ref.run_id} as {ref.state.value}")
+        return actions
+
+    # -- ownership ------------------------------------------------------------
+
+    def lock(self) -> Callable[[], None]:
+        """Take the state root for this process; returns the release function.
+
+        A lock left by a process that died (kill -9, power cut) is taken over:
+        the pid it names is not alive, or is alive but is not a Python process.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if owner is not None and owner != os.getpid() and _is_live_python(owner):
+                    raise StoreLocked(
+                        f"another Tandava (pid {owner}) is running on {self.root}"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(str(os.getpid()))
+
+            def release() -> None:
+                if _lock_owner(path) == os.getpid():
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+
+            return release
+        raise StoreLocked(f"cannot take the lock {path}")
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_live_python(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        name = proc.name().lower()
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and (
+            "python" in name or "tandava" in name
+        )
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
