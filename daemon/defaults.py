@@ -33,6 +33,12 @@ STABLE_SECONDS = 2.0
 RESCAN_SECONDS = 30.0
 # Polling interval on network shares, where inotify sees nothing.
 POLL_SECONDS = 1.0
+# After a close-write, size and mtime must hold this long: some copiers and
+# taggers close and reopen at once, and half a second shows their next write.
+SETTLE_SECONDS = 0.5
+# How often the inbox watcher checks its observer and folder: a dead observer
+# or a share that came back is noticed within a second, for one stat.
+WATCH_CHECK_SECONDS = 1.0
 
 # How long the engine sleeps between looks at the state directories when idle.
 ENGINE_TICK_SECONDS = 0.5

@@ -197,7 +197,9 @@ class Engine:
             retry=tenacity.retry_if_exception_type((TransientError, OSError)),
             stop=tenacity.stop_after_attempt(max(1, self.attempts - failures_before))
             | tenacity.stop_when_event_set(self._stop),
-            wait=tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
+            ),
             sleep=self._stop.wait,
             before_sleep=note_failure,
             reraise=True,

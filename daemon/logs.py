@@ -3,7 +3,7 @@
 Every event goes through one structlog processor chain and leaves as JSON lines
 in a rotating UTF-8 file, and on the console either rendered for a person (a
 terminal) or as JSON (a pipe, journald). Stdlib loggers of libraries (watchdog,
-urllib3, numba) go through the same chain so their lines are JSON too.
+urllib3) go through the same chain so their lines are JSON too.
 
 Two things here exist because they bit our user:
 - a console whose encoding cannot show a character (cp1252 on Windows and a
@@ -38,7 +38,7 @@ _SECRET_PATTERNS = (
 )
 # Libraries that log full request URLs at INFO/DEBUG (httpx logs Telegram's
 # URL with the bot token in it).
-NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "telegram", "google_genai", "numba", "watchdog")
+NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "telegram", "google_genai", "watchdog")
 
 
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

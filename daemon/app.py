@@ -1,0 +1,87 @@
+"""The daemon: the inbox watcher, intake and the stage engine, wired and run until told to stop.
+
+``run(settings, stop_event)`` is the one loop every host drives: the CLI in a
+terminal, the systemd unit, the Windows service. It owns no signal handling
+(the host turns its own stop request into ``stop_event``) and no POSIX-only
+calls. Start-up order matters: lock the state root, reconcile what a crash
+left, then start taking songs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import structlog
+
+from daemon.config import Settings
+from daemon.engine import Engine
+from daemon.intake import Intake
+from daemon.pipeline import build_stages
+from daemon.store import RunStore
+
+log = structlog.get_logger("tandava.daemon")
+
+def open_store(settings: Settings) -> RunStore:
+    """The run store of this installation, its directories created."""
+    store = RunStore(settings.paths.state_root)
+    store.ensure_layout()
+    return store
+
+
+def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) -> int:
+    """Serve the inbox until ``stop_event`` is set; with ``once``, until nothing is left to do.
+
+    Returns a process exit code.
+    """
+    from daemon.inbox import InboxWatcher
+
+    store = open_store(settings)
+    release = store.lock()
+    watcher: InboxWatcher | None = None
+    try:
+        for action in store.reconcile():
+            log.info("store.reconciled", action=action)
+        settings.paths.inbox.mkdir(parents=True, exist_ok=True)
+        intake = Intake(store, settings.paths.inbox)
+        watch = settings.watch
+        watcher = InboxWatcher(
+            settings.paths.inbox,
+            intake.accept,
+            stable_seconds=watch.stable_seconds,
+            rescan_seconds=watch.rescan_seconds,
+            poll_seconds=watch.poll_seconds,
+            polling=watch.polling,
+        )
+        engine = Engine(
+            store,
+            build_stages(settings),
+            workers={"cpu": settings.engine.cpu_workers},
+            attempts=settings.engine.attempts,
+            backoff_initial=settings.engine.backoff_initial_seconds,
+            backoff_max=settings.engine.backoff_max_seconds,
+            tick_seconds=settings.engine.tick_seconds,
+        )
+        if once:
+            for path in watcher.scan_once():
+                intake.accept(path)
+            log.info("daemon.once", inbox=str(settings.paths.inbox))
+            engine.run(stop_event, once=True)
+            return 0
+        watcher.start()
+        log.info(
+            "daemon.started",
+            inbox=str(settings.paths.inbox),
+            state_root=str(settings.paths.state_root),
+            watch_mode=watcher.mode,
+            pid=os.getpid(),
+        )
+        engine.run(stop_event)
+        log.info("daemon.stopping")
+        return 0
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        release()
+        log.info("daemon.stopped")
+

@@ -1,0 +1,241 @@
+"""The ``tandava`` command line: a thin layer over the library.
+
+Each command's docstring is its ``--help`` text, with an example. This is the
+only module (with a failed run's ``error.json``) that words things for a
+person; everything below it raises typed errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from daemon import __version__
+from daemon.config import CONFIG_NAME, Settings, load_settings, masked
+from daemon.errors import ConfigError, StoreError, TandavaError
+from daemon.logs import configure_logging, default_console
+
+Command = Callable[[argparse.Namespace, Settings], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(fn: Command) -> Command:
+    """Register a subcommand; its docstring becomes its help."""
+    COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
+    return fn
+
+
+@command
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the daemon in the foreground: watch the inbox and move every song through the pipeline.
+
+    The first Ctrl-C (or SIGTERM) finishes the work in flight and stops; a
+    second one aborts at once (nothing is lost: every write is atomic).
+
+    Example: tandava run            (serve until stopped)
+             tandava run --once     (process what is waiting, then exit)
+    """
+    from daemon.app import run
+
+    log_file = settings.paths.logs / "tandava.log"
+    configure_logging(
+        log_file=log_file,
+        console=default_console(),
+        console_mode=settings.log.console,
+        level=settings.log.level,
+        max_bytes=settings.log.max_bytes,
+        backups=settings.log.backups,
+    )
+    stop_event = threading.Event()
+    _install_stop_handlers(stop_event)
+    return run(settings, stop_event, once=args.once)
+
+
+@command
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Show every run by state, with how far its current stage got.
+
+    Example: tandava status
+    """
+    from daemon.report import status_lines
+
+    for line in status_lines(settings.paths.state_root, verbose=args.verbose):
+        print(line)
+    return 0
+
+
+@command
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    """Show one run in full: its song, state history, stage progress and errors.
+
+    RUN is a run id or any unique prefix of it.
+
+    Example: tandava show 20261121-101500_shiva-tandav
+    """
+    from daemon.report import show_lines
+    from daemon.store import RunStore
+
+    for line in show_lines(RunStore(settings.paths.state_root), args.run):
+        print(line)
+    return 0
+
+
+@command
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """Move a failed run back to the state it failed in, so the daemon tries it again.
+
+    Fix the cause named by `tandava show RUN` first (replace a corrupt file
+    inside the run folder, free disk space, start ComfyUI…).
+
+    Example: tandava retry 20261121-101500_shiva-tandav
+    """
+    from daemon.store import RunStore
+
+    store = RunStore(settings.paths.state_root)
+    ref = store.find(args.run)
+    new_ref = store.retry(ref)
+    print(f"{new_ref.run_id}: back in {new_ref.state.value}/; a running daemon picks it up now.")
+    return 0
+
+
+@command
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a commented tandava.toml (every key, its default and what it does).
+
+    Example: tandava init            (writes ./tandava.toml)
+             tandava init --path /srv/tandava/tandava.toml
+    """
+    from daemon.report import sample_config
+
+    target: Path = args.path
+    if target.exists() and not args.force:
+        print(f"{target} exists; use --force to overwrite it.", file=sys.stderr)
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(sample_config(), encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+@command
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the effective configuration (file + .env + environment), secrets masked.
+
+    Example: tandava config
+    """
+    source = settings.config_file or "(no config file: defaults and environment)"
+    print(f"# from {source}")
+    print(json.dumps(masked(settings), indent=2, ensure_ascii=False))
+    return 0
+
+
+@command
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check this installation: paths writable, ffmpeg found, audio decoders, configuration.
+
+    Prints one line per check; exits non-zero when anything is wrong.
+
+    Example: tandava doctor
+    """
+    from daemon.doctor import run_checks
+
+    ok = True
+    for check in run_checks(settings):
+        ok = ok and check.ok
+        mark = "ok  " if check.ok else "FAIL"
+        print(f"{mark} {check.name}: {check.detail}")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandava",
+        description="Tandava turns songs dropped into an inbox folder into music videos.",
+    )
+    parser.add_argument("--version", action="version", version=f"tandava {__version__}")
+    parser.add_argument(
+        "--config", type=Path, default=None, help=f"config file (default: $TANDAVA_CONFIG or ./{CONFIG_NAME})"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, fn in COMMANDS.items():
+        doc = fn.__doc__ or ""
+        p = sub.add_parser(
+            name,
+            help=doc.strip().splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == "run":
+            p.add_argument("--once", action="store_true", help="process what is waiting, then exit")
+        if name in {"show", "retry"}:
+            p.add_argument("run", help="run id or a unique prefix of it")
+        if name == "status":
+            p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
+        if name == "init":
+            p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
+            p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tandava`` script and ``python -m daemon``."""
+    _make_streams_safe()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config) if args.command != "init" else Settings()
+    except ConfigError as exc:
+        print(f"tandava: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command != "run":
+        configure_logging(console=default_console(), console_mode="pretty", level="WARNING")
+    try:
+        return COMMANDS[args.command](args, settings)
+    except StoreError as exc:
+        print(f"tandava: {exc}", file=sys.stderr)
+        return 1
+    except TandavaError as exc:
+        structlog.get_logger("tandava.cli").error("cli.error", error=str(exc))
+        print(f"tandava: {exc}", file=sys.stderr)
+        return 1
+
+
+def _make_streams_safe() -> None:
+    """Never crash printing a song name to a console that cannot show it (cp1252)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+def _install_stop_handlers(stop_event: threading.Event) -> None:
+    """First signal: warm stop (drain). Second: abort now."""
+    log = structlog.get_logger("tandava.cli")
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop_event.is_set():
+            log.warning("daemon.aborting", signal=signum)
+            logging_flush()
+            os._exit(130)
+        log.info("daemon.stop_requested", signal=signum)
+        stop_event.set()
+
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handle)
+
+
+def logging_flush() -> None:
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -1,0 +1,103 @@
+"""``tandava doctor``: checks an installation, one result per check.
+
+Each check returns ok or what is wrong and the fix. Later capabilities
+(ComfyUI, Telegram, Gemini, services) add their checks to ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon import fsutil
+from daemon.config import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_writable(name: str, folder: Path) -> Check:
+    """The folder exists (or can be made) and a file can be written and renamed in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".tandava-doctor"
+        fsutil.atomic_write_text(probe, "ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check(name, False, f"{folder} is not writable ({exc.strerror or exc}); "
+                     f"create it or give this user write access")
+    return Check(name, True, str(folder))
+
+
+def find_ffmpeg() -> str | None:
+    """ffmpeg from imageio-ffmpeg (installed with Tandava), else one on PATH."""
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg")
+
+
+def check_ffmpeg(_settings: Settings) -> Check:
+    exe = find_ffmpeg()
+    if exe is None:
+        return Check("ffmpeg", False, "not found; run `pip install imageio-ffmpeg` or install ffmpeg")
+    try:
+        out = subprocess.run([exe, "-version"], capture_output=True, text=True, encoding="utf-8",
+                             errors="replace", timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("ffmpeg", False, f"{exe} does not run ({exc})")
+    return Check("ffmpeg", True, out.splitlines()[0] if out else exe)
+
+
+def check_decoders(_settings: Settings) -> Check:
+    try:
+        import av
+        import soundfile
+    except ImportError as exc:
+        return Check("audio decoders", False, f"{exc.name} is missing; reinstall Tandava")
+    return Check("audio decoders", True,
+                 f"libsndfile {soundfile.__libsndfile_version__} (mp3 flac ogg wav), PyAV {av.__version__} (m4a)")
+
+
+def check_config(settings: Settings) -> Check:
+    source = settings.config_file or "defaults (no tandava.toml found)"
+    return Check("configuration", True, f"valid ({source})")
+
+
+def check_paths(settings: Settings) -> Iterator[Check]:
+    yield check_writable("inbox", settings.paths.inbox)
+    yield check_writable("state root", settings.paths.state_root)
+    yield check_writable("logs", settings.paths.logs)
+
+
+def check_theme(settings: Settings) -> Check:
+    from daemon.errors import ConfigError
+    from daemon.writers import load_theme
+
+    extra = [settings.paths.themes] if settings.paths.themes else []
+    try:
+        load_theme(settings.analysis.theme, extra)
+    except ConfigError as exc:
+        return Check("theme", False, str(exc))
+    return Check("theme", True, settings.analysis.theme)
+
+
+CHECKS: list[Callable[[Settings], Check]] = [check_config, check_ffmpeg, check_decoders, check_theme]
+
+
+def run_checks(settings: Settings) -> Iterator[Check]:
+    """Every check, in a stable order."""
+    yield from check_paths(settings)
+    for check in CHECKS:
+        yield check(settings)

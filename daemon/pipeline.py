@@ -1,0 +1,116 @@
+"""The pipeline: which stages exist and what each does to a run folder.
+
+Each work function is written as steps that are recorded in the manifest the
+moment they finish and skipped when already done, so a run resumes after a
+crash from its last completed step. Outputs are written temp-then-rename, so a
+step is either done (file present, step recorded) or redone from scratch.
+
+Stages in this version: ``analyze`` (incoming → analyzed). Image, approval and
+render stages plug in here the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon import fsutil
+from daemon.config import Settings
+from daemon.engine import Stage, StageRun
+from daemon.errors import BadInput
+from daemon.states import Event, State
+
+ANALYSIS_FILE = "analysis.json"
+SEGMENTS_FILE = "segments.json"
+
+
+def build_stages(settings: Settings) -> list[Stage]:
+    """The stages this installation runs, in pipeline order."""
+    return [Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings))]
+
+
+class Analyze:
+    """incoming → analyzed: hash check, music analysis, segment plan with prompts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, job: StageRun) -> None:
+        song = job.ref.path / job.manifest.song.file_name
+        if not job.is_done("hash") and not job.manifest.song.sha256:
+            job.manifest.song.sha256 = _hash_or_explain(song, job.ref.run_id)
+            job.done("hash")
+        if not job.is_done("analysis") or not (job.ref.path / ANALYSIS_FILE).is_file():
+            self._analyse(job, song)
+        if not job.is_done("segments") or not (job.ref.path / SEGMENTS_FILE).is_file():
+            self._plan(job)
+
+    def _analyse(self, job: StageRun, song: Path) -> None:
+        from daemon.analysis import analyze
+
+        cfg = self.settings.analysis
+        try:
+            result = analyze(
+                song,
+                max_seconds=cfg.max_song_seconds,
+                min_seconds=cfg.min_song_seconds,
+                sr=cfg.sample_rate,
+            )
+        except BadInput as exc:
+            exc.hint = exc.hint or _default_hint(job.ref.run_id)
+            raise
+        fsutil.atomic_write_text(job.ref.path / ANALYSIS_FILE, result.model_dump_json(indent=2) + "\n")
+        job.done("analysis", duration=round(result.duration, 3), tempo=round(result.tempo, 2))
+
+    def _plan(self, job: StageRun) -> None:
+        from daemon.analysis import Analysis
+        from daemon.plan import plan_segments
+        from daemon.writers import ThemeWriter, load_theme
+
+        cfg = self.settings.analysis
+        analysis = Analysis.model_validate_json((job.ref.path / ANALYSIS_FILE).read_bytes())
+        segments = plan_segments(
+            analysis,
+            clip_seconds=self.settings.video.clip_seconds,
+            count=cfg.segments if isinstance(cfg.segments, int) else None,
+        )
+        extra = [self.settings.paths.themes] if self.settings.paths.themes else []
+        writer = ThemeWriter(load_theme(cfg.theme, extra))
+        segments = writer.write(analysis, segments, seed=cfg.seed)
+        doc: dict[str, Any] = {
+            "writer": writer.name,
+            "theme": cfg.theme,
+            "seed": cfg.seed,
+            "clip_seconds": self.settings.video.clip_seconds,
+            "segments": [segment.model_dump(mode="json") for segment in segments],
+        }
+        fsutil.atomic_write_text(
+            job.ref.path / SEGMENTS_FILE, json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        )
+        job.done("segments", segments=len(segments), writer=writer.name)
+
+
+def _hash_or_explain(song: Path, run_id: str) -> str:
+    try:
+        return fsutil.sha256_file(song)
+    except PermissionError as exc:
+        raise BadInput(
+            f"Tandava cannot read the song file {song.name}: permission denied.",
+            f"Give the daemon's user read access to {song} (for example `chmod a+r`), "
+            f"then run `tandava retry {run_id}`.",
+            cause="Unreadable",
+        ) from exc
+    except FileNotFoundError as exc:
+        raise BadInput(
+            f"The song file {song.name} is missing from its run folder.",
+            f"Put the song back into {song.parent} and run `tandava retry {run_id}`.",
+            cause="Missing",
+        ) from exc
+
+
+def _default_hint(run_id: str) -> str:
+    return (
+        "Re-export or re-download the song and drop it into the inbox again, "
+        f"or replace the file in the run folder and run `tandava retry {run_id}`."
+    )

@@ -1,0 +1,142 @@
+"""What the CLI shows a person: run status, one run in full, and the sample config.
+
+Pure formatting over the store: it reads manifests and returns lines, so the
+CLI prints them and tests compare them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from daemon import defaults
+from daemon.errors import StoreError
+from daemon.runs import Manifest
+from daemon.states import State
+from daemon.store import RunRef, RunStore
+
+
+def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
+    """Runs per state; with ``verbose`` (or when few), one line per run with its progress."""
+    store = RunStore(root)
+    refs = list(store.iter_runs())
+    counts = {state: 0 for state in State}
+    for ref in refs:
+        counts[ref.state] += 1
+    yield f"state root: {root}"
+    yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
+    if not refs:
+        yield "no runs yet: drop a song into the inbox."
+        return
+    if not verbose and len(refs) > 50:
+        yield f"({len(refs)} runs; `tandava status -v` lists them all)"
+        refs = [ref for ref in refs if ref.state is not State.RENDERED][:50]
+    for state in State:
+        chosen = [ref for ref in refs if ref.state is state]
+        if not chosen:
+            continue
+        yield ""
+        yield f"{state.value}/"
+        for ref in chosen:
+            yield f"  {ref.run_id}  {_progress(store, ref)}"
+
+
+def _progress(store: RunStore, ref: RunRef) -> str:
+    try:
+        manifest = store.load(ref)
+    except StoreError as exc:
+        return f"(manifest unreadable: {exc})"
+    if ref.state is State.FAILED and manifest.last_error is not None:
+        err = manifest.last_error
+        return f"failed in {err.stage}: {err.reason}"
+    parts = []
+    for stage, progress in manifest.stages.items():
+        if progress.finished_at is None:
+            steps = ", ".join(progress.steps_done) or "starting"
+            parts.append(f"{stage}: {steps} (attempt {progress.attempts})")
+    detail = manifest.stages.get("analyze")
+    if detail is not None and "tempo" in detail.detail and ref.state is not State.INCOMING:
+        parts.append(f"{detail.detail.get('duration', 0):.0f}s at {detail.detail['tempo']:.0f} BPM")
+    if "segments" in (detail.detail if detail else {}):
+        parts.append(f"{detail.detail['segments']} segments")  # type: ignore[union-attr]
+    return "; ".join(parts) or manifest.song.original_name
+
+
+def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
+    """Everything about one run a person might ask."""
+    ref = store.find(run_id)
+    manifest: Manifest = store.load(ref)
+    song = manifest.song
+    yield f"run      {ref.run_id}"
+    yield f"state    {ref.state.value}   ({ref.path})"
+    yield f"song     {song.original_name}  ({song.size:,} bytes, sha256 {song.sha256[:16] or 'unknown'})"
+    yield f"arrived  {manifest.created_at:%Y-%m-%d %H:%M:%S} UTC"
+    yield "history"
+    for change in manifest.history:
+        yield f"  {change.at:%Y-%m-%d %H:%M:%S}  {change.state.value:<17} {change.note}"
+    if manifest.stages:
+        yield "stages"
+        for name, progress in manifest.stages.items():
+            done = "finished" if progress.finished_at else "in progress"
+            steps = ", ".join(progress.steps_done) or "-"
+            extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
+            yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
+    if manifest.errors:
+        yield "errors"
+        for err in manifest.errors:
+            yield f"  {err.at:%Y-%m-%d %H:%M:%S}  {err.stage}: {err.reason}"
+            if err.hint:
+                yield f"      fix: {err.hint}"
+    if ref.state is State.FAILED:
+        yield f"retry with: tandava retry {ref.run_id}"
+
+
+def sample_config() -> str:
+    """A commented ``tandava.toml`` with every key at its default."""
+    return f"""\
+# Tandava configuration. Every key is optional; the values shown are the defaults.
+# Precedence (highest first): TANDAVA_* environment variables, .env beside this
+# file (for secrets), this file, built-in defaults. Nested keys in the
+# environment use "__", e.g. TANDAVA_WATCH__POLLING=always.
+# Relative paths resolve against this file's folder.
+
+[paths]
+inbox = "inbox"            # drop songs here (.mp3 .wav .flac .ogg .m4a); may be an SMB/NFS share
+state_root = "state"       # run folders live here, one directory per state
+logs = "logs"              # JSON-lines log files, rotated
+# themes = "themes"        # extra prompt themes (*.toml) beside the built-in shiva and neutral
+
+[watch]
+stable_seconds = {defaults.STABLE_SECONDS}     # a file is complete when size and mtime hold this long
+rescan_seconds = {defaults.RESCAN_SECONDS}    # full rescan of the inbox, because events get lost
+poll_seconds = {defaults.POLL_SECONDS}       # polling interval on network shares
+polling = "auto"           # auto (poll on SMB/CIFS/NFS), always, never
+
+[analysis]
+max_song_seconds = {defaults.MAX_SONG_SECONDS}   # longer songs are refused before decoding
+min_song_seconds = {defaults.MIN_SONG_SECONDS}
+sample_rate = {defaults.ANALYSIS_SAMPLE_RATE}
+writer = "{defaults.WRITER}"           # who writes the visual prompts
+theme = "{defaults.THEME}"            # shiva or neutral, or a theme file of your own
+seed = {defaults.SEED}                 # same seed, same prompts
+segments = "dynamic"       # "dynamic" (from length and sections) or a fixed number
+
+[video]
+width = {defaults.VIDEO_WIDTH}
+height = {defaults.VIDEO_HEIGHT}
+fps = {defaults.CLIP_FPS}                  # Wan 2.1's native rate
+clip_frames = {defaults.CLIP_FRAMES}          # Wan 2.1 makes 4k+1 frames; 81 at 16 fps is 5.06 s
+
+[engine]
+cpu_workers = {defaults.CPU_WORKERS}            # analyses at once
+attempts = {defaults.STAGE_ATTEMPTS}               # tries of a stage on transient errors before failing
+backoff_initial_seconds = {defaults.BACKOFF_INITIAL_SECONDS}
+backoff_max_seconds = {defaults.BACKOFF_MAX_SECONDS}
+tick_seconds = {defaults.ENGINE_TICK_SECONDS}
+
+[log]
+level = "INFO"
+console = "auto"           # auto (pretty on a terminal, JSON otherwise/journald), json, pretty
+max_bytes = {defaults.LOG_MAX_BYTES}
+backups = {defaults.LOG_BACKUPS}
+"""

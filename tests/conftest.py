@@ -1,0 +1,40 @@
+"""Shared fixtures: a state root and settings under tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Settings, load_settings
+from daemon.store import RunStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    """An empty run store with its directories created."""
+    s = RunStore(tmp_path / "state")
+    s.ensure_layout()
+    return s
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    """An empty inbox folder."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings from a tandava.toml in tmp_path with fast watch and engine timings."""
+    for key in list(__import__("os").environ):
+        if key.startswith("TANDAVA_"):
+            monkeypatch.delenv(key)
+    (tmp_path / "tandava.toml").write_text(
+        "[watch]\nstable_seconds = 0.3\nrescan_seconds = 1.0\npoll_seconds = 0.2\n"
+        "[engine]\ntick_seconds = 0.05\nbackoff_initial_seconds = 0.01\nbackoff_max_seconds = 0.05\n",
+        encoding="utf-8",
+    )
+    return load_settings(tmp_path / "tandava.toml")

@@ -1,0 +1,148 @@
+"""The daemon in-process: inbox to analyzed/, duplicates, bad songs, --once, the CLI over the result."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.app import run
+from daemon.cli import main
+from daemon.config import Settings
+from daemon.states import State
+from daemon.store import RunStore
+from daemon.synth import write_song
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def runs_in(settings: Settings, state: State) -> list[str]:
+    return [ref.run_id for ref in RunStore(settings.paths.state_root).iter_runs([state])]
+
+
+@pytest.fixture
+def daemon(settings: Settings) -> Iterator[Settings]:
+    """A daemon serving `settings` in a background thread, stopped after the test."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(settings, stop), daemon=True)
+    thread.start()
+    yield settings
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_song_dropped_in_inbox_ends_in_analyzed(daemon: Settings) -> None:
+    """A song dropped into the watched inbox becomes a run in analyzed/ with its plan."""
+    inbox = daemon.paths.inbox
+    write_song(inbox / "शिव तांडव 🔱.flac", 20.0, 120.0, section_change_at=10.0)
+    assert wait_for(lambda: len(runs_in(daemon, State.ANALYZED)) == 1)
+    run_dir = daemon.paths.state_root / "analyzed" / runs_in(daemon, State.ANALYZED)[0]
+    assert (run_dir / "शिव तांडव 🔱.flac").is_file()
+    analysis = json.loads((run_dir / "analysis.json").read_text(encoding="utf-8"))
+    assert abs(analysis["tempo"] - 120.0) < 2.4
+    plan = json.loads((run_dir / "segments.json").read_text(encoding="utf-8"))
+    segments = plan["segments"]
+    assert segments[0]["start"] == 0.0
+    assert segments[-1]["end"] == pytest.approx(analysis["duration"])
+    assert all(a["end"] == b["start"] for a, b in zip(segments, segments[1:], strict=False))
+    assert all(s["visual_prompt"] for s in segments)
+    assert plan["writer"] == "theme"
+    assert list(inbox.glob("*.flac")) == []
+
+
+def test_same_song_twice_makes_one_run(daemon: Settings) -> None:
+    """A second copy of the same content is moved to inbox/duplicates, not deleted, and makes no run."""
+    inbox = daemon.paths.inbox
+    write_song(inbox / "one.wav", 6.0, 100.0)
+    assert wait_for(lambda: len(runs_in(daemon, State.ANALYZED)) == 1)
+    (inbox / "copy of one.wav").write_bytes(next((daemon.paths.state_root / "analyzed").glob("*/one.wav")).read_bytes())
+    assert wait_for(lambda: (inbox / "duplicates" / "copy of one.wav").exists())
+    time.sleep(0.5)
+    assert len(list(RunStore(daemon.paths.state_root).iter_runs())) == 1
+
+
+def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settings) -> None:
+    """A text file named .mp3 goes to failed/ with a reason; a real song beside it completes."""
+    inbox = daemon.paths.inbox
+    (inbox / "notes.mp3").write_text("these are lyrics, not audio\n" * 50, encoding="utf-8")
+    write_song(inbox / "good.ogg", 8.0, 128.0)
+    assert wait_for(lambda: runs_in(daemon, State.FAILED) and runs_in(daemon, State.ANALYZED))
+    failed_dir = daemon.paths.state_root / "failed" / runs_in(daemon, State.FAILED)[0]
+    error = json.loads((failed_dir / "error.json").read_text(encoding="utf-8"))
+    assert "notes.mp3" in error["reason"]
+    assert error["hint"]
+    assert error["retry"].startswith("tandava retry ")
+
+
+def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
+    """`run --once` takes what is already in the inbox, analyses it and returns."""
+    settings.paths.inbox.mkdir(parents=True, exist_ok=True)
+    write_song(settings.paths.inbox / "waiting.wav", 6.0, 90.0)
+    old = time.time() - 60
+    import os
+
+    os.utime(settings.paths.inbox / "waiting.wav", (old, old))
+    assert run(settings, threading.Event(), once=True) == 0
+    assert len(runs_in(settings, State.ANALYZED)) == 1
+
+
+def test_cli_status_show_and_retry(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """status lists runs by state, show explains a failure, retry sends it back."""
+    settings.paths.inbox.mkdir(parents=True, exist_ok=True)
+    (settings.paths.inbox / "empty.mp3").write_bytes(b"")
+    old = time.time() - 60
+    import os
+
+    os.utime(settings.paths.inbox / "empty.mp3", (old, old))
+    run(settings, threading.Event(), once=True)
+    conf = str(settings.config_file)
+    assert main(["--config", conf, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "failed: 1" in out
+    run_id = runs_in(settings, State.FAILED)[0]
+    assert run_id in out
+    assert main(["--config", conf, "show", run_id[:15]]) == 0
+    out = capsys.readouterr().out
+    assert "fix:" in out and "tandava retry" in out
+    assert main(["--config", conf, "retry", run_id]) == 0
+    assert runs_in(settings, State.INCOMING) == [run_id]
+    assert main(["--config", conf, "show", "no-such-run"]) == 1
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    """Each CLI command documents itself with an example (its docstring is its --help)."""
+    from daemon.cli import COMMANDS
+
+    assert {"run", "status", "show", "retry", "init", "config", "doctor"} <= set(COMMANDS)
+    for name, fn in COMMANDS.items():
+        assert fn.__doc__ and "Example: tandava" in fn.__doc__, name
+
+
+def test_doctor_reports_each_check(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """doctor prints one line per check and exits 0 on a healthy install."""
+    assert main(["--config", str(settings.config_file), "doctor"]) == 0
+    out = capsys.readouterr().out
+    for name in ("inbox", "state root", "logs", "ffmpeg", "audio decoders", "configuration", "theme"):
+        assert f"ok   {name}:" in out
+
+
+def test_doctor_fails_on_unwritable_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A state root that cannot be created makes doctor fail with the path named."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    conf = tmp_path / "tandava.toml"
+    conf.write_text(f'[paths]\nstate_root = "{blocker.as_posix()}/state"\n', encoding="utf-8")
+    assert main(["--config", str(conf), "doctor"]) == 1
+    assert "FAIL state root" in capsys.readouterr().out

@@ -1,0 +1,157 @@
+"""The stage engine with fake stages on a real store: steps, retries, failures, stopping."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from daemon.engine import Engine, Stage, StageRun
+from daemon.errors import BadInput, TransientError
+from daemon.states import Event, State
+from daemon.store import RunRef, RunStore
+
+
+def add_run(store: RunStore, tmp_path: Path, name: str = "a.mp3") -> RunRef:
+    song = tmp_path / name
+    song.write_bytes(name.encode())
+    return store.create(song, (name.encode().hex() * 64)[:64])
+
+
+def engine_for(store: RunStore, work, **kw) -> Engine:  # type: ignore[no-untyped-def]
+    stage = Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, work)
+    kw.setdefault("backoff_initial", 0.001)
+    kw.setdefault("backoff_max", 0.002)
+    kw.setdefault("tick_seconds", 0.01)
+    return Engine(store, [stage], workers={"cpu": 2}, **kw)
+
+
+def test_successful_stage_moves_run_and_records_steps(store: RunStore, tmp_path: Path) -> None:
+    """A stage that finishes moves the run to its next state with its steps recorded."""
+
+    def work(job: StageRun) -> None:
+        (job.ref.path / "out.txt").write_text("x", encoding="utf-8")
+        job.done("write", size=1)
+
+    ref = add_run(store, tmp_path)
+    engine_for(store, work).run(threading.Event(), once=True)
+    moved = store.find(ref.run_id)
+    assert moved.state is State.ANALYZED
+    progress = store.load(moved).stages["analyze"]
+    assert progress.steps_done == ["write"]
+    assert progress.finished_at is not None
+
+
+def test_finished_steps_are_not_redone(store: RunStore, tmp_path: Path) -> None:
+    """A step recorded before a crash is skipped when the stage runs again."""
+    calls: list[str] = []
+
+    def work(job: StageRun) -> None:
+        for step in ("one", "two"):
+            if job.is_done(step):
+                continue
+            calls.append(step)
+            job.done(step)
+
+    ref = add_run(store, tmp_path)
+    manifest = store.load(ref)
+    manifest.progress("analyze").steps_done.append("one")  # as a killed daemon left it
+    store.save(ref, manifest)
+    engine_for(store, work).run(threading.Event(), once=True)
+    assert calls == ["two"]
+
+
+def test_transient_errors_retry_then_succeed(store: RunStore, tmp_path: Path) -> None:
+    """Transient errors and OSError are retried with backoff until the stage succeeds."""
+    failures = iter([TransientError("share gone"), OSError("EIO")])
+
+    def work(job: StageRun) -> None:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+
+    ref = add_run(store, tmp_path)
+    engine_for(store, work, attempts=5).run(threading.Event(), once=True)
+    assert store.find(ref.run_id).state is State.ANALYZED
+
+
+def test_transient_errors_exhaust_attempts_then_fail(store: RunStore, tmp_path: Path) -> None:
+    """A transient error that never clears fails the run after the configured attempts."""
+    calls = []
+
+    def work(job: StageRun) -> None:
+        calls.append(1)
+        raise TransientError("server busy", "wait and retry")
+
+    ref = add_run(store, tmp_path)
+    engine_for(store, work, attempts=3).run(threading.Event(), once=True)
+    failed = store.find(ref.run_id)
+    assert failed.state is State.FAILED
+    assert len(calls) == 3
+    assert json.loads((failed.path / "error.json").read_text(encoding="utf-8"))["reason"] == "server busy"
+
+
+def test_permanent_error_fails_at_once_and_others_continue(store: RunStore, tmp_path: Path) -> None:
+    """A bad song fails alone; the other runs still complete."""
+
+    def work(job: StageRun) -> None:
+        if job.manifest.song.original_name == "bad.mp3":
+            raise BadInput("the file is not audio", "drop a real song")
+
+    bad = add_run(store, tmp_path, "bad.mp3")
+    good = add_run(store, tmp_path, "good.mp3")
+    engine_for(store, work).run(threading.Event(), once=True)
+    assert store.find(bad.run_id).state is State.FAILED
+    assert store.find(good.run_id).state is State.ANALYZED
+    assert store.load(store.find(bad.run_id)).last_error.cause == "BadInput"  # type: ignore[union-attr]
+
+
+def test_a_bug_in_a_stage_fails_the_run_not_the_daemon(store: RunStore, tmp_path: Path) -> None:
+    """An unexpected exception becomes a failed run with an internal-error reason."""
+
+    def work(job: StageRun) -> None:
+        raise ZeroDivisionError("oops")
+
+    ref = add_run(store, tmp_path)
+    engine_for(store, work).run(threading.Event(), once=True)
+    failed = store.find(ref.run_id)
+    assert failed.state is State.FAILED
+    assert "internal error" in store.load(failed).last_error.reason  # type: ignore[union-attr]
+
+
+def test_stop_drains_work_in_flight_and_leaves_the_rest(store: RunStore, tmp_path: Path) -> None:
+    """On stop, the run being worked on finishes; runs not started stay in their input state."""
+    started = threading.Event()
+    release = threading.Event()
+
+    def work(job: StageRun) -> None:
+        started.set()
+        release.wait(5)
+        job.done("slow")
+
+    refs = [add_run(store, tmp_path, f"s{i}.mp3") for i in range(4)]
+    stage = Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, work)
+    engine = Engine(store, [stage], workers={"cpu": 1}, tick_seconds=0.01)
+    stop = threading.Event()
+    runner = threading.Thread(target=engine.run, args=(stop,))
+    runner.start()
+    assert started.wait(5)
+    stop.set()
+    release.set()
+    runner.join(5)
+    assert not runner.is_alive()
+    states = sorted(store.find(r.run_id).state.value for r in refs)
+    assert states == ["analyzed", "incoming", "incoming", "incoming"]
+
+
+def test_transient_retry_is_cut_short_by_stop(store: RunStore, tmp_path: Path) -> None:
+    """A run backing off after a transient error is left in place, not failed, when the daemon stops."""
+    stop = threading.Event()
+
+    def work(job: StageRun) -> None:
+        stop.set()
+        raise TransientError("share gone")
+
+    ref = add_run(store, tmp_path)
+    engine_for(store, work, backoff_initial=10, backoff_max=10).run(stop)
+    assert store.find(ref.run_id).state is State.INCOMING
