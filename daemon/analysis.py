@@ -40,7 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import defaults
 from daemon.audio import load_mono
-from daemon.features import ENERGY_HOP, energy_curve, flux, frame_geometry, spectral_features
+from daemon.features import (
+    ENERGY_HOP,
+    energy_curve,
+    energy_slice,
+    flux,
+    frame_geometry,
+    mean_energy,
+    spectral_features,
+)
 
 _TEMPO_RANGE = (40.0, 240.0)
 _PRIOR_BPM, _PRIOR_OCTAVES = 120.0, 1.0
@@ -92,26 +100,15 @@ class Analysis(BaseModel):
 
     def energy_between(self, start: float, end: float) -> float:
         """Mean normalised energy over ``[start, end)``."""
-        return _mean_energy(np.asarray(self.energy), self.energy_hop, start, end)
+        return mean_energy(np.asarray(self.energy), self.energy_hop, start, end)
 
     def energy_trend(self, start: float, end: float) -> float:
         """Energy change per second over ``[start, end)`` (positive while building)."""
-        values = _energy_slice(np.asarray(self.energy), self.energy_hop, start, end)
+        values = energy_slice(np.asarray(self.energy), self.energy_hop, start, end)
         if len(values) < 3:
             return 0.0
         t = np.arange(len(values)) * self.energy_hop
         return float(np.polyfit(t, values, 1)[0])
-
-
-def _energy_slice(energy: np.ndarray, hop: float, start: float, end: float) -> np.ndarray:
-    a = int(start / hop)
-    b = max(a + 1, int(np.ceil(end / hop)))
-    return np.asarray(energy[a:b], dtype=float)
-
-
-def _mean_energy(energy: np.ndarray, hop: float, start: float, end: float) -> float:
-    values = _energy_slice(energy, hop, start, end)
-    return float(values.mean()) if len(values) else 0.0
 
 
 def analyze(
@@ -362,7 +359,7 @@ def _sections(
             start=round(s, 4),
             end=round(e, 4),
             label=lab,
-            energy=round(_mean_energy(energy, ENERGY_HOP, s, e), 4),
+            energy=round(mean_energy(energy, ENERGY_HOP, s, e), 4),
         )
         for s, e, lab in zip(times, ends, labels, strict=True)
     ]

@@ -47,7 +47,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         watch = settings.watch
         watcher = InboxWatcher(
             settings.paths.inbox,
-            intake.accept,
+            intake.take,
             stable_seconds=watch.stable_seconds,
             rescan_seconds=watch.rescan_seconds,
             poll_seconds=watch.poll_seconds,

@@ -54,7 +54,7 @@ class AnalysisConfig(_Section):
     max_song_seconds: float = Field(defaults.MAX_SONG_SECONDS, gt=0)
     min_song_seconds: float = Field(defaults.MIN_SONG_SECONDS, ge=0)
     sample_rate: int = Field(defaults.ANALYSIS_SAMPLE_RATE, ge=8000, le=48000)
-    writer: Literal["theme"] = defaults.WRITER
+    writer: Literal["theme"] = "theme"
     theme: str = defaults.THEME
     seed: int = defaults.SEED
     segments: Literal["dynamic"] | int = "dynamic"

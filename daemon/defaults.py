@@ -22,8 +22,8 @@ VIDEO_HEIGHT = 480
 MAX_SONG_SECONDS = 20 * 60
 # Shorter than this there are not enough beats to estimate a tempo.
 MIN_SONG_SECONDS = 2.0
-# Beat tracking only needs the band below ~5 kHz; 22,050 Hz is librosa's
-# native rate and halves the work of a 44.1 kHz file.
+# Beat tracking only needs the band below ~5 kHz; 22,050 Hz halves the work
+# of a 44.1 kHz file.
 ANALYSIS_SAMPLE_RATE = 22050
 
 # A file counts as arrived when size and mtime hold still this long. Two
@@ -55,5 +55,4 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 10
 
 THEME = "shiva"
-WRITER = "theme"
 SEED = 0

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 import tenacity
 
-from daemon.errors import PermanentError, StageError, StoreError, TransientError
+from daemon.errors import RUN_PLACEHOLDER, PermanentError, StageError, StoreError, TransientError
 from daemon.runs import Manifest
 from daemon.states import Event, State
 from daemon.store import RunRef, RunStore
@@ -200,7 +200,7 @@ class Engine:
             wait=tenacity.wait_exponential_jitter(
                 multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
             ),
-            sleep=self._stop.wait,
+            sleep=self._sleep,
             before_sleep=note_failure,
             reraise=True,
         )
@@ -221,7 +221,12 @@ class Engine:
         new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
         log.info("run.moved", to=new_ref.state.value, seconds=_elapsed(progress.started_at, progress.finished_at))
 
+    def _sleep(self, seconds: float) -> None:
+        # Backoff sleeps end early on stop, so a draining daemon never waits minutes.
+        self._stop.wait(seconds)
+
     def _fail(self, stage: Stage, ref: RunRef, error: StageError, *, attempt: int = 0) -> None:
+        error.hint = error.hint.replace(RUN_PLACEHOLDER, ref.run_id)
         try:
             ref = self.store.refresh(ref)
             if ref.state is State.FAILED:

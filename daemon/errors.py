@@ -62,6 +62,11 @@ class IllegalTransition(TandavaError):
         super().__init__(f"cannot apply {event!r} to a run in state {state!r}")
 
 
+# Adapters that cannot know which run they work for write this in a hint; the
+# engine replaces it with the run id before the hint reaches error.json.
+RUN_PLACEHOLDER = "<run>"
+
+
 class StageError(TandavaError):
     """A stage failed for a run; ``reason`` and ``hint`` are for a person."""
 

@@ -107,3 +107,16 @@ def energy_curve(power: np.ndarray, fps: float) -> np.ndarray:
     db = np.convolve(np.pad(db, 1, mode="edge"), np.ones(3) / 3, mode="valid")
     loud = np.percentile(db, 95)
     return np.clip((db - (loud - _ENERGY_RANGE_DB)) / _ENERGY_RANGE_DB, 0.0, 1.0)
+
+
+def energy_slice(energy: np.ndarray, hop: float, start: float, end: float) -> np.ndarray:
+    """The energy values covering ``[start, end)`` (at least one while any remain)."""
+    a = int(start / hop)
+    b = max(a + 1, int(np.ceil(end / hop)))
+    return np.asarray(energy[a:b], dtype=float)
+
+
+def mean_energy(energy: np.ndarray, hop: float, start: float, end: float) -> float:
+    """Mean of the energy values covering ``[start, end)``; 0 past the end."""
+    values = energy_slice(energy, hop, start, end)
+    return float(values.mean()) if len(values) else 0.0

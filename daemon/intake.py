@@ -35,6 +35,10 @@ class Intake:
         # thread may both reach here during start-up.
         self._lock = threading.Lock()
 
+    def take(self, path: Path) -> None:
+        """The watcher's callback: like ``accept``, without a result."""
+        self.accept(path)
+
     def accept(self, path: Path) -> RunRef | None:
         """Take ``path`` into the store; returns the new run, or None for a duplicate or a vanished file."""
         with self._lock:

@@ -58,7 +58,7 @@ def scrub(text: str) -> str:
     return text
 
 
-class SafeStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class SafeStreamHandler(logging.StreamHandler):
     """A stream handler that escapes what the stream's encoding cannot show.
 
     Windows consoles and redirected streams are often cp1252; writing a

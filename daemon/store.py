@@ -95,11 +95,18 @@ class RunStore:
                     yield RunRef(name, state, folder / name)
 
     def find(self, run_id: str) -> RunRef:
-        """The run whose id is ``run_id`` or starts with it (a unique prefix is enough)."""
-        matches = [ref for ref in self.iter_runs() if ref.run_id.startswith(run_id)]
-        exact = [ref for ref in matches if ref.run_id == run_id]
-        if exact:
-            return exact[0]
+        """The run whose id is ``run_id``, starts with it, or (failing both) contains it once.
+
+        A person types what they remember: the start of the id, or a word of
+        the song's name.
+        """
+        refs = list(self.iter_runs())
+        for ref in refs:
+            if ref.run_id == run_id:
+                return ref
+        matches = [ref for ref in refs if ref.run_id.startswith(run_id)]
+        if not matches:
+            matches = [ref for ref in refs if run_id.lower() in ref.run_id.lower()]
         if len(matches) == 1:
             return matches[0]
         if not matches:

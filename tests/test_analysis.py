@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.analysis import Analysis, analyze, analyze_signal, configure_numba_cache, warm_up
+from daemon.analysis import Analysis, analyze, analyze_signal
 from daemon.errors import BadInput
 from daemon.synth import SongTruth, synth_song, write_long_silence, write_song
 
@@ -180,8 +180,10 @@ def test_analysis_needs_no_jit_compiler() -> None:
     """A fresh process analyses a song without importing librosa or numba (no JIT cost)."""
     code = (
         "import sys\n"
-        "from daemon.analysis import warm_up\n"
-        "warm_up()\n"
+        "from daemon.analysis import analyze_signal\n"
+        "from daemon.synth import synth_song\n"
+        "y, _ = synth_song(6.0, 120.0)\n"
+        "assert analyze_signal(y, 22050).beats\n"
         "print(sorted(m for m in ('librosa', 'numba') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -194,18 +196,3 @@ def test_analysis_needs_no_jit_compiler() -> None:
         timeout=60,
     )
     assert out.stdout.strip() == "[]"
-
-
-def test_configure_numba_cache_sets_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """configure_numba_cache creates the folder and points NUMBA_CACHE_DIR at it."""
-    monkeypatch.setenv("NUMBA_CACHE_DIR", "placeholder")
-    configure_numba_cache(tmp_path / "numba")
-    assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "numba")
-    assert (tmp_path / "numba").is_dir()
-
-
-def test_warm_up_runs() -> None:
-    """warm_up() analyses its synthetic snippet without error."""
-    warm_up()

@@ -34,6 +34,7 @@ def runs_in(settings: Settings, state: State) -> list[str]:
 @pytest.fixture
 def daemon(settings: Settings) -> Iterator[Settings]:
     """A daemon serving `settings` in a background thread, stopped after the test."""
+    settings.paths.inbox.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     thread = threading.Thread(target=run, args=(settings, stop), daemon=True)
     thread.start()
@@ -113,7 +114,7 @@ def test_cli_status_show_and_retry(settings: Settings, capsys: pytest.CaptureFix
     assert "failed: 1" in out
     run_id = runs_in(settings, State.FAILED)[0]
     assert run_id in out
-    assert main(["--config", conf, "show", run_id[:15]]) == 0
+    assert main(["--config", conf, "show", "empty"]) == 0
     out = capsys.readouterr().out
     assert "fix:" in out and "tandava retry" in out
     assert main(["--config", conf, "retry", run_id]) == 0

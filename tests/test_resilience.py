@@ -1,0 +1,161 @@
+"""The daemon as a real process: kill -9 at random moments loses nothing; bad songs fail alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.synth import write_long_silence, write_song
+
+SONGS = [("kailash.wav", 100.0), ("nataraja.flac", 120.0), ("ganga.ogg", 90.0),
+         ("damaru.wav", 140.0), ("शिव तांडव 🔱.flac", 128.0), ("trishula.wav", 110.0)]
+
+
+def make_root(tmp_path: Path) -> Path:
+    conf = tmp_path / "tandava.toml"
+    conf.write_text(
+        "[watch]\nstable_seconds = 0.3\nrescan_seconds = 1.0\npoll_seconds = 0.2\n"
+        "[engine]\ntick_seconds = 0.05\ncpu_workers = 2\n"
+        "[log]\nlevel = \"INFO\"\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "inbox").mkdir()
+    return conf
+
+
+def daemon_cmd(conf: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "daemon", "--config", str(conf), "run", *args]
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TANDAVA_")}
+    return clean | {"PYTHONUTF8": "1"}
+
+
+def age(path: Path) -> None:
+    """Make a file look like it arrived a minute ago (complete for --once)."""
+    old = time.time() - 60
+    os.utime(path, (old, old))
+
+
+def visible_json_is_whole(state_root: Path) -> list[str]:
+    """Every JSON file under a final name parses: nothing half-written is visible."""
+    broken = []
+    for path in state_root.rglob("*.json"):
+        if path.name.startswith("."):
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            broken.append(f"{path}: {exc}")
+    return broken
+
+
+def test_kill_9_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """Every song ends in analyzed/ exactly once across repeated kill -9s, with finished work untouched."""
+    conf = make_root(tmp_path)
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    rng = random.Random(1234)
+    pending = list(SONGS)
+    for name, bpm in pending[:3]:
+        write_song(inbox / name, 12.0, bpm, section_change_at=6.0)
+    pending = pending[3:]
+    finished_mtimes: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    for _round in range(8):
+        if time.monotonic() > deadline:
+            break
+        proc = subprocess.Popen(daemon_cmd(conf), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 2.0))
+        if pending:  # songs keep arriving while the daemon lives and dies
+            name, bpm = pending.pop()
+            write_song(inbox / name, 12.0, bpm)
+        time.sleep(rng.uniform(0.0, 0.8))
+        proc.kill()
+        proc.wait()
+        assert visible_json_is_whole(state) == []
+        for run_dir in (state / "analyzed").glob("*"):
+            finished_mtimes.setdefault(run_dir.name, (run_dir / "analysis.json").stat().st_mtime_ns)
+    for name, bpm in pending:
+        write_song(inbox / name, 12.0, bpm)
+        age(inbox / name)
+    for path in inbox.iterdir():
+        if path.is_file():
+            age(path)
+    subprocess.run(daemon_cmd(conf, "--once"), env=env(), check=True, timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    analyzed = sorted((state / "analyzed").iterdir())
+    songs = sorted(p.name for d in analyzed for p in d.iterdir() if p.suffix in {".wav", ".flac", ".ogg"})
+    assert songs == sorted(name for name, _ in SONGS)
+    for other in ("incoming", "imaged", "failed"):
+        assert [p.name for p in (state / other).iterdir()] == [], other
+    assert not (inbox / "duplicates").exists()
+    assert [p.name for p in inbox.iterdir()] == []
+    assert visible_json_is_whole(state) == []
+    assert [p for p in state.rglob("*.tmp")] == []
+    for run_id, mtime in finished_mtimes.items():
+        assert (state / "analyzed" / run_id / "analysis.json").stat().st_mtime_ns == mtime, run_id
+
+
+def _without_read_override() -> list[str]:
+    """As root, drop the capabilities that let root read any file, so chmod 000 means unreadable."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_bad_songs_fail_with_clear_reasons_while_good_ones_complete(tmp_path: Path) -> None:
+    """Empty, truncated, not-audio, too short, too long and unreadable songs each fail with a reason."""
+    conf = make_root(tmp_path)
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    (inbox / "empty.mp3").write_bytes(b"")
+    write_song(tmp_path / "whole.mp3", 20.0, 120.0)
+    data = (tmp_path / "whole.mp3").read_bytes()
+    (inbox / "truncated.mp3").write_bytes(data[: len(data) // 3])
+    (inbox / "lyrics.mp3").write_text("Om Namah Shivaya\n" * 200, encoding="utf-8")
+    write_song(inbox / "blip.wav", 0.3, 120.0)
+    write_long_silence(inbox / "two hours.wav", 2 * 3600.0)
+    write_song(inbox / "locked.flac", 6.0, 120.0)
+    (inbox / "locked.flac").chmod(0)
+    write_song(inbox / "good.wav", 8.0, 120.0)
+    for path in inbox.iterdir():
+        age(path)
+    started = time.monotonic()
+    result = subprocess.run([*_without_read_override(), *daemon_cmd(conf, "--once")], env=env(),
+                            capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60
+
+    reasons = {}
+    for run_dir in (state / "failed").iterdir():
+        error = json.loads((run_dir / "error.json").read_text(encoding="utf-8"))
+        manifest = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        reasons[manifest["song"]["original_name"]] = error
+        assert error["hint"], error
+        assert error["retry"] == f"tandava retry {run_dir.name}"
+    assert sorted(reasons) == sorted(["empty.mp3", "truncated.mp3", "lyrics.mp3", "blip.wav",
+                                      "two hours.wav", "locked.flac"])
+    assert "empty" in reasons["empty.mp3"]["reason"].lower()
+    assert "truncat" in reasons["truncated.mp3"]["reason"].lower()
+    assert "not" in reasons["lyrics.mp3"]["reason"].lower() and "audio" in reasons["lyrics.mp3"]["reason"].lower()
+    assert "short" in reasons["blip.wav"]["reason"].lower()
+    assert "long" in reasons["two hours.wav"]["reason"].lower()
+    assert "permission" in reasons["locked.flac"]["reason"].lower() or "read" in reasons["locked.flac"]["reason"].lower()
+    assert len(list((state / "analyzed").iterdir())) == 1
+
+    log_lines = [json.loads(line) for line in (tmp_path / "logs" / "tandava.log").read_text(encoding="utf-8").splitlines()]
+    failed_events = [e for e in log_lines if e["event"] == "run.failed"]
+    assert len(failed_events) == 6
+    assert all(e["run_id"] and e["stage"] == "analyze" and e["reason"] for e in failed_events)
