@@ -156,6 +156,22 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
+@command
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Synthesize a short song, drop it into a fresh inbox and run the pipeline on it.
+
+    Needs no GPU, no ComfyUI, no API keys and no download: the song (drums at
+    a known tempo, chords, a section change) is made on the spot. Prints where
+    the run ended up and its segment plan.
+
+    Example: tandava demo                 (works in ./tandava-demo)
+             tandava demo --dir /tmp/td
+    """
+    from daemon.demo import run_demo
+
+    return run_demo(args.dir, out=sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandava",
@@ -180,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("run", help="run id or a unique prefix of it")
         if name == "status":
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
+        if name == "demo":
+            p.add_argument("--dir", type=Path, default=Path("tandava-demo"), help="demo folder")
         if name == "init":
             p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
             p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -191,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _make_streams_safe()
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.config) if args.command != "init" else Settings()
+        settings = load_settings(args.config) if args.command not in {"init", "demo"} else Settings()
     except ConfigError as exc:
         print(f"tandava: configuration error: {exc}", file=sys.stderr)
         return 2

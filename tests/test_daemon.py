@@ -147,3 +147,12 @@ def test_doctor_fails_on_unwritable_path(tmp_path: Path, capsys: pytest.CaptureF
     conf.write_text(f'[paths]\nstate_root = "{blocker.as_posix()}/state"\n', encoding="utf-8")
     assert main(["--config", str(conf), "doctor"]) == 1
     assert "FAIL state root" in capsys.readouterr().out
+
+
+def test_demo_runs_the_pipeline_in_its_own_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tandava demo` synthesizes a song and takes it through analysis in a fresh folder."""
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "is in analyzed/" in out
+    assert "tempo 120" in out or "tempo 119" in out
+    assert len(list((tmp_path / "demo" / "state" / "analyzed").iterdir())) == 1

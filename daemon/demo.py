@@ -1,0 +1,77 @@
+"""``tandava demo``: the whole pipeline on a song made on the spot, in a folder of its own.
+
+The demo is a real installation in miniature: its own ``tandava.toml``, inbox
+and state root, the same daemon loop (``run --once``), the same logs. Nothing
+is downloaded and nothing outside the demo folder is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from daemon.config import load_settings
+from daemon.logs import configure_logging
+from daemon.states import State
+from daemon.store import RunStore
+from daemon.synth import write_song
+
+DEMO_SONG = "Shiva Tandava (demo).wav"
+DEMO_SECONDS = 40.0
+DEMO_BPM = 120.0
+DEMO_CONFIG = """\
+# Written by `tandava demo`. Short stability window: the demo writes its song
+# itself, in one go.
+[watch]
+stable_seconds = 0.5
+
+[engine]
+tick_seconds = 0.1
+"""
+
+
+def run_demo(folder: Path, *, out: TextIO) -> int:
+    """Make the demo folder and song, run the daemon until the song is done, report."""
+    from daemon.app import run
+
+    folder = folder.resolve()
+    (folder / "inbox").mkdir(parents=True, exist_ok=True)
+    config = folder / "tandava.toml"
+    if not config.exists():
+        config.write_text(DEMO_CONFIG, encoding="utf-8")
+    settings = load_settings(config)
+    configure_logging(log_file=settings.paths.logs / "tandava.log", console=None)
+    song = settings.paths.inbox / DEMO_SONG
+    # A new seed each time: a second demo is a new song, not a duplicate of the first.
+    truth = write_song(song, DEMO_SECONDS, DEMO_BPM, section_change_at=DEMO_SECONDS / 2,
+                       seed=time.time_ns() % 2**31)
+    # --once takes only files that have settled; this one is complete already.
+    past = time.time() - 2 * settings.watch.stable_seconds
+    os.utime(song, (past, past))
+    print(f"synthesized {song.name}: {DEMO_SECONDS:.0f} s at {DEMO_BPM:.0f} BPM, "
+          f"section change at {DEMO_SECONDS / 2:.0f} s", file=out)
+    started = time.monotonic()
+    run(settings, threading.Event(), once=True)
+    elapsed = time.monotonic() - started
+    store = RunStore(settings.paths.state_root)
+    newest = max(store.iter_runs(), key=lambda ref: store.load(ref).created_at, default=None)
+    if newest is None:
+        print("the song did not become a run; see the log: " + str(settings.paths.logs), file=out)
+        return 1
+    print(f"run {newest.run_id} is in {newest.state.value}/ after {elapsed:.1f} s", file=out)
+    print(f"  folder: {newest.path}", file=out)
+    if newest.state is State.FAILED:
+        print("  " + (newest.path / "error.json").read_text(encoding="utf-8"), file=out)
+        return 1
+    analysis = json.loads((newest.path / "analysis.json").read_text(encoding="utf-8"))
+    plan = json.loads((newest.path / "segments.json").read_text(encoding="utf-8"))
+    print(f"  tempo {analysis['tempo']:.1f} BPM (true {truth.bpm:.0f}), {len(analysis['beats'])} beats, "
+          f"{len(analysis['sections'])} sections, {len(plan['segments'])} segments", file=out)
+    for seg in plan["segments"][:3]:
+        print(f"  {seg['start']:6.2f}-{seg['end']:6.2f} s  {seg['mood']:<9} {seg['visual_prompt'][:90]}…", file=out)
+    print(f"status: tandava --config {config} status", file=out)
+    return 0
