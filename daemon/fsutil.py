@@ -19,7 +19,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEMP_MARKER = ".tandava-"
 TEMP_SUFFIX = ".tmp"
@@ -52,12 +52,16 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old content or the new, never a part."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """Open a temp sibling of ``path`` for writing; on success it is synced and renamed over ``path``.
+
+    On any error the temp file is removed and ``path`` is untouched.
+    """
     tmp = temp_path_for(path)
     try:
         with tmp.open("wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -66,6 +70,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old content or the new, never a part."""
+    with replacing(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -108,19 +118,9 @@ def move_file(src: Path, dst: Path) -> None:
     else:
         fsync_dir(dst.parent)
         return
-    tmp = temp_path_for(dst)
-    try:
-        with src.open("rb") as fin, tmp.open("wb") as fout:
-            shutil.copyfileobj(fin, fout, _HASH_CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        shutil.copystat(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(dst.parent)
+    with src.open("rb") as fin, replacing(dst) as fout:
+        shutil.copyfileobj(fin, fout, _HASH_CHUNK)
+    shutil.copystat(src, dst)
     src.unlink()
 
 

@@ -65,7 +65,7 @@ class Intake:
                 self._move_aside(path, existing)
                 return None
         ref = self.store.create(path, digest, id_digest=id_digest)
-        log.info("run.created", run_id=ref.run_id, file=path.name, size=stat.st_size, sha256=digest[:16])
+        log.info("run.created", run_id=ref.run_id, stage="intake", file=path.name, size=stat.st_size, sha256=digest[:16])
         return ref
 
     def _move_aside(self, path: Path, existing: RunRef) -> None:

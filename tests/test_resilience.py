@@ -159,3 +159,25 @@ def test_bad_songs_fail_with_clear_reasons_while_good_ones_complete(tmp_path: Pa
     failed_events = [e for e in log_lines if e["event"] == "run.failed"]
     assert len(failed_events) == 6
     assert all(e["run_id"] and e["stage"] == "analyze" and e["reason"] for e in failed_events)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signal delivery; the Windows service stops through run(stop_event)")
+def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM stops the daemon with exit code 0, the lock released and the stop logged."""
+    import signal
+
+    conf = make_root(tmp_path)
+    write_song(tmp_path / "inbox" / "one.wav", 6.0, 120.0)
+    proc = subprocess.Popen(daemon_cmd(conf), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list((tmp_path / "state" / "analyzed").glob("*")):
+            time.sleep(0.05)
+        assert list((tmp_path / "state" / "analyzed").glob("*"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    events = [json.loads(line)["event"] for line in (tmp_path / "logs" / "tandava.log").read_text(encoding="utf-8").splitlines()]
+    assert "daemon.stop_requested" in events and events[-1] == "daemon.stopped"
+    assert not (tmp_path / "state" / ".tandava.lock").exists()
