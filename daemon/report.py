@@ -49,16 +49,18 @@ def _progress(store: RunStore, ref: RunRef) -> str:
     if ref.state is State.FAILED and manifest.last_error is not None:
         err = manifest.last_error
         return f"failed in {err.stage}: {err.reason}"
-    parts = []
-    for stage, progress in manifest.stages.items():
-        if progress.finished_at is None:
-            steps = ", ".join(progress.steps_done) or "starting"
-            parts.append(f"{stage}: {steps} (attempt {progress.attempts})")
-    detail = manifest.stages.get("analyze")
-    if detail is not None and "tempo" in detail.detail and ref.state is not State.INCOMING:
-        parts.append(f"{detail.detail.get('duration', 0):.0f}s at {detail.detail['tempo']:.0f} BPM")
-    if "segments" in (detail.detail if detail else {}):
-        parts.append(f"{detail.detail['segments']} segments")  # type: ignore[union-attr]
+    parts = [
+        f"{stage}: {', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
+        for stage, progress in manifest.stages.items()
+        if progress.finished_at is None
+    ]
+    analyze = manifest.stages.get("analyze")
+    if analyze is not None and analyze.finished_at is not None:
+        info = analyze.detail
+        if "tempo" in info:
+            parts.append(f"{info.get('duration', 0):.0f}s at {info['tempo']:.0f} BPM")
+        if "segments" in info:
+            parts.append(f"{info['segments']} segments")
     return "; ".join(parts) or manifest.song.original_name
 
 
