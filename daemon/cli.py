@@ -217,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(console=default_console(), console_mode="pretty", level="WARNING")
     try:
         return COMMANDS[args.command](args, settings)
+    except BrokenPipeError:
+        # `tandava status | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except StoreError as exc:
         print(f"tandava: {exc}", file=sys.stderr)
         return 1

@@ -105,18 +105,34 @@ def sha256_file(path: Path) -> str:
 def move_file(src: Path, dst: Path) -> None:
     """Move a file so ``dst`` appears complete or not at all.
 
-    Within one filesystem this is a single rename. Across filesystems (an inbox
-    on a share, a state root on a local disk) the content is copied to a temp
-    name beside ``dst``, synced and renamed, and only then is ``src`` removed:
-    a crash in between leaves the source in place, never a torn copy.
+    Within one filesystem this is a hard link then an unlink: ``dst`` appears
+    whole at once and a crash in between leaves the song in both places, which
+    start-up reconcile resolves. A plain rename would do the same, but the inbox
+    watcher would see it as a "moved out" event, which watchdog holds back for
+    half a second hoping to pair it, delaying every event queued behind it. Where
+    links are not supported (FAT, some shares) it falls back to a rename.
+
+    Across filesystems (an inbox on a share, a state root on a local disk) the
+    content is copied to a temp name beside ``dst``, synced and renamed, and
+    only then is ``src`` removed: a crash in between leaves the source in
+    place, never a torn copy.
     """
     try:
-        os.replace(src, dst)
+        os.link(src, dst)
     except OSError as exc:
-        if not _is_cross_device(exc):
+        if isinstance(exc, FileExistsError):
             raise
+        try:
+            os.replace(src, dst)
+        except OSError as exc2:
+            if not _is_cross_device(exc2):
+                raise
+        else:
+            fsync_dir(dst.parent)
+            return
     else:
         fsync_dir(dst.parent)
+        src.unlink()
         return
     with src.open("rb") as fin, replacing(dst) as fout:
         shutil.copyfileobj(fin, fout, _HASH_CHUNK)
