@@ -19,9 +19,9 @@ is stopped with SIGINT (terminate on Windows), its warm stop.
    events (``polling = "auto"`` on a local disk; the mode the daemon reports
    is printed) and once with ``polling = "always"``. Targets: native
    p95 <= 1 s; polling p95 <= stable_seconds + poll_seconds. Native latency
-   is the 0.5 s settle after a close, plus up to 0.5 s more when the close
-   event queues behind the previous song's move out of the inbox: watchdog
-   holds an unpaired IN_MOVED_FROM for 0.5 s and delivers nothing behind it.
+   is the 0.5 s settle after a close. (Intake moves a song out by link +
+   unlink: a rename out of the inbox is an unpaired IN_MOVED_FROM, which
+   watchdog holds for 0.5 s with every later event queued behind it.)
 2. Idle daemon on an empty inbox: after ``daemon.started`` and a 2 s settle,
    psutil samples the daemon's process tree once a second for the idle window
    (60 s; 15 s with ``--quick``): peak RSS (sum over the tree) and CPU % (CPU
