@@ -71,6 +71,35 @@ class VideoConfig(_Section):
         return self.clip_frames / self.fps
 
 
+class ImagesConfig(_Section):
+    backend: Literal["storyboard", "folder"] = "storyboard"
+    candidates: int = Field(defaults.CANDIDATES, ge=1, le=16)
+    # Photos for the folder backend; default: a folder named like the song beside it in the inbox.
+    folder: Path | None = None
+    max_rounds: int = Field(defaults.MAX_ROUNDS, ge=1)
+
+
+class ClipsConfig(_Section):
+    backend: Literal["kenburns"] = "kenburns"
+    # How far a clip may be slowed to fill its segment before a chain of clips is used.
+    max_slowdown: float = Field(defaults.MAX_SLOWDOWN, ge=1.0, le=4.0)
+
+
+class AssemblyConfig(_Section):
+    transition: Literal["none", "fade", "crossfade"] = "crossfade"
+    transition_seconds: float = Field(defaults.TRANSITION_SECONDS, ge=0, le=5)
+    crf: int = Field(defaults.CRF, ge=0, le=51)
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+    audio_bitrate: str = "192k"
+    exports: list[Literal["mov", "vertical"]] = Field(default_factory=list)
+    # A system ffmpeg instead of the one installed with Tandava (imageio-ffmpeg).
+    ffmpeg: Path | None = None
+
+
+class ApprovalConfig(_Section):
+    mode: Literal["auto", "manual"] = "manual"
+
+
 class EngineConfig(_Section):
     cpu_workers: int = Field(defaults.CPU_WORKERS, ge=1, le=64)
     attempts: int = Field(defaults.STAGE_ATTEMPTS, ge=1)
@@ -100,6 +129,10 @@ class Settings(BaseSettings):
     watch: WatchConfig = Field(default_factory=WatchConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
+    assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -168,18 +201,23 @@ def load_settings(config_file: Path | None = None, *, cwd: Path | None = None) -
     settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
     settings.config_file = path.resolve() if path is not None else None
     settings.paths = _resolve_paths(settings.paths, base)
+    if settings.images.folder is not None:
+        settings.images.folder = _resolve(settings.images.folder, base)
+    if settings.assembly.ffmpeg is not None and len(settings.assembly.ffmpeg.parts) > 1:
+        settings.assembly.ffmpeg = _resolve(settings.assembly.ffmpeg, base)
     return settings
+
+
+def _resolve(value: Path, base: Path) -> Path:
+    value = value.expanduser()
+    return value if value.is_absolute() else base / value
 
 
 def _resolve_paths(paths: PathsConfig, base: Path) -> PathsConfig:
     resolved: dict[str, Any] = {}
     for name in PathsConfig.model_fields:
         value = getattr(paths, name)
-        if isinstance(value, Path):
-            value = value.expanduser()
-            resolved[name] = value if value.is_absolute() else base / value
-        else:
-            resolved[name] = value
+        resolved[name] = _resolve(value, base) if isinstance(value, Path) else value
     return PathsConfig(**resolved)
 
 

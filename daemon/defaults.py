@@ -56,3 +56,21 @@ LOG_BACKUPS = 10
 
 THEME = "shiva"
 SEED = 0
+
+# Candidates per segment: two gives a person a choice without doubling GPU time.
+CANDIDATES = 2
+# Rounds of fresh candidates for a segment whose candidates were all rejected,
+# before the run waits for a person to say what they want.
+MAX_ROUNDS = 3
+# Slowing a clip by more than half again makes motion visibly sluggish; past
+# that a segment gets a chain of clips instead.
+MAX_SLOWDOWN = 1.5
+# A crossfade at section boundaries: long enough to read as a transition,
+# short enough (8 frames at 16 fps) not to blur the beat.
+TRANSITION_SECONDS = 0.5
+# H.264 quality: 20 is visually clean at 832x480 and keeps a 4-minute video
+# around 30-60 MB.
+CRF = 20
+# Shortest piece of a clip on the timeline: below ~half a second a cut reads
+# as a glitch.
+MIN_PIECE_SECONDS = 0.5

@@ -6,7 +6,6 @@ Each check returns ok or what is wrong and the fix. Later capabilities
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from pathlib import Path
 
 from daemon import fsutil
 from daemon.config import Settings
+from daemon.errors import PermanentError
+from daemon.media import find_ffmpeg
 
 
 @dataclass(frozen=True)
@@ -38,20 +39,11 @@ def check_writable(name: str, folder: Path) -> Check:
     return Check(name, True, str(folder))
 
 
-def find_ffmpeg() -> str | None:
-    """ffmpeg from imageio-ffmpeg (installed with Tandava), else one on PATH."""
+def check_ffmpeg(settings: Settings) -> Check:
     try:
-        import imageio_ffmpeg
-
-        return str(imageio_ffmpeg.get_ffmpeg_exe())
-    except (ImportError, RuntimeError):
-        return shutil.which("ffmpeg")
-
-
-def check_ffmpeg(_settings: Settings) -> Check:
-    exe = find_ffmpeg()
-    if exe is None:
-        return Check("ffmpeg", False, "not found; run `pip install imageio-ffmpeg` or install ffmpeg")
+        exe = find_ffmpeg(settings.assembly.ffmpeg)
+    except PermanentError as exc:
+        return Check("ffmpeg", False, f"{exc.reason}; {exc.hint}")
     try:
         out = subprocess.run([exe, "-version"], capture_output=True, text=True, encoding="utf-8",
                              errors="replace", timeout=20, check=True).stdout
