@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,6 +24,9 @@ from daemon import __version__
 from daemon.config import CONFIG_NAME, Settings, load_settings, masked
 from daemon.errors import ConfigError, StoreError, TandavaError
 from daemon.logs import configure_logging, default_console
+
+if TYPE_CHECKING:
+    from daemon.approval import Verdict
 
 Command = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, Command] = {}
@@ -104,6 +108,90 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     ref = store.find(args.run)
     new_ref = store.retry(ref)
     print(f"{new_ref.run_id}: back in {new_ref.state.value}/; a running daemon picks it up now.")
+    return 0
+
+
+@command
+def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    """List what waits for a person: every run in pending_approval, its segments and candidate images.
+
+    Example: tandava pending
+    """
+    from daemon.report import pending_lines
+
+    for line in pending_lines(settings.paths.state_root):
+        print(line)
+    return 0
+
+
+@command
+def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    """Approve candidates: SEGMENT:CANDIDATE pairs, or --all (the first candidate nobody rejected, per open segment).
+
+    A later approval of another candidate of the same segment replaces the
+    earlier one. The daemon moves the run on once every segment is approved.
+
+    Example: tandava approve 20261121-101500_shiva 0:1 3:0
+             tandava approve shiva --all
+    """
+    return _decide(args, settings, "approve")
+
+
+@command
+def cmd_reject(args: argparse.Namespace, settings: Settings) -> int:
+    """Reject candidates (SEGMENT:CANDIDATE…). A segment whose candidates are all rejected gets new ones.
+
+    Example: tandava reject 20261121-101500_shiva 2:0 2:1
+    """
+    return _decide(args, settings, "reject")
+
+
+@command
+def cmd_regenerate(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask for a fresh round of candidates for SEGMENT(s) once all of theirs are rejected.
+
+    Example: tandava regenerate 20261121-101500_shiva 2
+    """
+    return _decide(args, settings, "regenerate")
+
+
+def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> int:
+    import getpass
+    import platform
+
+    from daemon.approval import ApprovalStore, statuses
+    from daemon.segments_file import read_segments
+    from daemon.store import RunStore
+
+    store = RunStore(settings.paths.state_root)
+    approvals = ApprovalStore(store)
+    ref = store.find(args.run)
+    by = f"{getpass.getuser()}@{platform.node()}"
+    targets: list[tuple[int, int | None]] = []
+    if getattr(args, "all", False):
+        manifest = store.load(ref)
+        for status in statuses(manifest, approvals.load(ref), len(read_segments(ref.path))):
+            if status.approved is None and status.undecided:
+                targets.append((status.segment, status.undecided[0]))
+    for item in args.items:
+        try:
+            if verdict == "regenerate":
+                targets.append((int(item), None))
+            else:
+                seg, cand = item.split(":")
+                targets.append((int(seg), int(cand)))
+        except ValueError:
+            expected = "SEGMENT" if verdict == "regenerate" else "SEGMENT:CANDIDATE, e.g. 3:1"
+            print(f"tandava: {item!r} is not {expected}", file=sys.stderr)
+            return 2
+    if not targets:
+        print("nothing to decide: give SEGMENT:CANDIDATE pairs" + (" or --all" if verdict == "approve" else ""),
+              file=sys.stderr)
+        return 2
+    for seg, cand in targets:
+        approvals.decide(ref.run_id, seg, cand, verdict, by=by, channel="cli")
+        what = f"segment {seg}" + (f" candidate {cand}" if cand is not None else "")
+        print(f"{verdict}: {ref.run_id} {what}")
     return 0
 
 
@@ -192,8 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "run":
             p.add_argument("--once", action="store_true", help="process what is waiting, then exit")
-        if name in {"show", "retry"}:
-            p.add_argument("run", help="run id or a unique prefix of it")
+        if name in {"show", "retry", "approve", "reject", "regenerate"}:
+            p.add_argument("run", help="run id, its start, or a word of the song name")
+        if name in {"approve", "reject"}:
+            p.add_argument("items", nargs="*", metavar="SEGMENT:CANDIDATE")
+        if name == "regenerate":
+            p.add_argument("items", nargs="+", metavar="SEGMENT")
+        if name == "approve":
+            p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
         if name == "status":
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
         if name == "demo":

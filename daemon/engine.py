@@ -23,6 +23,7 @@ dropped and simply found again in its input directory on the next start.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,13 +41,35 @@ log = structlog.get_logger("tandava.engine")
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A work function's answer when the run cannot go on yet (a person must decide)."""
+
+    reason: str
+    recheck_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A work function's answer when it moved the run itself (under a lock it held)."""
+
+    ref: RunRef
+
+
+Outcome = Waiting | Moved | None
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline: where runs wait, what it does, what it fires."""
+    """One step of the pipeline: where runs wait, what it does, what it fires.
+
+    ``work`` returns None when the run is finished with this stage (the engine
+    fires ``done``), ``Waiting`` to be looked at again later, or ``Moved``.
+    """
 
     name: str
     input: State
     done: Event
-    work: Callable[[StageRun], None]
+    work: Callable[[StageRun], Outcome]
     resource: str = "cpu"
 
 
@@ -103,6 +126,8 @@ class Engine:
             for resource in {stage.resource for stage in stages}
         }
         self._in_flight: dict[str, Future[None]] = {}
+        # Runs that answered Waiting are not looked at again before this time.
+        self._not_before: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -124,10 +149,13 @@ class Engine:
         """Hand every waiting run that is not in flight to its stage; returns how many."""
         submitted = 0
         self._reap()
+        now = time.monotonic()
         for stage in self.stages:
             for ref in self.store.iter_runs([stage.input]):
                 with self._lock:
                     if ref.run_id in self._in_flight or self._stop.is_set():
+                        continue
+                    if self._not_before.get(ref.run_id, 0.0) > now:
                         continue
                     self._in_flight[ref.run_id] = self._pools[stage.resource].submit(
                         self._process, stage, ref
@@ -140,6 +168,11 @@ class Engine:
         self._reap()
         with self._lock:
             return bool(self._in_flight)
+
+    def waiting(self) -> list[str]:
+        """Run ids that answered Waiting (a person has to act before they go on)."""
+        with self._lock:
+            return list(self._not_before)
 
     def in_flight(self) -> list[str]:
         """Run ids being worked on now."""
@@ -180,11 +213,16 @@ class Engine:
         manifest = self.store.load(ref)
         progress = manifest.progress(stage.name)
         failures_before = int(progress.detail.get("transient_failures", 0))
-        if progress.started_at is None:
-            progress.started_at = self.store.clock()
-        progress.attempts += 1
-        self.store.save(ref, manifest)
-        log.info("stage.started", attempt=progress.attempts)
+        with self._lock:
+            rechecking = ref.run_id in self._not_before
+        if not rechecking:
+            # A run re-checked while it waits for a person is not a new attempt,
+            # and must not rewrite its manifest every few seconds for months.
+            if progress.started_at is None:
+                progress.started_at = self.store.clock()
+            progress.attempts += 1
+            self.store.save(ref, manifest)
+            log.info("stage.started", attempt=progress.attempts)
 
         def note_failure(retry_state: tenacity.RetryCallState) -> None:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -205,7 +243,7 @@ class Engine:
             reraise=True,
         )
         try:
-            retrying(stage.work, work)
+            outcome = retrying(stage.work, work)
         except (TransientError, OSError) as exc:
             if self._stop.is_set():
                 log.info("stage.interrupted", error=str(exc))
@@ -215,8 +253,22 @@ class Engine:
         except StageError as exc:
             self._fail(stage, ref, exc, attempt=progress.attempts)
             return
+        if isinstance(outcome, Waiting):
+            with self._lock:
+                self._not_before[ref.run_id] = time.monotonic() + outcome.recheck_seconds
+            if progress.detail.get("waiting") != outcome.reason:
+                progress.detail["waiting"] = outcome.reason
+                self.store.save(ref, manifest)
+                log.info("stage.waiting", reason=outcome.reason)
+            return
+        with self._lock:
+            self._not_before.pop(ref.run_id, None)
+        if isinstance(outcome, Moved):
+            log.info("run.moved", to=outcome.ref.state.value)
+            return
         progress.finished_at = self.store.clock()
         progress.detail.pop("transient_failures", None)
+        progress.detail.pop("waiting", None)
         self.store.save(ref, manifest)
         new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
         log.info("run.moved", to=new_ref.state.value, seconds=_elapsed(progress.started_at, progress.finished_at))

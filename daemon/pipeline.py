@@ -11,18 +11,16 @@ render stages plug in here the same way.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from daemon import fsutil
 from daemon.config import Settings
 from daemon.engine import Stage, StageRun
 from daemon.errors import BadInput
+from daemon.segments_file import SEGMENTS_FILE, write_segments
 from daemon.states import Event, State
 
 ANALYSIS_FILE = "analysis.json"
-SEGMENTS_FILE = "segments.json"
 
 
 def build_stages(settings: Settings) -> list[Stage]:
@@ -78,15 +76,13 @@ class Analyze:
         extra = [self.settings.paths.themes] if self.settings.paths.themes else []
         writer = ThemeWriter(load_theme(cfg.theme, extra))
         segments = writer.write(analysis, segments, seed=cfg.seed)
-        doc: dict[str, Any] = {
-            "writer": writer.name,
-            "theme": cfg.theme,
-            "seed": cfg.seed,
-            "clip_seconds": self.settings.video.clip_seconds,
-            "segments": [segment.model_dump(mode="json") for segment in segments],
-        }
-        fsutil.atomic_write_text(
-            job.ref.path / SEGMENTS_FILE, json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        write_segments(
+            job.ref.path,
+            segments,
+            writer=writer.name,
+            theme=cfg.theme,
+            seed=cfg.seed,
+            clip_seconds=self.settings.video.clip_seconds,
         )
         job.done("segments", segments=len(segments), writer=writer.name)
 

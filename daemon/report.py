@@ -142,3 +142,40 @@ console = "auto"           # auto (pretty on a terminal, JSON otherwise/journald
 max_bytes = {defaults.LOG_MAX_BYTES}
 backups = {defaults.LOG_BACKUPS}
 """
+
+
+def pending_lines(root: Path) -> Iterator[str]:
+    """Runs waiting for approval, per segment: status and candidate images."""
+    from daemon.approval import ApprovalStore, candidates_of, statuses
+    from daemon.segments_file import read_segments
+
+    store = RunStore(root)
+    approvals = ApprovalStore(store)
+    refs = list(store.iter_runs([State.PENDING_APPROVAL]))
+    if not refs:
+        yield "nothing waits for approval."
+        return
+    for ref in refs:
+        try:
+            manifest = store.load(ref)
+            segments = read_segments(ref.path)
+            current = statuses(manifest, approvals.load(ref), len(segments))
+        except (StoreError, OSError, ValueError) as exc:
+            yield f"{ref.run_id}: cannot read ({exc})"
+            continue
+        jobs = candidates_of(manifest)
+        open_count = sum(1 for s in current if s.approved is None)
+        yield f"{ref.run_id}  ({manifest.song.original_name}): {open_count} of {len(current)} segment(s) open"
+        for status, segment in zip(current, segments, strict=True):
+            state = f"approved {status.approved}" if status.approved is not None else (
+                "all rejected" if status.all_rejected else "open")
+            yield f"  segment {segment.index}  {_clock(segment.start)}-{_clock(segment.end)}  {segment.mood}  [{state}]"
+            for job in jobs.get(segment.index, []):
+                mark = "approved" if job.index == status.approved else (
+                    "rejected" if job.index in status.rejected else "")
+                yield f"    {segment.index}:{job.index}  {ref.path / job.output}  {mark}".rstrip()
+        yield f"  approve with: tandava approve {ref.run_id} --all   (or SEGMENT:CANDIDATE …)"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{seconds % 60:05.2f}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from daemon.backends import Job
 from daemon.states import State
 
 SCHEMA_VERSION = 1
@@ -82,6 +83,8 @@ class Manifest(BaseModel):
     stages: dict[str, StageProgress] = Field(default_factory=dict)
     errors: list[ErrorRecord] = Field(default_factory=list)
     failed_from: State | None = None
+    # Backend work by job id; a job is recorded here before it is submitted.
+    jobs: dict[str, Job] = Field(default_factory=dict)
 
     def progress(self, stage: str) -> StageProgress:
         """The progress record of ``stage``, created on first use."""

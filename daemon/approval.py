@@ -1,0 +1,219 @@
+"""The approval gate: one decision store per run, shared by every channel.
+
+How this works: ``approvals.json`` in the run folder is an append-only log of
+decisions (approve, reject, regenerate), each with who, when and through which
+channel. What a segment's status *is* (approved with candidate 4, every
+candidate rejected, waiting) is derived from the log and the candidates the
+run's manifest records, never stored twice. The CLI, the auto policy, and
+later Telegram and the web panel all call ``decide``: it takes the run's lock,
+re-reads the log, appends, and writes it back atomically, so two channels
+deciding at once never lose each other's decision, and a decision survives a
+crash the instant ``decide`` returns.
+
+The lock lives outside the run folder (``<state>/.locks/<run_id>.lock``)
+because the approval stage moves the folder to ``approved/`` while holding it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from daemon import fsutil
+from daemon.backends import Job
+from daemon.errors import StoreError
+from daemon.runs import Manifest, utcnow
+from daemon.states import State
+from daemon.store import RunRef, RunStore
+
+APPROVALS_FILE = "approvals.json"
+LOCKS_DIR = ".locks"
+Verdict = Literal["approve", "reject", "regenerate"]
+# A lock older than this was left by a process that died holding it.
+_STALE_LOCK_SECONDS = 30.0
+
+
+class Decision(BaseModel):
+    """One decision on one candidate (or, for ``regenerate``, on a whole segment)."""
+
+    segment: int
+    candidate: int | None = None
+    verdict: Verdict
+    by: str
+    channel: str
+    at: datetime
+
+
+class Approvals(BaseModel):
+    """``approvals.json``: the decision log of a run."""
+
+    schema_version: int = 1
+    decisions: list[Decision] = Field(default_factory=list)
+
+
+class DecisionRefused(StoreError):
+    """A decision that cannot apply: unknown candidate, or the run is not waiting for one."""
+
+
+class SegmentStatus(BaseModel):
+    """Where one segment stands, derived from the log and the candidates."""
+
+    segment: int
+    candidates: list[int]
+    approved: int | None = None
+    rejected: list[int] = Field(default_factory=list)
+    rounds: int = 0
+    extra_rounds: int = 0
+
+    @property
+    def all_rejected(self) -> bool:
+        return bool(self.candidates) and self.approved is None and set(self.rejected) >= set(self.candidates)
+
+    @property
+    def undecided(self) -> list[int]:
+        return [c for c in self.candidates if c not in self.rejected and c != self.approved]
+
+
+def candidates_of(manifest: Manifest) -> dict[int, list[Job]]:
+    """Finished image jobs per segment, in candidate order."""
+    found: dict[int, list[Job]] = {}
+    for job in manifest.jobs.values():
+        if job.kind == "image" and job.status == "done":
+            found.setdefault(job.segment, []).append(job)
+    for jobs in found.values():
+        jobs.sort(key=lambda j: j.index)
+    return found
+
+
+def statuses(manifest: Manifest, approvals: Approvals, segments: int) -> list[SegmentStatus]:
+    """Each segment's status: the latest word on each candidate wins."""
+    cands = candidates_of(manifest)
+    result = []
+    for seg in range(segments):
+        jobs = cands.get(seg, [])
+        status = SegmentStatus(
+            segment=seg,
+            candidates=[j.index for j in jobs],
+            rounds=len({int(j.detail.get("round", 1)) for j in jobs}),
+        )
+        latest: dict[int, Decision] = {}
+        for d in approvals.decisions:
+            if d.segment != seg:
+                continue
+            if d.verdict == "regenerate":
+                status.extra_rounds += 1
+            elif d.candidate is not None:
+                latest[d.candidate] = d
+        status.rejected = sorted(c for c, d in latest.items() if d.verdict == "reject")
+        approvals_in_order = sorted(
+            (d for d in latest.values() if d.verdict == "approve"), key=lambda d: d.at
+        )
+        if approvals_in_order:
+            status.approved = approvals_in_order[-1].candidate
+        result.append(status)
+    return result
+
+
+class ApprovalStore:
+    """Reads and appends decisions for runs in a run store."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def load(self, ref: RunRef) -> Approvals:
+        path = ref.path / APPROVALS_FILE
+        if not path.is_file():
+            return Approvals()
+        try:
+            return Approvals.model_validate_json(path.read_bytes())
+        except ValueError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+
+    def save(self, ref: RunRef, approvals: Approvals) -> None:
+        fsutil.atomic_write_text(ref.path / APPROVALS_FILE, approvals.model_dump_json(indent=2) + "\n")
+
+    @contextlib.contextmanager
+    def locked(self, run_id: str, timeout: float = 10.0) -> Iterator[None]:
+        """Hold the run's decision lock (across processes) for a read-modify-write."""
+        folder = self.store.root / LOCKS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{run_id}.lock"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - path.stat().st_mtime > _STALE_LOCK_SECONDS:
+                        path.unlink()
+                        continue
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the decisions of {run_id} are locked by another process") from None
+                time.sleep(0.02)
+                continue
+            os.close(fd)
+            break
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def decide(
+        self,
+        run_id: str,
+        segment: int,
+        candidate: int | None,
+        verdict: Verdict,
+        *,
+        by: str,
+        channel: str,
+    ) -> Decision:
+        """Record one decision for a run waiting for approval; idempotent for a repeated tap."""
+        with self.locked(run_id):
+            ref = self.store.find(run_id)
+            if ref.state is not State.PENDING_APPROVAL:
+                raise DecisionRefused(f"{ref.run_id} is in {ref.state.value}/, not waiting for approval")
+            manifest = self.store.load(ref)
+            cands = candidates_of(manifest)
+            if segment not in cands:
+                raise DecisionRefused(f"{ref.run_id} has no segment {segment} with candidates")
+            if candidate is not None and candidate not in {j.index for j in cands[segment]}:
+                have = ", ".join(f"{segment}:{j.index}" for j in cands[segment])
+                raise DecisionRefused(f"segment {segment} has no candidate {candidate} (it has {have})")
+            approvals = self.load(ref)
+            decision = Decision(
+                segment=segment, candidate=candidate, verdict=verdict, by=by, channel=channel, at=utcnow()
+            )
+            last = _latest(approvals, segment, candidate)
+            if last is not None and last.verdict == verdict and verdict != "regenerate":
+                return last  # a second tap on the same button changes nothing
+            approvals.decisions.append(decision)
+            self.save(ref, approvals)
+            return decision
+
+
+def _latest(approvals: Approvals, segment: int, candidate: int | None) -> Decision | None:
+    for d in reversed(approvals.decisions):
+        if d.segment == segment and d.candidate == candidate:
+            return d
+    return None
+
+
+def approved_images(ref: RunRef, manifest: Manifest, approvals: Approvals, segments: int) -> list[Path]:
+    """The approved candidate image of every segment, in order; raises if one is missing."""
+    by_seg = candidates_of(manifest)
+    images = []
+    for status in statuses(manifest, approvals, segments):
+        if status.approved is None:
+            raise StoreError(f"segment {status.segment} of {ref.run_id} has no approved image")
+        job = next(j for j in by_seg[status.segment] if j.index == status.approved)
+        images.append(ref.path / job.output)
+    return images

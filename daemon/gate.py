@@ -1,0 +1,115 @@
+"""The ``approval`` stage: pending_approval → approved, once every segment has an approved image.
+
+How this works: the stage looks at a waiting run every few seconds. Under the
+run's decision lock it applies the auto policy (in ``auto`` mode: approve the
+first candidate nobody rejected), derives each segment's status, and if every
+segment is approved it moves the run while still holding the lock, so no
+channel can slip a rejection in between the check and the move. A segment
+whose candidates were all rejected gets a new round of candidates (new
+candidate numbers, so new seeds), up to ``images.max_rounds`` plus one per
+"regenerate" a person asked for; then the run waits with a status that says
+exactly what a person can do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from daemon.approval import (
+    Approvals,
+    ApprovalStore,
+    Decision,
+    SegmentStatus,
+    candidates_of,
+    statuses,
+)
+from daemon.backends import ImageBackend
+from daemon.candidates import ensure_candidate, image_backend_for
+from daemon.config import Settings
+from daemon.engine import Moved, Outcome, StageRun, Waiting
+from daemon.plan import Segment
+from daemon.runs import utcnow
+from daemon.segments_file import read_segments
+from daemon.states import Event
+
+log = structlog.get_logger("tandava.approval")
+
+# How often a run waiting for a person is looked at again.
+RECHECK_SECONDS = 2.0
+
+
+class Gate:
+    """The approval stage's work function."""
+
+    def __init__(
+        self, settings: Settings, backend_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
+    ) -> None:
+        self.settings = settings
+        self.backend_for = backend_for
+
+    def __call__(self, job: StageRun) -> Outcome:
+        segments = read_segments(job.ref.path)
+        approvals = ApprovalStore(job.store)
+        with approvals.locked(job.ref.run_id):
+            decisions = approvals.load(job.ref)
+            current = statuses(job.manifest, decisions, len(segments))
+            if self.settings.approval.mode == "auto" and self._auto_approve(current, decisions):
+                approvals.save(job.ref, decisions)
+                current = statuses(job.manifest, decisions, len(segments))
+            if all(status.approved is not None for status in current):
+                new_ref = job.store.move(job.ref, Event.ALL_APPROVED, note=_summary(decisions))
+                return Moved(new_ref)
+        fresh = [s for s in current if s.all_rejected and s.rounds < self.settings.images.max_rounds + s.extra_rounds]
+        if fresh:
+            self._new_round(job, fresh, segments)
+            return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)
+        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=RECHECK_SECONDS)
+
+    def _auto_approve(self, current: list[SegmentStatus], decisions: Approvals) -> bool:
+        changed = False
+        for status in current:
+            if status.approved is None and status.undecided:
+                decisions.decisions.append(
+                    Decision(segment=status.segment, candidate=status.undecided[0], verdict="approve",
+                             by="policy", channel="auto", at=utcnow())
+                )
+                changed = True
+        return changed
+
+    def _new_round(self, job: StageRun, fresh: list[SegmentStatus], segments: list[Segment]) -> None:
+        backend: ImageBackend = self.backend_for(self.settings, job)
+        existing = candidates_of(job.manifest)
+        for status in fresh:
+            segment = segments[status.segment]
+            first = max(j.index for j in existing[status.segment]) + 1
+            for index in range(first, first + self.settings.images.candidates):
+                ensure_candidate(job, backend, segment, index, settings=self.settings,
+                                 segments=len(segments), round_=status.rounds + 1)
+            log.info("approval.regenerated", segment=status.segment, round=status.rounds + 1)
+
+
+def _list(items: list[SegmentStatus]) -> str:
+    return ", ".join(str(s.segment) for s in items)
+
+
+def _summary(decisions: Approvals) -> str:
+    channels = sorted({d.channel for d in decisions.decisions if d.verdict == "approve"})
+    return f"all segments approved ({', '.join(channels) or 'no channel'})"
+
+
+def _waiting_reason(run_id: str, current: list[SegmentStatus]) -> str:
+    stuck = [s for s in current if s.all_rejected]
+    if stuck:
+        example = stuck[0]
+        return (
+            f"every candidate of segment(s) {_list(stuck)} was rejected, {example.rounds} rounds each; "
+            f"approve one anyway (`tandava approve {run_id} {example.segment}:{example.candidates[-1]}`) "
+            f"or ask for more (`tandava regenerate {run_id} {example.segment}`)"
+        )
+    open_ = [s for s in current if s.approved is None]
+    return (
+        f"waiting for a person to approve {len(open_)} of {len(current)} segment(s): "
+        f"`tandava pending`, then `tandava approve {run_id} --all` or SEGMENT:CANDIDATE"
+    )

@@ -1,0 +1,27 @@
+"""``segments.json``: the segment plan a run carries from analysis to assembly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from daemon import fsutil
+from daemon.plan import Segment
+
+SEGMENTS_FILE = "segments.json"
+_SEGMENTS = TypeAdapter(list[Segment])
+
+
+def write_segments(run_dir: Path, segments: list[Segment], **meta: Any) -> None:
+    """Write the plan atomically, with who wrote it (writer, theme, seed…)."""
+    doc = {**meta, "segments": [s.model_dump(mode="json") for s in segments]}
+    fsutil.atomic_write_text(run_dir / SEGMENTS_FILE, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_segments(run_dir: Path) -> list[Segment]:
+    """The run's segments, validated."""
+    doc = json.loads((run_dir / SEGMENTS_FILE).read_text(encoding="utf-8"))
+    return _SEGMENTS.validate_python(doc["segments"])
