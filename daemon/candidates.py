@@ -1,10 +1,8 @@
 """Candidate images: the ``images`` stage (analyzed → imaged) and the ``offer`` stage.
 
-How this works: each candidate is one image ``Job``. Its id (run, segment,
-candidate number, seed) is recorded in ``run.json`` before the backend is
-asked for it, and it is marked done only once the image is on disk, so a
-restart collects what finished, re-attaches to what a backend can resume and
-submits again only what it cannot. Seeds come from the song's hash, the
+How this works: each candidate is one image ``Job`` run through
+``jobs.ensure_job`` (recorded before it is submitted, done only once the image
+is on disk, re-attached or redone once after a restart). Seeds come from the song's hash, the
 segment and the candidate number: the same song gives the same candidates,
 and a regeneration round (new candidate numbers) gives new ones.
 """
@@ -13,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
-from daemon.backends import ImageBackend, Job, job_id, noop_progress
+from daemon.backends import ImageBackend, Job, job_id
 from daemon.config import Settings
 from daemon.engine import StageRun
+from daemon.jobs import ensure_job
 from daemon.plan import Segment
 from daemon.segments_file import read_segments
 
@@ -52,14 +50,11 @@ def ensure_candidate(
     round_: int = 1,
 ) -> Job:
     """Make candidate ``index`` of ``segment`` unless it is already done; returns its job."""
-    manifest = job.manifest
-    seed = seed_for(manifest.song.sha256, segment.index, index, settings.analysis.seed)
+    seed = seed_for(job.manifest.song.sha256, segment.index, index, settings.analysis.seed)
     jid = job_id(job.ref.run_id, "image", segment.index, index, seed)
-    record = manifest.jobs.get(jid)
-    if record is not None and record.status == "done" and (job.ref.path / record.output).is_file():
-        return record
-    if record is None:
-        record = Job(
+
+    def record() -> Job:
+        return Job(
             id=jid,
             kind="image",
             backend=backend.name,
@@ -82,27 +77,8 @@ def ensure_candidate(
                 "round": round_,
             },
         )
-        manifest.jobs[jid] = record
-        job.store.save(job.ref, manifest)  # the job id is on disk before the backend hears of it
-        backend.submit(_located(record, job.ref.path))
-    elif not backend.can_resume(_located(record, job.ref.path)):
-        backend.submit(_located(record, job.ref.path))
-    (job.ref.path / CANDIDATES_DIR).mkdir(exist_ok=True)
-    with structlog.contextvars.bound_contextvars(segment=segment.index):
-        record.attempts += 1
-        backend.collect(_located(record, job.ref.path), progress=noop_progress, stop=job.stop_event)
-        record.status = "done"
-        job.store.save(job.ref, manifest)
-        log.info("candidate.done", candidate=index, seed=seed, backend=backend.name)
-    return record
 
-
-def _located(record: Job, run_dir: Path) -> Job:
-    """The job as a backend sees it: paths made absolute for where the run is now."""
-    update = {"output": str(run_dir / record.output)}
-    if record.source:
-        update["source"] = str(run_dir / record.source)
-    return record.model_copy(update=update)
+    return ensure_job(job, backend, jid, record)
 
 
 class MakeCandidates:
