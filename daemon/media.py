@@ -122,3 +122,24 @@ def probe(path: Path, *, count_frames: bool = True) -> MediaInfo:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise PermanentError(f"{path.name} is not a readable video: {exc}", cause="BrokenVideo") from exc
+
+
+def extract_frame(exe: str, video: Path, frame: int, out: Path) -> Path:
+    """Write frame number ``frame`` (0-based) of ``video`` as a PNG, atomically.
+
+    A chained clip starts from the last frame shown of the clip before it.
+    """
+    from daemon.fsutil import temp_path_for
+
+    tmp = temp_path_for(out)
+    try:
+        run_ffmpeg(
+            exe,
+            ["-i", str(video), "-vf", f"select=eq(n\\,{frame})", "-frames:v", "1",
+             "-f", "image2", "-c:v", "png", str(tmp)],
+            what=f"take frame {frame} of {video.name}",
+        )
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
