@@ -24,10 +24,20 @@ DEMO_SONG = "Shiva Tandava (demo).wav"
 DEMO_SECONDS = 40.0
 DEMO_BPM = 120.0
 DEMO_CONFIG = """\
-# Written by `tandava demo`. Short stability window: the demo writes its song
+# Written by `tandava demo`: storyboard candidates, approved automatically,
+# Ken Burns clips, no GPU. Short stability window: the demo writes its song
 # itself, in one go.
 [watch]
 stable_seconds = 0.5
+
+[images]
+backend = "storyboard"
+
+[approval]
+mode = "auto"
+
+[clips]
+backend = "kenburns"
 
 [engine]
 tick_seconds = 0.1
@@ -71,7 +81,13 @@ def run_demo(folder: Path, *, out: TextIO) -> int:
     plan = json.loads((newest.path / "segments.json").read_text(encoding="utf-8"))
     print(f"  tempo {analysis['tempo']:.1f} BPM (true {truth.bpm:.0f}), {len(analysis['beats'])} beats, "
           f"{len(analysis['sections'])} sections, {len(plan['segments'])} segments", file=out)
-    for seg in plan["segments"][:3]:
-        print(f"  {seg['start']:6.2f}-{seg['end']:6.2f} s  {seg['mood']:<9} {seg['visual_prompt'][:90]}…", file=out)
+    states = " -> ".join(change["state"] for change in
+                        json.loads((newest.path / "run.json").read_text(encoding="utf-8"))["history"])
+    print(f"  states: {states}", file=out)
+    video = newest.path / "final.mp4"
+    if newest.state is State.RENDERED and video.is_file():
+        print(f"video: {video}", file=out)
+        print(f"  thumbnail: {newest.path / 'thumbnail.jpg'}", file=out)
+        print(f"  contact sheet: {newest.path / 'contact_sheet.png'}", file=out)
     print(f"status: tandava --config {config} status", file=out)
-    return 0
+    return 0 if newest.state is State.RENDERED else 1

@@ -39,6 +39,10 @@ from daemon.store import RunRef, RunStore
 
 log = structlog.get_logger("tandava.engine")
 
+# After a store error (a folder that vanished, a share that blinked), how long
+# a run is left alone before the engine looks at it again.
+STORE_ERROR_PAUSE_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class Waiting:
@@ -198,8 +202,10 @@ class Engine:
                 self._attempt_stage(stage, ref)
             except StoreError as exc:
                 # The run was moved or damaged under us (a person ran retry, or a
-                # share blinked); the next tick looks again.
-                log.warning("stage.store_error", error=str(exc))
+                # share blinked): look again later, without a warning every tick.
+                with self._lock:
+                    self._not_before[ref.run_id] = time.monotonic() + STORE_ERROR_PAUSE_SECONDS
+                log.warning("stage.store_error", error=str(exc), retry_in=STORE_ERROR_PAUSE_SECONDS)
             except Exception as exc:  # a bug must not take the daemon down
                 log.exception("stage.crashed")
                 self._fail(stage, ref, PermanentError(

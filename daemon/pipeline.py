@@ -5,8 +5,9 @@ moment they finish and skipped when already done, so a run resumes after a
 crash from its last completed step. Outputs are written temp-then-rename, so a
 step is either done (file present, step recorded) or redone from scratch.
 
-Stages in this version: ``analyze`` (incoming → analyzed). Image, approval and
-render stages plug in here the same way.
+Stages: ``analyze`` (incoming → analyzed), ``images`` (→ imaged), ``offer``
+(→ pending_approval), ``approval`` (→ approved, once every segment has an
+approved image) and ``render`` (→ rendered: clips, then the music video).
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ ANALYSIS_FILE = "analysis.json"
 
 def build_stages(settings: Settings) -> list[Stage]:
     """The stages this installation runs, in pipeline order."""
-    return [Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings))]
+    from daemon.candidates import MakeCandidates, Offer
+    from daemon.gate import Gate
+    from daemon.render import Render
+
+    return [
+        Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings)),
+        Stage("images", State.ANALYZED, Event.IMAGES_DONE, MakeCandidates(settings)),
+        Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
+        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings)),
+        Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings)),
+    ]
 
 
 class Analyze:

@@ -44,12 +44,12 @@ def daemon(settings: Settings) -> Iterator[Settings]:
     assert not thread.is_alive()
 
 
-def test_song_dropped_in_inbox_ends_in_analyzed(daemon: Settings) -> None:
-    """A song dropped into the watched inbox becomes a run in analyzed/ with its plan."""
+def test_song_dropped_in_inbox_is_analyzed_and_offered(daemon: Settings) -> None:
+    """A song dropped into the watched inbox is analysed, planned and offered for approval."""
     inbox = daemon.paths.inbox
     write_song(inbox / "शिव तांडव 🔱.flac", 20.0, 120.0, section_change_at=10.0)
-    assert wait_for(lambda: len(runs_in(daemon, State.ANALYZED)) == 1)
-    run_dir = daemon.paths.state_root / "analyzed" / runs_in(daemon, State.ANALYZED)[0]
+    assert wait_for(lambda: len(runs_in(daemon, State.PENDING_APPROVAL)) == 1)
+    run_dir = daemon.paths.state_root / "pending_approval" / runs_in(daemon, State.PENDING_APPROVAL)[0]
     assert (run_dir / "शिव तांडव 🔱.flac").is_file()
     analysis = json.loads((run_dir / "analysis.json").read_text(encoding="utf-8"))
     assert abs(analysis["tempo"] - 120.0) < 2.4
@@ -67,8 +67,9 @@ def test_same_song_twice_makes_one_run(daemon: Settings) -> None:
     """A second copy of the same content is moved to inbox/duplicates, not deleted, and makes no run."""
     inbox = daemon.paths.inbox
     write_song(inbox / "one.wav", 6.0, 100.0)
-    assert wait_for(lambda: len(runs_in(daemon, State.ANALYZED)) == 1)
-    (inbox / "copy of one.wav").write_bytes(next((daemon.paths.state_root / "analyzed").glob("*/one.wav")).read_bytes())
+    assert wait_for(lambda: len(runs_in(daemon, State.PENDING_APPROVAL)) == 1)
+    original = next((daemon.paths.state_root / "pending_approval").glob("*/one.wav"))
+    (inbox / "copy of one.wav").write_bytes(original.read_bytes())
     assert wait_for(lambda: (inbox / "duplicates" / "copy of one.wav").exists())
     time.sleep(0.5)
     assert len(list(RunStore(daemon.paths.state_root).iter_runs())) == 1
@@ -79,7 +80,7 @@ def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settin
     inbox = daemon.paths.inbox
     (inbox / "notes.mp3").write_text("these are lyrics, not audio\n" * 50, encoding="utf-8")
     write_song(inbox / "good.ogg", 8.0, 128.0)
-    assert wait_for(lambda: runs_in(daemon, State.FAILED) and runs_in(daemon, State.ANALYZED))
+    assert wait_for(lambda: runs_in(daemon, State.FAILED) and runs_in(daemon, State.PENDING_APPROVAL))
     failed_dir = daemon.paths.state_root / "failed" / runs_in(daemon, State.FAILED)[0]
     error = json.loads((failed_dir / "error.json").read_text(encoding="utf-8"))
     assert "notes.mp3" in error["reason"]
@@ -88,7 +89,7 @@ def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settin
 
 
 def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
-    """`run --once` takes what is already in the inbox, analyses it and returns."""
+    """`run --once` takes what is already in the inbox, takes it as far as it can go and returns."""
     settings.paths.inbox.mkdir(parents=True, exist_ok=True)
     write_song(settings.paths.inbox / "waiting.wav", 6.0, 90.0)
     old = time.time() - 60
@@ -96,7 +97,7 @@ def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
 
     os.utime(settings.paths.inbox / "waiting.wav", (old, old))
     assert run(settings, threading.Event(), once=True) == 0
-    assert len(runs_in(settings, State.ANALYZED)) == 1
+    assert len(runs_in(settings, State.PENDING_APPROVAL)) == 1  # manual approval: waits for a person
 
 
 def test_cli_status_show_and_retry(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,7 +127,8 @@ def test_every_command_has_help_with_an_example() -> None:
     """Each CLI command documents itself with an example (its docstring is its --help)."""
     from daemon.cli import COMMANDS
 
-    assert {"run", "status", "show", "retry", "init", "config", "doctor"} <= set(COMMANDS)
+    assert {"run", "status", "show", "retry", "init", "config", "doctor", "demo",
+            "approve", "reject", "regenerate", "pending"} <= set(COMMANDS)
     for name, fn in COMMANDS.items():
         assert fn.__doc__ and "Example: tandava" in fn.__doc__, name
 
@@ -149,10 +151,12 @@ def test_doctor_fails_on_unwritable_path(tmp_path: Path, capsys: pytest.CaptureF
     assert "FAIL state root" in capsys.readouterr().out
 
 
-def test_demo_runs_the_pipeline_in_its_own_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`tandava demo` synthesizes a song and takes it through analysis in a fresh folder."""
+def test_demo_makes_a_video_in_its_own_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tandava demo` synthesizes a song and takes it through every state to a rendered video."""
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "is in analyzed/" in out
+    assert "is in rendered/" in out
+    assert "incoming -> analyzed -> imaged -> pending_approval -> approved -> rendered" in out
     assert "tempo 120" in out or "tempo 119" in out
-    assert len(list((tmp_path / "demo" / "state" / "analyzed").iterdir())) == 1
+    (run_dir,) = (tmp_path / "demo" / "state" / "rendered").iterdir()
+    assert f"video: {run_dir / 'final.mp4'}" in out

@@ -24,6 +24,8 @@ def make_root(tmp_path: Path) -> Path:
     conf.write_text(
         "[watch]\nstable_seconds = 0.3\nrescan_seconds = 1.0\npoll_seconds = 0.2\n"
         "[engine]\ntick_seconds = 0.05\ncpu_workers = 2\n"
+        "[approval]\nmode = \"auto\"\n"
+        "[images]\ncandidates = 1\n"
         "[log]\nlevel = \"INFO\"\n",
         encoding="utf-8",
     )
@@ -59,8 +61,25 @@ def visible_json_is_whole(state_root: Path) -> list[str]:
     return broken
 
 
+def finished_outputs(state_root: Path) -> dict[tuple[str, str], int]:
+    """Every finished job's output (and the final video) with its mtime: what must never be redone."""
+    done = {}
+    for manifest_path in state_root.glob("*/*/run.json"):
+        run_dir = manifest_path.parent
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for job in manifest.get("jobs", {}).values():
+            if job["status"] == "done" and (run_dir / job["output"]).is_file():
+                done[(run_dir.name, job["id"])] = (run_dir / job["output"]).stat().st_mtime_ns
+        for name in ("analysis.json", "final.mp4"):
+            if name == "analysis.json" and "analysis" not in manifest["stages"].get("analyze", {}).get("steps_done", []):
+                continue
+            if (run_dir / name).is_file() and (name != "final.mp4" or run_dir.parent.name == "rendered"):
+                done[(run_dir.name, name)] = (run_dir / name).stat().st_mtime_ns
+    return done
+
+
 def test_kill_9_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    """Every song ends in analyzed/ exactly once across repeated kill -9s, with finished work untouched."""
+    """Across repeated kill -9s every song becomes one video; no finished job or analysis is redone."""
     conf = make_root(tmp_path)
     inbox, state = tmp_path / "inbox", tmp_path / "state"
     rng = random.Random(1234)
@@ -68,42 +87,45 @@ def test_kill_9_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> N
     for name, bpm in pending[:3]:
         write_song(inbox / name, 12.0, bpm, section_change_at=6.0)
     pending = pending[3:]
-    finished_mtimes: dict[str, int] = {}
-    deadline = time.monotonic() + 60
-    for _round in range(8):
+    finished: dict[tuple[str, str], int] = {}
+    deadline = time.monotonic() + 75
+    for _round in range(10):
         if time.monotonic() > deadline:
             break
         proc = subprocess.Popen(daemon_cmd(conf), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.0))
+        time.sleep(rng.uniform(0.3, 2.5))
         if pending:  # songs keep arriving while the daemon lives and dies
             name, bpm = pending.pop()
             write_song(inbox / name, 12.0, bpm)
-        time.sleep(rng.uniform(0.0, 0.8))
+        time.sleep(rng.uniform(0.0, 1.5))
         proc.kill()
         proc.wait()
         assert visible_json_is_whole(state) == []
-        for run_dir in (state / "analyzed").glob("*"):
-            finished_mtimes.setdefault(run_dir.name, (run_dir / "analysis.json").stat().st_mtime_ns)
+        assert [p for p in (state / "rendered").rglob("*.mp4") if ".tandava-" in p.name] == []
+        for key, mtime in finished_outputs(state).items():
+            finished.setdefault(key, mtime)
     for name, bpm in pending:
         write_song(inbox / name, 12.0, bpm)
-        age(inbox / name)
     for path in inbox.iterdir():
         if path.is_file():
             age(path)
-    subprocess.run(daemon_cmd(conf, "--once"), env=env(), check=True, timeout=120,
+    subprocess.run(daemon_cmd(conf, "--once"), env=env(), check=True, timeout=240,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    analyzed = sorted((state / "analyzed").iterdir())
-    songs = sorted(p.name for d in analyzed for p in d.iterdir() if p.suffix in {".wav", ".flac", ".ogg"})
+    rendered = sorted((state / "rendered").iterdir())
+    songs = sorted(p.name for d in rendered for p in d.iterdir() if p.suffix in {".wav", ".flac", ".ogg"})
     assert songs == sorted(name for name, _ in SONGS)
-    for other in ("incoming", "imaged", "failed"):
+    for other in ("incoming", "analyzed", "imaged", "pending_approval", "approved", "failed"):
         assert [p.name for p in (state / other).iterdir()] == [], other
+    assert all((d / "final.mp4").is_file() for d in rendered)
     assert not (inbox / "duplicates").exists()
     assert [p.name for p in inbox.iterdir()] == []
     assert visible_json_is_whole(state) == []
-    assert [p for p in state.rglob("*.tmp")] == []
-    for run_id, mtime in finished_mtimes.items():
-        assert (state / "analyzed" / run_id / "analysis.json").stat().st_mtime_ns == mtime, run_id
+    assert [p for p in state.rglob("*") if ".tandava-" in p.name] == []
+    now = finished_outputs(state)
+    assert finished, "the kills came too late to catch any finished work"
+    for key, mtime in finished.items():
+        assert now.get(key) == mtime, key
 
 
 def _without_read_override() -> list[str]:
@@ -153,7 +175,7 @@ def test_bad_songs_fail_with_clear_reasons_while_good_ones_complete(tmp_path: Pa
     assert "short" in reasons["blip.wav"]["reason"].lower()
     assert "long" in reasons["two hours.wav"]["reason"].lower()
     assert "permission" in reasons["locked.flac"]["reason"].lower() or "read" in reasons["locked.flac"]["reason"].lower()
-    assert len(list((state / "analyzed").iterdir())) == 1
+    assert len(list((state / "rendered").iterdir())) == 1  # the good song still becomes a video
 
     log_lines = [json.loads(line) for line in (tmp_path / "logs" / "tandava.log").read_text(encoding="utf-8").splitlines()]
     failed_events = [e for e in log_lines if e["event"] == "run.failed"]
@@ -171,9 +193,9 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(daemon_cmd(conf), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not list((tmp_path / "state" / "analyzed").glob("*")):
+        while time.monotonic() < deadline and not list((tmp_path / "state" / "rendered").glob("*")):
             time.sleep(0.05)
-        assert list((tmp_path / "state" / "analyzed").glob("*"))
+        assert list((tmp_path / "state" / "rendered").glob("*"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
