@@ -14,7 +14,7 @@ from daemon.approval import ApprovalStore, DecisionRefused, statuses
 from daemon.backends import Job, Progress
 from daemon.candidates import MakeCandidates, Offer
 from daemon.config import Settings
-from daemon.engine import Engine, Stage, StageRun
+from daemon.engine import Engine, Stage
 from daemon.gate import Gate
 from daemon.plan import Segment
 from daemon.segments_file import write_segments
