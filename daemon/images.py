@@ -117,7 +117,7 @@ def render_storyboard(job: Job) -> Image.Image:
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
 
     title = f"segment {job.segment} · candidate {job.index} · seed {job.seed}"
-    when = f"{format_time(start)}–{format_time(end)}"
+    when = f"{format_time(start)} - {format_time(end)}"
     if "section" in job.detail:
         when += f" · section {int(_number(job, 'section'))}"
     _label(draw, width, height, [title, when, f"{mood} · energy {energy:.2f}"], job.prompt)
