@@ -203,3 +203,48 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in (tmp_path / "logs" / "tandava.log").read_text(encoding="utf-8").splitlines()]
     assert "daemon.stop_requested" in events and events[-1] == "daemon.stopped"
     assert not (tmp_path / "state" / ".tandava.lock").exists()
+
+
+def cli(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", "--config", str(conf), *args], env=env(),
+                          capture_output=True, text=True, encoding="utf-8", timeout=60)
+
+
+def wait_for_dir_entry(folder: Path, timeout: float = 60.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+        if entries:
+            return entries[0]
+        time.sleep(0.05)
+    raise AssertionError(f"nothing appeared in {folder}")
+
+
+def test_approvals_survive_kill_9_between_decisions(tmp_path: Path) -> None:
+    """Decisions made around a kill -9 of the daemon are all kept and the video uses them."""
+    conf = make_root(tmp_path)
+    text = conf.read_text(encoding="utf-8").replace('mode = "auto"', 'mode = "manual"')
+    conf.write_text(text.replace("candidates = 1", "candidates = 2"), encoding="utf-8")
+    state = tmp_path / "state"
+    write_song(tmp_path / "inbox" / "vigil.wav", 12.0, 110.0, section_change_at=6.0)
+    proc = subprocess.Popen(daemon_cmd(conf), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_dir = wait_for_dir_entry(state / "pending_approval")
+        run_id = run_dir.name
+        assert cli(conf, "approve", run_id, "0:1").returncode == 0
+        proc.kill()
+        proc.wait()
+        assert cli(conf, "reject", run_id, "1:0").returncode == 0  # made while the daemon is dead
+        proc = subprocess.Popen(daemon_cmd(conf), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result = cli(conf, "approve", run_id, "--all")
+        assert result.returncode == 0, result.stderr
+        final = wait_for_dir_entry(state / "rendered", timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    approvals = json.loads((final / "approvals.json").read_text(encoding="utf-8"))["decisions"]
+    assert [(d["segment"], d["candidate"], d["verdict"]) for d in approvals][:2] == [(0, 1, "approve"), (1, 0, "reject")]
+    manifest = json.loads((final / "run.json").read_text(encoding="utf-8"))
+    sources = {j["segment"]: j["source"] for j in manifest["jobs"].values() if j["kind"] == "clip"}
+    assert sources[0].endswith("s000_c01.png")  # the approval made before the kill
+    assert sources[1].endswith("s001_c01.png")  # --all skipped the candidate rejected during the outage
