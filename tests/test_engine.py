@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 from daemon.engine import Engine, Stage, StageRun
@@ -155,3 +156,31 @@ def test_transient_retry_is_cut_short_by_stop(store: RunStore, tmp_path: Path) -
     ref = add_run(store, tmp_path)
     engine_for(store, work, backoff_initial=10, backoff_max=10).run(stop)
     assert store.find(ref.run_id).state is State.INCOMING
+
+
+def test_waiting_runs_are_rechecked_without_counting_attempts(store: RunStore, tmp_path: Path) -> None:
+    """A run that waits for a person is looked at again later, as one attempt, with its reason recorded."""
+    from daemon.engine import Waiting
+
+    calls = []
+
+    def work(job: StageRun) -> Waiting | None:
+        calls.append(1)
+        return Waiting("a person must approve", recheck_seconds=0.05) if len(calls) < 4 else None
+
+    ref = add_run(store, tmp_path)
+    stage = Stage("approval", State.INCOMING, Event.ANALYSIS_DONE, work)
+    engine = Engine(store, [stage], tick_seconds=0.01)
+    stop = threading.Event()
+    runner = threading.Thread(target=engine.run, args=(stop,))
+    runner.start()
+    deadline = time.monotonic() + 5
+    while store.find(ref.run_id).state is State.INCOMING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    runner.join(5)
+    moved = store.find(ref.run_id)
+    assert moved.state is State.ANALYZED
+    progress = store.load(moved).stages["approval"]
+    assert len(calls) == 4 and progress.attempts == 1
+    assert "waiting" not in progress.detail
