@@ -24,7 +24,7 @@ from daemon.backends import Job, VideoBackend, job_id
 from daemon.candidates import seed_for
 from daemon.config import Settings
 from daemon.engine import StageRun
-from daemon.errors import TransientError
+from daemon.errors import PermanentError, TransientError
 from daemon.jobs import ensure_job
 from daemon.plan import Segment
 from daemon.segments_file import read_segments
@@ -130,7 +130,7 @@ def _check_clip(path: Path, record: Job) -> None:
     """A clip must be a readable video with at least the frames asked for."""
     try:
         info = media.probe(path)
-    except Exception as exc:
+    except PermanentError as exc:
         raise TransientError(
             f"the {record.backend} backend made a broken clip for segment {record.segment}: {exc}",
             "It will be made again; if this repeats, check the backend, then `tandava retry <run>`.",
