@@ -89,7 +89,7 @@ class AssemblyConfig(_Section):
     transition: Literal["none", "fade", "crossfade"] = "crossfade"
     transition_seconds: float = Field(defaults.TRANSITION_SECONDS, ge=0, le=5)
     crf: int = Field(defaults.CRF, ge=0, le=51)
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+    preset: Literal["lean", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "lean"
     audio_bitrate: str = "192k"
     exports: list[Literal["mov", "vertical"]] = Field(default_factory=list)
     # A system ffmpeg instead of the one installed with Tandava (imageio-ffmpeg).

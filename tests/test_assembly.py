@@ -13,11 +13,13 @@ import pytest
 from PIL import Image
 
 from daemon.assembly import (
+    LEAN_X264_PARAMS,
     assemble,
     contact_label,
     thumbnail_time,
     write_contact_sheet,
     write_thumbnail,
+    x264_options,
 )
 from daemon.config import AssemblyConfig
 from daemon.errors import PermanentError, TransientError
@@ -307,3 +309,9 @@ def test_contact_sheet_grids_labelled_images(tmp_path: Path) -> None:
     with Image.open(sheet) as img:
         assert img.format == "PNG"
         assert img.width == 8 + 3 * 208 and img.height > 2 * 115
+
+
+def test_lean_preset_is_veryfast_with_tuned_x264_params() -> None:
+    assert AssemblyConfig().preset == "lean"
+    assert x264_options("lean") == ("-preset", "veryfast", "-x264-params", LEAN_X264_PARAMS)
+    assert x264_options("ultrafast") == ("-preset", "ultrafast")
