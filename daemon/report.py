@@ -129,6 +129,28 @@ height = {defaults.VIDEO_HEIGHT}
 fps = {defaults.CLIP_FPS}                  # Wan 2.1's native rate
 clip_frames = {defaults.CLIP_FRAMES}          # Wan 2.1 makes 4k+1 frames; 81 at 16 fps is 5.06 s
 
+[images]
+backend = "storyboard"     # storyboard (labelled preview frames) or folder (your photos)
+candidates = {defaults.CANDIDATES}             # candidate images per segment
+# folder = "photos"        # photos for the folder backend; default: a folder named like the song in the inbox
+max_rounds = {defaults.MAX_ROUNDS}             # rounds of new candidates when every candidate of a segment is rejected
+
+[approval]
+mode = "manual"            # manual (tandava approve …) or auto (the first candidate nobody rejected)
+
+[clips]
+backend = "kenburns"       # a slow camera move over each approved image
+max_slowdown = {defaults.MAX_SLOWDOWN}         # how far a clip may be slowed to fill its segment before a chain is used
+
+[assembly]
+transition = "crossfade"   # none, fade or crossfade, at section changes
+transition_seconds = {defaults.TRANSITION_SECONDS}
+crf = {defaults.CRF}                   # H.264 quality (lower is better and bigger)
+preset = "lean"            # lean (fast, tuned veryfast), or an x264 preset: ultrafast … slow
+audio_bitrate = "192k"
+exports = []               # add "mov" (MJPEG for VJ tools) and/or "vertical" (9:16)
+# ffmpeg = "/usr/bin/ffmpeg"  # a system ffmpeg instead of the bundled one
+
 [engine]
 cpu_workers = {defaults.CPU_WORKERS}            # analyses at once
 attempts = {defaults.STAGE_ATTEMPTS}               # tries of a stage on transient errors before failing
