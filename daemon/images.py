@@ -17,10 +17,12 @@ ones: any candidate of one segment differs strongly from any of the next.
 
 ``FolderBackend`` takes photos from a folder, in natural name order (``img2``
 before ``img10``). Segment ``i`` gets photo ``i``, so a person who drops one
-photo per segment sees them in the order they named them; candidate ``c`` of
-that segment takes photo ``i + c * segments``, i.e. a second pass through the
-folder gives the second candidates. Both wrap around when the folder holds
-fewer photos than that, so a short folder repeats rather than fails.
+photo per segment sees them in the order they named them. Further candidates
+take further passes through the folder: candidate ``c`` of round ``r`` is
+pass ``p = c + (r - 1) * candidates`` and gets photo ``i + p * segments``.
+With enough photos every candidate of every round is a different photo;
+with fewer, the order wraps around, so a short folder repeats rather than
+fails.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ MOOD_HUES = {
     "euphoric": 300.0,
     "fading": 255.0,
 }
+
+GRADIENT_PROFILES = ("rise", "fall", "peak")
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -90,17 +94,22 @@ def render_storyboard(job: Job) -> Image.Image:
     # processes and Python versions, unlike hash().
     rng = random.Random(f"storyboard/{job.seed}/{job.segment}/{job.index}")
 
-    hue = _mood_hue(mood) + rng.uniform(-18.0, 18.0)
+    # Candidates of one segment share the mood's hue family but step around
+    # it, so a person choosing between them sees a choice.
+    hue = _mood_hue(mood) + (0.0, 40.0, -40.0)[job.index % 3] + rng.uniform(-10.0, 10.0)
     saturation = 0.35 + 0.55 * energy
-    dark = _hls(hue, 0.10 + 0.05 * energy, saturation)
-    light = _hls(hue + 35.0 + rng.uniform(-10.0, 10.0), 0.62 + 0.12 * energy, saturation)
+    dark = _hls(hue, 0.07 + 0.05 * energy, saturation)
+    light = _hls(hue + 35.0 + rng.uniform(-10.0, 10.0), 0.70 + 0.10 * energy, saturation)
     accent = _hls(hue + 180.0 + rng.uniform(-25.0, 25.0), 0.6, min(1.0, saturation + 0.2))
 
-    # Gradient axis alternates with the segment (the cut guarantee above);
-    # its direction flips between candidates so they differ too.
+    # The gradient's axis alternates with the segment (the cut guarantee
+    # above); its profile steps with the candidate so candidates differ too.
     vertical = job.segment % 2 == 1
-    reverse = (job.index + job.segment // 2) % 2 == 1
-    image = _gradient(width, height, dark, light, vertical=vertical, reverse=reverse)
+    profile = GRADIENT_PROFILES[job.index % len(GRADIENT_PROFILES)]
+    # Odd segments also lean dark and even ones light, for a margin over the
+    # cut threshold that survives the shapes and the label panel.
+    lean = 1.8 if vertical else 0.6
+    image = _gradient(width, height, dark, light, vertical=vertical, profile=profile, lean=lean)
 
     overlay = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -117,6 +126,7 @@ def render_storyboard(job: Job) -> Image.Image:
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
 
     title = f"segment {job.segment} · candidate {job.index} · seed {job.seed}"
+    # A hyphen, not an en dash: Pillow's built-in font has no en dash glyph.
     when = f"{format_time(start)} - {format_time(end)}"
     if "section" in job.detail:
         when += f" · section {int(_number(job, 'section'))}"
@@ -138,12 +148,21 @@ def _gradient(
     b: tuple[int, int, int],
     *,
     vertical: bool,
-    reverse: bool,
+    profile: str,
+    lean: float = 1.0,
 ) -> Image.Image:
-    """A linear gradient from ``a`` to ``b`` across (or, ``vertical``, down) the frame."""
+    """A gradient from ``a`` to ``b`` across (or, ``vertical``, down) the frame.
+
+    ``rise`` goes from ``a`` to ``b``, ``fall`` back, ``peak`` has ``b`` in the
+    middle: any two differ by a third of the colour distance on average.
+    ``lean`` is a gamma on the ramp: below 1 the frame leans to ``b``.
+    """
     ramp = np.linspace(0.0, 1.0, height if vertical else width)
-    if reverse:
-        ramp = ramp[::-1]
+    if profile == "fall":
+        ramp = 1.0 - ramp
+    elif profile == "peak":
+        ramp = 1.0 - np.abs(2.0 * ramp - 1.0)
+    ramp = ramp**lean
     t = np.broadcast_to(ramp[:, None] if vertical else ramp[None, :], (height, width))
     start, stop = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     pixels = start + (stop - start) * t[..., None]
@@ -156,7 +175,7 @@ def _label(
     """A translucent panel in the lower left holding the headings and the wrapped prompt."""
     margin = max(4, height // 24)
     pad = max(4, height // 40)
-    head_font, body_font = _font(max(10, height // 20)), _font(max(9, height // 28))
+    head_font, body_font = _font(max(10, height // 20)), _font(max(9, height // 25))
     inner = int(width * 0.64) - 2 * pad
     lines: list[tuple[str, Font]] = [(text, head_font) for text in heads]
     budget = int(height * 0.62) - 2 * pad - sum(_line_height(f) for _, f in lines)
@@ -207,7 +226,8 @@ def wrap(text: str, font: Font, width: float, max_lines: int) -> list[str]:
 class FolderBackend:
     """Uses a person's own photos, fitted to the video size; see the module docstring for the order.
 
-    Reads ``job.detail["segments"]``, the run's segment count.
+    Reads ``job.detail`` keys ``segments`` (the run's segment count) and,
+    when present, ``round`` and ``candidates`` (per segment and round).
     """
 
     name = "folder"
@@ -223,7 +243,10 @@ class FolderBackend:
         """Fit the job's photo to ``job.width``×``job.height`` and write it to ``job.output``."""
         photos = self.photos()
         segments = max(1, int(_number(job, "segments")))
-        photo = photos[photo_index(job.segment, job.index, segments, len(photos))]
+        turn = job.index
+        if "round" in job.detail:
+            turn += (int(_number(job, "round")) - 1) * int(_number(job, "candidates"))
+        photo = photos[photo_index(job.segment, turn, segments, len(photos))]
         output = Path(job.output)
         _save(self._fit(photo, job.width, job.height), output)
         progress(1.0)
@@ -280,15 +303,17 @@ class FolderBackend:
         )
 
 
-def photo_index(segment: int, candidate: int, segments: int, photos: int) -> int:
-    """Which photo (0-based, in natural order) segment ``segment``'s candidate ``candidate`` uses."""
-    return (segment + candidate * segments) % photos
+def photo_index(segment: int, turn: int, segments: int, photos: int) -> int:
+    """Which photo (0-based, in natural order) a segment gets on pass ``turn`` through the folder."""
+    return (segment + max(0, turn) * segments) % photos
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key putting ``img2`` before ``img10``, ignoring case."""
-    parts = re.split(r"(\d+)", name.casefold())
-    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts if p)
+    # Split on ASCII digit runs: odd parts are numbers, even parts text, so
+    # any two keys compare number with number and text with text.
+    parts = re.split(r"([0-9]+)", name.casefold())
+    return tuple((1, int(p)) if i % 2 else (0, p) for i, p in enumerate(parts))
 
 
 def make_image_backend(settings: Settings, *, song_name: str, inbox: Path) -> ImageBackend:
@@ -352,8 +377,9 @@ def _font(size: int) -> Font:
 
 
 def _line_height(font: Font) -> int:
-    left, top, right, bottom = font.getbbox("Ág")
-    return int(bottom) + max(2, int(bottom) // 5)
+    # The bottom of a glyph with an accent and a descender, plus leading.
+    bottom = int(font.getbbox("Ág")[3])
+    return bottom + max(2, bottom // 5)
 
 
 def _printable(text: str) -> str:
