@@ -50,7 +50,10 @@ def _progress(store: RunStore, ref: RunRef) -> str:
         err = manifest.last_error
         return f"failed in {err.stage}: {err.reason}"
     parts = [
-        f"{stage}: {', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
+        f"{stage}: " + (
+            str(progress.detail["waiting"]) if "waiting" in progress.detail
+            else f"{', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
+        )
         for stage, progress in manifest.stages.items()
         if progress.finished_at is None
     ]

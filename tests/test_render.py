@@ -99,14 +99,16 @@ def test_song_becomes_a_music_video_with_cuts_on_the_beats(auto: Settings) -> No
         assert any(abs(c - frame) <= 1 for frame in planned), (c, planned)
 
 
-def test_manual_approval_from_the_cli_then_render(settings: Settings) -> None:
-    """A manual run waits in pending_approval until the CLI approves, then renders."""
+def test_manual_approval_from_the_cli_then_render(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manual run waits in pending_approval, saying so in status, until the CLI approves; then renders."""
     from daemon.cli import main
 
     settings.assembly.transition = "crossfade"
     drop_song(settings, seconds=12.0)
     run(settings, threading.Event(), once=True)
     pending = only_run(settings, State.PENDING_APPROVAL)
+    assert main(["--config", str(settings.config_file), "status"]) == 0
+    assert "waiting for a person to approve" in capsys.readouterr().out
     assert main(["--config", str(settings.config_file), "approve", pending.name, "--all"]) == 0
     run(settings, threading.Event(), once=True)
     run_dir = only_run(settings, State.RENDERED)
