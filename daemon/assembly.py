@@ -41,7 +41,7 @@ from pathlib import Path
 from daemon.config import AssemblyConfig
 from daemon.errors import PermanentError, StageError, TransientError
 from daemon.fsutil import fsync_dir, replacing, temp_path_for
-from daemon.media import MediaInfo, probe, run_ffmpeg
+from daemon.media import FFMPEG_TIMEOUT_SECONDS, MediaInfo, probe, run_ffmpeg
 from daemon.plan import Segment
 from daemon.timeline import Timeline
 
@@ -218,7 +218,7 @@ def assemble(
     height: int,
     cfg: AssemblyConfig,
     ffmpeg: str,
-    timeout: float | None = None,
+    timeout: float | None = FFMPEG_TIMEOUT_SECONDS,
 ) -> AssemblyResult:
     """Encode ``final.mp4`` (and ``cfg.exports``) in ``out_dir`` from one clip per ``timeline.clips``."""
     started = time.perf_counter()

@@ -18,6 +18,8 @@ from pathlib import Path
 from daemon.errors import PermanentError, TransientError
 
 _LOG_TAIL = 1200
+# No ffmpeg call may hang a run forever; callers with long jobs pass their own bound.
+FFMPEG_TIMEOUT_SECONDS = 600.0
 _DISK_FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
 
 
@@ -47,7 +49,7 @@ def find_ffmpeg(configured: Path | None = None) -> str:
         return found
 
 
-def run_ffmpeg(exe: str, args: list[str], *, what: str, timeout: float | None = None) -> None:
+def run_ffmpeg(exe: str, args: list[str], *, what: str, timeout: float | None = FFMPEG_TIMEOUT_SECONDS) -> None:
     """Run ffmpeg quietly; translate a failure into a TransientError (disk full) or PermanentError."""
     cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
     try:

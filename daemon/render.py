@@ -35,6 +35,7 @@ log = structlog.get_logger("tandava.render")
 CLIPS_DIR = "clips"
 THUMBNAIL = "thumbnail.jpg"
 CONTACT_SHEET = "contact_sheet.png"
+ASSEMBLY_TIMEOUT_BASE = 120.0
 
 
 def make_video_backend(settings: Settings) -> VideoBackend:
@@ -85,6 +86,9 @@ class Render:
                 timeline, clips, job.ref.path / job.manifest.song.file_name, job.ref.path,
                 width=self.settings.video.width, height=self.settings.video.height,
                 cfg=self.settings.assembly, ffmpeg=ffmpeg,
+                # A hung ffmpeg must not hold the run forever; even a slow machine
+                # assembles faster than twice real time.
+                timeout=ASSEMBLY_TIMEOUT_BASE + 2 * timeline.duration,
             )
             job.done("assembly", video=result.final.name, frames=result.info.frames,
                      seconds=round(result.seconds, 2), exports=",".join(p.name for p in result.exports.values()))
