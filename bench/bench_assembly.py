@@ -70,8 +70,12 @@ def make_timeline(seconds: float) -> Timeline:
     )
 
 
-def make_clips(tl: Timeline, folder: Path, ffmpeg: str) -> list[Path]:
-    """One textured, moving clip per request, encoded like a GPU backend's output."""
+def make_clips(tl: Timeline, folder: Path, ffmpeg: str, tune: str | None = "fastdecode") -> list[Path]:
+    """One textured, moving clip per request, encoded as Tandava's backends write clips.
+
+    ``tune="fastdecode"`` is how the kenburns backend encodes its intermediates;
+    ``None`` is a plain x264 veryfast clip, like a third-party tool's output.
+    """
     clips = []
     for i, request in enumerate(tl.clips):
         path = folder / f"clip{i:03d}.mp4"
@@ -80,7 +84,8 @@ def make_clips(tl: Timeline, folder: Path, ffmpeg: str) -> list[Path]:
             ffmpeg,
             ["-f", "lavfi", "-i", source, "-frames:v", str(request.frames),
              "-vf", f"hue=h={i * 37 % 360},noise=alls=12",
-             "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", str(path)],
+             "-c:v", "libx264", "-preset", "veryfast", *(["-tune", tune] if tune else []),
+             "-crf", "18", "-pix_fmt", "yuv420p", str(path)],
             what="make a bench clip",
         )  # fmt: skip
         clips.append(path)
@@ -214,6 +219,15 @@ def main() -> None:
             )
         assert probe(result.exports["vertical"]).frames == tl.total_frames
         rows.append((f"single pass, {presets[0]} + mov + vertical", clock))
+        plain_dir = work / "plain"
+        plain_dir.mkdir()
+        plain = make_clips(tl, plain_dir, ffmpeg, tune=None)
+        out = work / "out-plain"
+        out.mkdir()
+        with Clock() as clock:
+            assemble(tl, plain, audio, out, width=WIDTH, height=HEIGHT,
+                     cfg=AssemblyConfig(preset=presets[0]), ffmpeg=ffmpeg)
+        rows.append((f"single pass, {presets[0]}, plain x264 clips", clock))
         split = breakdown(tl, clips, audio, work, ffmpeg, presets[0])
         encode = Clock()
         encode.wall = rows[0][1].wall - split[1][1].wall

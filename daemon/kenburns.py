@@ -38,6 +38,10 @@ UPSCALE = 3
 # final assembly's re-encode (at assembly.crf) is the only visible loss.
 CRF = 18
 PRESET = "veryfast"
+# The clip is decoded again by the assembly, which is where the time goes:
+# fastdecode (CAVLC, no deblocking) measured 7.6 -> 3.3 CPU-s to decode a
+# 4-minute song's 48 clips, for 12 % larger intermediates.
+TUNE = "fastdecode"
 # Magnification added over a clip at normal speed (1.0 -> 1.12 in 5 s), and
 # how far a pan moves the view, as a share of the image width or height.
 ZOOM_STEP = 0.12
@@ -195,7 +199,7 @@ class KenBurnsBackend:
             "-f", "image2", "-pattern_type", "none", "-i", str(source.resolve()),
             "-vf", graph,
             "-frames:v", str(job.frames),
-            "-an", "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
+            "-an", "-c:v", "libx264", "-preset", PRESET, "-tune", TUNE, "-crf", str(CRF), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart",
             # The temp name's suffix is .tmp, so the container is named.
             "-f", "mp4", str(tmp),
