@@ -208,3 +208,28 @@ def test_disk_full_while_rendering_fails_cleanly(tmp_path: Path, auto: Settings)
         assert not (failed / "final.mp4").exists()
         assert [p for p in failed.rglob("*") if ".tandava-" in p.name] == []
         assert list((auto.paths.state_root / "rendered").iterdir()) == []
+
+
+def test_a_folder_of_photos_beside_the_song_becomes_a_slideshow(auto: Settings) -> None:
+    """With the folder backend, photos in a folder named like the song are the video's images, in order."""
+    from PIL import Image
+
+    auto.images.backend = "folder"
+    song = drop_song(auto, name="Kailash.wav", seconds=12.0)
+    photos = song.with_suffix("")  # inbox/Kailash/
+    photos.mkdir()
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (1600, 900), colour).save(photos / f"photo{i + 1}.jpg", quality=95)
+    assert run(auto, threading.Event(), once=True) == 0
+    run_dir = only_run(auto, State.RENDERED)
+    segments = read_segments(run_dir)
+    import av
+
+    with av.open(str(run_dir / "final.mp4")) as container:
+        frames = [np.asarray(f.to_image()) for f in container.decode(video=0)]
+    for segment in segments:
+        middle = frames[round((segment.start + segment.end) / 2 * auto.video.fps)]
+        expected = np.array(colours[segment.index % len(colours)], dtype=np.float32)
+        assert np.abs(middle.reshape(-1, 3).mean(axis=0) - expected).max() < 25, segment.index
+    assert sorted(p.name for p in photos.iterdir()) == [f"photo{i}.jpg" for i in range(1, 5)]  # untouched
