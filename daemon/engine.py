@@ -142,8 +142,12 @@ class Engine:
         self._stop = stop_event
         try:
             while not stop_event.is_set():
+                # Idle means: nothing was in flight when this tick began (so no
+                # worker could move a run past the listing) and the tick found
+                # nothing to start.
+                was_busy = self.busy()
                 submitted = self.tick()
-                if once and not submitted and not self.busy():
+                if once and not submitted and not was_busy:
                     return
                 stop_event.wait(self.tick_seconds)
         finally:

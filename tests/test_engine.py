@@ -184,3 +184,20 @@ def test_waiting_runs_are_rechecked_without_counting_attempts(store: RunStore, t
     progress = store.load(moved).stages["approval"]
     assert len(calls) == 4 and progress.attempts == 1
     assert "waiting" not in progress.detail
+
+
+def test_once_runs_chained_stages_to_the_end(store: RunStore, tmp_path: Path) -> None:
+    """`once` never stops between two stages while a worker is moving the run on."""
+
+    def quick(job: StageRun) -> None:
+        return None
+
+    stages = [
+        Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, quick),
+        Stage("images", State.ANALYZED, Event.IMAGES_DONE, quick),
+        Stage("offer", State.IMAGED, Event.OFFERED, quick),
+    ]
+    for i in range(100):
+        ref = add_run(store, tmp_path, f"song{i}.mp3")
+        Engine(store, stages, workers={"cpu": 2}, tick_seconds=0.001).run(threading.Event(), once=True)
+        assert store.find(ref.run_id).state is State.PENDING_APPROVAL, i
