@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.config import AssemblyConfig
 from daemon.errors import PermanentError, StageError, TransientError
@@ -44,6 +45,9 @@ from daemon.fsutil import fsync_dir, replacing, temp_path_for
 from daemon.media import FFMPEG_TIMEOUT_SECONDS, MediaInfo, probe, run_ffmpeg
 from daemon.plan import Segment
 from daemon.timeline import Timeline
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FINAL_NAME = "final.mp4"
 EXPORT_NAMES = {"mov": "final_vj.mov", "vertical": "final_vertical.mp4"}
@@ -356,13 +360,7 @@ def write_thumbnail(
     from PIL import Image
 
     if source.suffix.lower() in _IMAGE_SUFFIXES:
-        try:
-            with Image.open(source) as img:
-                frame = img.convert("RGB")
-        except OSError as exc:
-            raise PermanentError(
-                f"{source.name} is not a readable image: {exc}", cause="BrokenImage"
-            ) from exc
+        frame = _open_rgb(source)
         if frame.width > max_width:
             frame = frame.resize((max_width, round(frame.height * max_width / frame.width / 2) * 2))
         with replacing(out) as fh:
@@ -415,13 +413,7 @@ def write_contact_sheet(
     font = ImageFont.load_default(size=max(12, tile_width // 20))
     tiles = []
     for path, label in images:
-        try:
-            with Image.open(path) as img:
-                tile = img.convert("RGB")
-        except OSError as exc:
-            raise PermanentError(
-                f"{path.name} is not a readable image: {exc}", cause="BrokenImage"
-            ) from exc
+        tile = _open_rgb(path)
         tiles.append(
             (tile.resize((tile_width, max(1, round(tile.height * tile_width / tile.width)))), label)
         )
@@ -441,3 +433,14 @@ def write_contact_sheet(
     with replacing(out) as fh:
         sheet.save(fh, format="PNG")
     return out
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    """An image file as RGB; an unreadable one is a PermanentError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as exc:
+        raise PermanentError(f"{path.name} is not a readable image: {exc}", cause="BrokenImage") from exc

@@ -75,7 +75,8 @@ def test_storyboard_is_byte_identical_for_the_same_job(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [(832, 480), (480, 832), (417, 241), (64, 64)])
 def test_storyboard_has_the_job_size(tmp_path: Path, size: tuple[int, int]) -> None:
     """Landscape, portrait, odd and tiny sizes all come out exactly as asked."""
-    collect(StoryboardBackend(), image_job(tmp_path, size=size))
+    pixels = collect(StoryboardBackend(), image_job(tmp_path, size=size))
+    assert pixels.shape == (size[1], size[0], 3)
 
 
 @pytest.mark.parametrize(("mood", "energy"), [("calm", 0.0), ("steady", 0.5), ("euphoric", 1.0)])

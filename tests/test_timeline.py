@@ -121,6 +121,7 @@ def test_any_valid_plan_covers_the_song_exactly(plan: dict) -> None:
         transition=plan["transition"],
         transition_frames=plan["transition_frames"],
     )
+    assert sum(piece.frames for piece in tl.pieces) == tl.total_frames
     _check_invariants(
         tl,
         plan["boundaries"],
