@@ -52,6 +52,21 @@ class Gate:
     def __call__(self, job: StageRun) -> Outcome:
         segments = read_segments(job.ref.path)
         approvals = ApprovalStore(job.store)
+        # Most looks at a waiting run find nothing to do; decisions are written
+        # atomically, so an unlocked read tells, and the lock (a file created
+        # and removed) is taken only when the gate is about to act.
+        current = statuses(job.manifest, approvals.load(job.ref), len(segments))
+        if self._needs_lock(current):
+            return self._decide(job, approvals, segments)
+        return self._wait_or_regenerate(job, current, segments)
+
+    def _needs_lock(self, current: list[SegmentStatus]) -> bool:
+        auto = self.settings.approval.mode == "auto"
+        return all(s.approved is not None for s in current) or (
+            auto and any(s.approved is None and s.undecided for s in current)
+        )
+
+    def _decide(self, job: StageRun, approvals: ApprovalStore, segments: list[Segment]) -> Outcome:
         with approvals.locked(job.ref.run_id):
             decisions = approvals.load(job.ref)
             current = statuses(job.manifest, decisions, len(segments))
@@ -61,6 +76,9 @@ class Gate:
             if all(status.approved is not None for status in current):
                 new_ref = job.store.move(job.ref, Event.ALL_APPROVED, note=_summary(decisions))
                 return Moved(new_ref)
+        return self._wait_or_regenerate(job, current, segments)
+
+    def _wait_or_regenerate(self, job: StageRun, current: list[SegmentStatus], segments: list[Segment]) -> Outcome:
         fresh = [s for s in current if s.all_rejected and s.rounds < self.settings.images.max_rounds + s.extra_rounds]
         if fresh:
             self._new_round(job, fresh, segments)

@@ -70,18 +70,18 @@ class Render:
         self.backend_for = backend_for
 
     def __call__(self, job: StageRun) -> None:
-        from daemon.assembly import assemble, write_contact_sheet, write_thumbnail
+        from daemon.assembly import assemble, thumbnail_time, write_contact_sheet, write_thumbnail
 
+        ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)
         backend: VideoBackend = self.backend_for(self.settings)
         timeline = plan_timeline(self.settings, segments, backend.max_frames)
         images = approved_images(job.ref, job.manifest, ApprovalStore(job.store).load(job.ref), len(segments))
         clips: list[Path] = []
         for request in timeline.clips:
-            record = self._clip(job, backend, request, segments[request.segment], images, clips)
+            record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg)
             clips.append(job.ref.path / record.output)
         if not job.is_done("assembly") or not (job.ref.path / "final.mp4").is_file():
-            ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
             result = assemble(
                 timeline, clips, job.ref.path / job.manifest.song.file_name, job.ref.path,
                 width=self.settings.video.width, height=self.settings.video.height,
@@ -93,23 +93,21 @@ class Render:
             job.done("assembly", video=result.final.name, frames=result.info.frames,
                      seconds=round(result.seconds, 2), exports=",".join(p.name for p in result.exports.values()))
         if not job.is_done("thumbnail"):
-            loudest = max(segments, key=lambda s: s.energy)
             write_thumbnail(job.ref.path / "final.mp4", job.ref.path / THUMBNAIL,
-                            at_seconds=(loudest.start + loudest.end) / 2,
-                            ffmpeg=media.find_ffmpeg(self.settings.assembly.ffmpeg))
+                            at_seconds=thumbnail_time(segments), ffmpeg=ffmpeg)
             labels = [f"{s.index:02d} {s.start:05.1f}-{s.end:05.1f}s {s.mood}" for s in segments]
             write_contact_sheet(list(zip(images, labels, strict=True)), job.ref.path / CONTACT_SHEET)
             job.done("thumbnail")
         log.info("render.done", video=str(job.ref.path / "final.mp4"))
 
     def _clip(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
-              images: list[Path], clips: list[Path]) -> Job:
+              images: list[Path], clips: list[Path], ffmpeg: str) -> Job:
         seed = seed_for(job.manifest.song.sha256, segment.index, 1000 + request.part, self.settings.analysis.seed)
         jid = job_id(job.ref.run_id, "clip", segment.index, request.part, seed)
         output = f"{CLIPS_DIR}/s{segment.index:03d}_p{request.part:02d}.mp4"
         source = images[segment.index].relative_to(job.ref.path).as_posix()
         if request.chained_from is not None:
-            source = self._chain_start(clips[request.chained_from], request, job)
+            source = self._chain_start(clips[request.chained_from], request, job, ffmpeg)
 
         def record() -> Job:
             return Job(
@@ -121,11 +119,10 @@ class Render:
 
         return ensure_job(job, backend, jid, record, check=_check_clip)
 
-    def _chain_start(self, previous_clip: Path, request: ClipRequest, job: StageRun) -> str:
+    def _chain_start(self, previous_clip: Path, request: ClipRequest, job: StageRun, ffmpeg: str) -> str:
         """The frame a chained clip starts from, taken from the clip before it."""
         name = f"{CLIPS_DIR}/s{request.segment:03d}_p{request.part:02d}_start.png"
         if not (job.ref.path / name).is_file():
-            ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
             media.extract_frame(ffmpeg, previous_clip, request.chain_frame or 0, job.ref.path / name)
         return name
 

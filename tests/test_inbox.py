@@ -57,13 +57,6 @@ class Recorder:
 
 
 @pytest.fixture
-def inbox(tmp_path: Path) -> Path:
-    folder = tmp_path / "inbox"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def cap() -> LogCapture:
     return LogCapture()
 
