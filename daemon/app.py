@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
 
 import structlog
 
 from daemon.config import Settings
 from daemon.engine import Engine
 from daemon.intake import Intake
-from daemon.pipeline import build_stages
+from daemon.pipeline import build_stages, uses_comfy
 from daemon.store import RunStore
+
+if TYPE_CHECKING:
+    from daemon.comfy.backend import ComfyBackends
 
 log = structlog.get_logger("tandava.daemon")
 
@@ -39,6 +43,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     store = open_store(settings)
     release = store.lock()
     watcher: InboxWatcher | None = None
+    comfy: ComfyBackends | None = None
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -53,10 +58,14 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             poll_seconds=watch.poll_seconds,
             polling=watch.polling,
         )
+        if uses_comfy(settings):
+            from daemon.comfy.backend import ComfyBackends
+
+            comfy = ComfyBackends.open(settings)
         engine = Engine(
             store,
-            build_stages(settings),
-            workers={"cpu": settings.engine.cpu_workers},
+            build_stages(settings, comfy),
+            workers={"cpu": settings.engine.cpu_workers, "gpu": settings.engine.gpu_runs},
             attempts=settings.engine.attempts,
             backoff_initial=settings.engine.backoff_initial_seconds,
             backoff_max=settings.engine.backoff_max_seconds,
@@ -82,6 +91,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     finally:
         if watcher is not None:
             watcher.stop()
+        if comfy is not None:
+            comfy.close()
         release()
         log.info("daemon.stopped")
 

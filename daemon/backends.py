@@ -18,7 +18,6 @@ file or setting) for what it cannot.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -26,7 +25,13 @@ from pydantic import BaseModel, Field
 
 JobKind = Literal["image", "clip"]
 JobStatus = Literal["submitted", "done", "failed"]
-Progress = Callable[[float], None]
+
+
+class Progress(Protocol):
+    """Told how far a job is (0..1) and, optionally, where it is ("queued on …")."""
+
+    def __call__(self, fraction: float, where: str = "") -> None: ...
+
 
 
 class Job(BaseModel):
@@ -54,7 +59,7 @@ class Job(BaseModel):
     detail: dict[str, str | int | float] = Field(default_factory=dict)
 
 
-def noop_progress(_fraction: float) -> None:
+def noop_progress(fraction: float, where: str = "") -> None:
     """A progress callback that ignores progress."""
 
 

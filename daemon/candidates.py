@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
+from daemon import qc
+from daemon.approval import candidates_of
 from daemon.backends import ImageBackend, Job, job_id
 from daemon.config import Settings
 from daemon.engine import StageRun
-from daemon.jobs import ensure_job
+from daemon.jobs import Attempt, ensure_checked, ensure_job, start_job
 from daemon.plan import Segment
 from daemon.segments_file import read_segments
 
@@ -39,6 +42,48 @@ def image_backend_for(settings: Settings, job: StageRun) -> ImageBackend:
     return make_image_backend(settings, song_name=job.manifest.song.original_name, inbox=settings.paths.inbox)
 
 
+def candidate_attempt(
+    job: StageRun, backend: ImageBackend, segment: Segment, index: int, *,
+    settings: Settings, segments: int, round_: int = 1,
+) -> Attempt:
+    """Attempt ``n`` at candidate ``index`` of ``segment``: its job id and record (a new seed per attempt)."""
+
+    def attempt(n: int) -> tuple[str, Callable[[], Job]]:
+        # Attempt 0 keeps the seed candidates always had; QC retries step the base.
+        seed = seed_for(job.manifest.song.sha256, segment.index, index, settings.analysis.seed + 7919 * n)
+        jid = job_id(job.ref.run_id, "image", segment.index, index, seed)
+        return jid, lambda: _record(jid, backend, segment, index, seed, settings, segments, round_)
+
+    return attempt
+
+
+def _record(jid: str, backend: ImageBackend, segment: Segment, index: int, seed: int, settings: Settings,
+            segments: int, round_: int) -> Job:
+    return Job(
+        id=jid,
+        kind="image",
+        backend=backend.name,
+        segment=segment.index,
+        seed=seed,
+        index=index,
+        prompt=segment.visual_prompt,
+        negative_prompt=segment.negative_prompt,
+        width=settings.video.width,
+        height=settings.video.height,
+        output=f"{CANDIDATES_DIR}/s{segment.index:03d}_c{index:02d}.png",
+        detail={
+            "start": segment.start,
+            "end": segment.end,
+            "mood": segment.mood,
+            "energy": segment.energy,
+            "section": segment.section,
+            "segments": segments,
+            "candidates": settings.images.candidates,
+            "round": round_,
+        },
+    )
+
+
 def ensure_candidate(
     job: StageRun,
     backend: ImageBackend,
@@ -49,36 +94,25 @@ def ensure_candidate(
     segments: int,
     round_: int = 1,
 ) -> Job:
-    """Make candidate ``index`` of ``segment`` unless it is already done; returns its job."""
-    seed = seed_for(job.manifest.song.sha256, segment.index, index, settings.analysis.seed)
-    jid = job_id(job.ref.run_id, "image", segment.index, index, seed)
+    """Make candidate ``index`` of ``segment`` unless it is already done; returns its job.
 
-    def record() -> Job:
-        return Job(
-            id=jid,
-            kind="image",
-            backend=backend.name,
-            segment=segment.index,
-            seed=seed,
-            index=index,
-            prompt=segment.visual_prompt,
-            negative_prompt=segment.negative_prompt,
-            width=settings.video.width,
-            height=settings.video.height,
-            output=f"{CANDIDATES_DIR}/s{segment.index:03d}_c{index:02d}.png",
-            detail={
-                "start": segment.start,
-                "end": segment.end,
-                "mood": segment.mood,
-                "energy": segment.energy,
-                "section": segment.section,
-                "segments": segments,
-                "candidates": settings.images.candidates,
-                "round": round_,
-            },
-        )
+    A backend whose outputs can come back broken (``checks_output``) has each
+    image checked: black, flat, or a near-copy of another candidate of the
+    segment is made again with a new seed, up to ``images.qc_attempts``.
+    """
+    attempt = candidate_attempt(job, backend, segment, index, settings=settings, segments=segments, round_=round_)
+    if not getattr(backend, "checks_output", False):
+        jid, record = attempt(0)
+        return ensure_job(job, backend, jid, record)
 
-    return ensure_job(job, backend, jid, record)
+    def check(path: Path, record: Job) -> None:
+        others = [qc.image_stats(job.ref.path / j.output)
+                  for j in candidates_of(job.manifest).get(segment.index, []) if j.id != record.id]
+        stats = qc.check_image(path, others)
+        record.detail.update({"mean_luma": round(stats.mean_luma, 1), "std_luma": round(stats.std_luma, 1)})
+
+    return ensure_checked(job, backend, attempt, attempts=settings.images.qc_attempts, check=check,
+                          what=f"candidate {index} of segment {segment.index}")
 
 
 class MakeCandidates:
@@ -93,8 +127,18 @@ class MakeCandidates:
     def __call__(self, job: StageRun) -> None:
         segments = read_segments(job.ref.path)
         backend = self.backend_for(self.settings, job)
+        count = self.settings.images.candidates
+        # Hand every first attempt to the backend before waiting for one, so
+        # a GPU server always has the next image queued.
         for segment in segments:
-            for index in range(self.settings.images.candidates):
+            for index in range(count):
+                attempt = candidate_attempt(job, backend, segment, index, settings=self.settings, segments=len(segments))
+                jid, record = attempt(0)
+                existing = job.manifest.jobs.get(jid)
+                if existing is None or existing.status != "failed":
+                    start_job(job, backend, jid, record)
+        for segment in segments:
+            for index in range(count):
                 ensure_candidate(job, backend, segment, index, settings=self.settings, segments=len(segments))
         job.done("candidates", count=len(segments) * self.settings.images.candidates)
 

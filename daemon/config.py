@@ -72,17 +72,55 @@ class VideoConfig(_Section):
 
 
 class ImagesConfig(_Section):
-    backend: Literal["storyboard", "folder"] = "storyboard"
+    backend: Literal["storyboard", "folder", "comfyui"] = "storyboard"
     candidates: int = Field(defaults.CANDIDATES, ge=1, le=16)
     # Photos for the folder backend; default: a folder named like the song beside it in the inbox.
     folder: Path | None = None
     max_rounds: int = Field(defaults.MAX_ROUNDS, ge=1)
+    # New seeds tried for a candidate that fails image QC (black, flat, duplicate) before the run fails.
+    qc_attempts: int = Field(defaults.QC_ATTEMPTS, ge=1, le=10)
 
 
 class ClipsConfig(_Section):
-    backend: Literal["kenburns"] = "kenburns"
+    backend: Literal["kenburns", "comfyui"] = "kenburns"
+    # New seeds tried for a clip that fails clip QC (black, frozen, flashing) before the run fails.
+    qc_attempts: int = Field(defaults.QC_ATTEMPTS, ge=1, le=10)
     # How far a clip may be slowed to fill its segment before a chain of clips is used.
     max_slowdown: float = Field(defaults.MAX_SLOWDOWN, ge=1.0, le=4.0)
+
+
+class ManagedComfyConfig(_Section):
+    """A ComfyUI that Tandava launches and owns (optional)."""
+
+    # The ComfyUI folder (holding main.py).
+    folder: Path
+    # The Python that runs it; default: the one running Tandava.
+    python: Path | None = None
+    args: list[str] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(defaults.COMFY_PORT, ge=1, le=65535)
+    # ComfyUI's own output goes here; default: <logs>/comfyui.log.
+    log_file: Path | None = None
+    start_timeout_seconds: float = Field(defaults.COMFY_START_TIMEOUT_SECONDS, gt=0)
+
+
+class ComfyConfig(_Section):
+    """ComfyUI servers, the workflows sent to them, and how they are watched."""
+
+    # One URL per server (several GPUs or machines); a managed server is added to these.
+    servers: list[str] = Field(default_factory=list)
+    # Folder of API-format workflows with their mappings; default: the workflows shipped with Tandava.
+    workflows: Path | None = None
+    image_workflow: str = defaults.IMAGE_WORKFLOW
+    video_workflow: str = defaults.VIDEO_WORKFLOW
+    # Free VRAM kept in reserve above what a workflow needs.
+    vram_margin_gb: float = Field(defaults.VRAM_MARGIN_GB, ge=0)
+    request_timeout_seconds: float = Field(defaults.COMFY_REQUEST_TIMEOUT_SECONDS, gt=0)
+    # A server whose /system_stats does not answer in this time is hung.
+    health_timeout_seconds: float = Field(defaults.COMFY_HEALTH_TIMEOUT_SECONDS, gt=0)
+    # No websocket event for this long while our job runs: the server is hung.
+    silence_seconds: float = Field(defaults.COMFY_SILENCE_SECONDS, gt=0)
+    managed: ManagedComfyConfig | None = None
 
 
 class AssemblyConfig(_Section):
@@ -102,6 +140,9 @@ class ApprovalConfig(_Section):
 
 class EngineConfig(_Section):
     cpu_workers: int = Field(defaults.CPU_WORKERS, ge=1, le=64)
+    # Runs whose GPU jobs are in the ComfyUI pool at once: enough for every
+    # server to have work and for jobs of one model to be grouped across runs.
+    gpu_runs: int = Field(defaults.GPU_RUNS, ge=1, le=64)
     attempts: int = Field(defaults.STAGE_ATTEMPTS, ge=1)
     backoff_initial_seconds: float = Field(defaults.BACKOFF_INITIAL_SECONDS, ge=0)
     backoff_max_seconds: float = Field(defaults.BACKOFF_MAX_SECONDS, ge=0)
@@ -133,6 +174,7 @@ class Settings(BaseSettings):
     clips: ClipsConfig = Field(default_factory=ClipsConfig)
     assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    comfy: ComfyConfig = Field(default_factory=ComfyConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -203,6 +245,13 @@ def load_settings(config_file: Path | None = None, *, cwd: Path | None = None) -
     settings.paths = _resolve_paths(settings.paths, base)
     if settings.images.folder is not None:
         settings.images.folder = _resolve(settings.images.folder, base)
+    if settings.comfy.workflows is not None:
+        settings.comfy.workflows = _resolve(settings.comfy.workflows, base)
+    managed = settings.comfy.managed
+    if managed is not None:
+        managed.folder = _resolve(managed.folder, base)
+        if managed.log_file is not None:
+            managed.log_file = _resolve(managed.log_file, base)
     if settings.assembly.ffmpeg is not None and len(settings.assembly.ffmpeg.parts) > 1:
         settings.assembly.ffmpeg = _resolve(settings.assembly.ffmpeg, base)
     return settings

@@ -74,3 +74,16 @@ CRF = 20
 # Shortest piece of a clip on the timeline: below ~half a second a cut reads
 # as a glitch.
 MIN_PIECE_SECONDS = 0.5
+
+# ComfyUI (issue 4).
+QC_ATTEMPTS = 3
+COMFY_PORT = 8188
+COMFY_START_TIMEOUT_SECONDS = 180.0
+IMAGE_WORKFLOW = "flux_t2i"
+VIDEO_WORKFLOW = "wan21_i2v"
+VRAM_MARGIN_GB = 1.0
+COMFY_REQUEST_TIMEOUT_SECONDS = 30.0
+COMFY_HEALTH_TIMEOUT_SECONDS = 10.0
+# A 14B video model step can take minutes on a small GPU, with no event in between.
+COMFY_SILENCE_SECONDS = 900.0
+GPU_RUNS = 4

@@ -85,6 +85,50 @@ def check_theme(settings: Settings) -> Check:
     return Check("theme", True, settings.analysis.theme)
 
 
+def check_comfy(settings: Settings) -> Iterator[Check]:
+    """Each ComfyUI server answers, and each workflow in use fits it (nodes, inputs, models) before any GPU time."""
+    from daemon.comfy.backend import server_urls
+    from daemon.comfy.client import ComfyClient
+    from daemon.comfy.pool import GB, stats_line
+    from daemon.comfy.preflight import check_workflow
+    from daemon.comfy.workflows import find_workflow
+    from daemon.errors import StageError
+    from daemon.pipeline import uses_comfy
+
+    if not uses_comfy(settings):
+        return
+    cfg = settings.comfy
+    try:
+        names = [cfg.image_workflow] if settings.images.backend == "comfyui" else []
+        names += [cfg.video_workflow] if settings.clips.backend == "comfyui" else []
+        workflows = [find_workflow(name, cfg.workflows) for name in names]
+    except StageError as exc:
+        yield Check("workflows", False, f"{exc.reason}; {exc.hint}")
+        return
+    for url in server_urls(settings):
+        client = ComfyClient(url, client_id="tandava-doctor", timeout=cfg.health_timeout_seconds)
+        try:
+            stats = client.system_stats()
+            info = client.object_info()
+        except StageError as exc:
+            yield Check(f"ComfyUI {url}", False, f"{exc.reason}; {exc.hint}")
+            continue
+        finally:
+            client.close()
+        yield Check(f"ComfyUI {url}", True, stats_line(stats))
+        for wf in workflows:
+            problems = check_workflow(wf, info)
+            if problems:
+                more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+                yield Check(f"workflow {wf.name} on {url}", False, "; ".join(map(str, problems[:5])) + more)
+                continue
+            note = "fits the server"
+            if stats.vram_total < wf.vram_gb * GB:
+                note += (f", but it needs about {wf.vram_gb:.0f} GB and the server has "
+                         f"{stats.vram_total / GB:.0f} GB: ComfyUI will offload and run slowly")
+            yield Check(f"workflow {wf.name} on {url}", True, note)
+
+
 CHECKS: list[Callable[[Settings], Check]] = [check_config, check_ffmpeg, check_decoders, check_theme]
 
 
@@ -93,3 +137,4 @@ def run_checks(settings: Settings) -> Iterator[Check]:
     yield from check_paths(settings)
     for check in CHECKS:
         yield check(settings)
+    yield from check_comfy(settings)

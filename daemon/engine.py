@@ -32,7 +32,14 @@ from typing import Any
 import structlog
 import tenacity
 
-from daemon.errors import RUN_PLACEHOLDER, PermanentError, StageError, StoreError, TransientError
+from daemon.errors import (
+    RUN_PLACEHOLDER,
+    PermanentError,
+    StageError,
+    StoreError,
+    TransientError,
+    Unavailable,
+)
 from daemon.runs import Manifest
 from daemon.states import Event, State
 from daemon.store import RunRef, RunStore
@@ -242,7 +249,8 @@ class Engine:
 
         work = StageRun(stage.name, ref, manifest, self.store, self._stop)
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type((TransientError, OSError)),
+            retry=tenacity.retry_if_exception_type((TransientError, OSError))
+            & tenacity.retry_if_not_exception_type(Unavailable),
             stop=tenacity.stop_after_attempt(max(1, self.attempts - failures_before))
             | tenacity.stop_when_event_set(self._stop),
             wait=tenacity.wait_exponential_jitter(
@@ -254,6 +262,10 @@ class Engine:
         )
         try:
             outcome = retrying(stage.work, work)
+        except Unavailable as exc:
+            # A backend outage parks the run without using an attempt: the
+            # run waits for the GPU server as long as the server is away.
+            outcome = Waiting(exc.reason, exc.recheck_seconds)
         except (TransientError, OSError) as exc:
             if self._stop.is_set():
                 log.info("stage.interrupted", error=str(exc))

@@ -13,8 +13,12 @@ is it worth retrying, and what does a person need to read.
     ├── IllegalTransition      a state move the run state model forbids
     └── StageError             a stage could not finish a run
         ├── TransientError     retry with backoff (share gone, server busy)
+        │   ├── Unavailable    a GPU server is down or full: the run waits, no attempt is used
+        │   └── QCFailed       a backend's output failed quality checks; made again with a new seed
         └── PermanentError     retrying cannot help; the run goes to failed/
-            └── BadInput       the song itself cannot be used
+            ├── BadInput       the song itself cannot be used
+            ├── WorkflowError  a ComfyUI workflow does not fit its mapping or the live server
+            └── QCGaveUp       every new seed allowed for an output failed QC
 
 Every StageError carries ``reason`` (what went wrong and why, in words a
 person understands) and ``hint`` (how to fix it and retry). Those two end up
@@ -89,3 +93,36 @@ class PermanentError(StageError):
 
 class BadInput(PermanentError):
     """The song file itself is unusable (empty, corrupt, too short, too long, unreadable)."""
+
+
+class Unavailable(TransientError):
+    """A backend cannot take work now (down, restarting, hung, short of VRAM).
+
+    The engine parks the run and looks again after ``recheck_seconds``
+    without using one of its attempts: an outage of an hour must not fail
+    every run that was waiting for the GPU.
+    """
+
+    def __init__(self, reason: str, hint: str = "", *, cause: str = "", recheck_seconds: float = 15.0) -> None:
+        super().__init__(reason, hint, cause=cause)
+        self.recheck_seconds = recheck_seconds
+
+
+class QCFailed(TransientError):
+    """An image or clip came back broken (black, flat, frozen, flashing); ``figures`` say by how much."""
+
+    def __init__(self, reason: str, hint: str = "", *, cause: str = "", figures: dict[str, float] | None = None) -> None:
+        super().__init__(reason, hint, cause=cause or "QCFailed")
+        self.figures = dict(figures or {})
+
+
+class WorkflowError(PermanentError):
+    """A workflow that cannot run: names the workflow, node, input, value and model folder."""
+
+
+class QCGaveUp(PermanentError):
+    """Every new seed allowed for an image or clip failed QC; ``figures`` are the last output's."""
+
+    def __init__(self, reason: str, hint: str = "", *, cause: str = "", figures: dict[str, float] | None = None) -> None:
+        super().__init__(reason, hint, cause=cause or "QCFailed")
+        self.figures = dict(figures or {})

@@ -1,26 +1,39 @@
 """Running backend jobs so that none is lost or run twice.
 
-How this works: ``ensure_job`` is the one place a stage hands work to a
+How this works: ``start_job`` is the one place a stage hands work to a
 backend. A job that is done (status recorded and its output on disk) is
 returned as it is. A new job is written into ``run.json`` *before* the backend
 hears of it (invariant 4), so a crash after submitting leaves a record to
-re-attach to. A job recorded but not done is re-attached with ``collect`` when
-the backend can resume it, and submitted again otherwise (redone once). Paths
-in the manifest are relative to the run folder, because the folder moves
-between state directories; backends get them made absolute.
+re-attach to. A job recorded but not done is re-attached when the backend can
+resume it, and submitted again otherwise (redone once). ``finish_job`` waits
+for it, checks the output and records it done. A stage starts all the jobs it
+can before it finishes the first, so a GPU server always has the next job
+queued. Paths in the manifest are relative to the run folder, because the
+folder moves between state directories; backends get them made absolute.
+
+``ensure_checked`` adds quality control: an output that fails its check is
+recorded as failed with the figures, and the job is made again with the next
+seed, up to a bound; then the run fails with the last figures.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from daemon.backends import ImageBackend, Job, VideoBackend, noop_progress
+from daemon.backends import ImageBackend, Job, VideoBackend
 from daemon.engine import StageRun
+from daemon.errors import QCFailed, QCGaveUp
 
 log = structlog.get_logger("tandava.jobs")
+
+Backend = ImageBackend | VideoBackend
+Check = Callable[[Path, Job], None]
+# Progress is written into run.json for `tandava status`, at most this often.
+PROGRESS_WRITE_SECONDS = 1.0
 
 
 def located(record: Job, run_dir: Path) -> Job:
@@ -31,37 +44,105 @@ def located(record: Job, run_dir: Path) -> Job:
     return record.model_copy(update=update)
 
 
-def ensure_job(
-    job: StageRun,
-    backend: ImageBackend | VideoBackend,
-    job_id: str,
-    make_record: Callable[[], Job],
-    *,
-    check: Callable[[Path, Job], None] | None = None,
-) -> Job:
-    """Return the finished job ``job_id``, running it (or re-attaching to it) if needed.
+def is_done(job: StageRun, record: Job | None) -> bool:
+    return record is not None and record.status == "done" and (job.ref.path / record.output).is_file()
 
-    ``check`` inspects the output before the job counts as done (a broken clip
-    raises there, and the job is submitted again on the next attempt).
-    """
+
+def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callable[[], Job]) -> Job:
+    """Record and submit ``job_id`` unless it is done or can be re-attached; returns its record."""
     manifest = job.manifest
     record = manifest.jobs.get(job_id)
-    if record is not None and record.status == "done" and (job.ref.path / record.output).is_file():
+    if is_done(job, record):
+        assert record is not None
         return record
     if record is None:
         record = make_record()
         manifest.jobs[job_id] = record
         job.store.save(job.ref, manifest)  # the id is on disk before the backend hears of it
         backend.submit(located(record, job.ref.path))
-    elif not backend.can_resume(located(record, job.ref.path)):
+    elif record.status == "failed" or not backend.can_resume(located(record, job.ref.path)):
+        record.status = "submitted"
         backend.submit(located(record, job.ref.path))
+    return record
+
+
+def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | None = None) -> Job:
+    """Wait for a started job, check its output and record it done."""
+    if is_done(job, record):
+        return record
     (job.ref.path / record.output).parent.mkdir(parents=True, exist_ok=True)
     with structlog.contextvars.bound_contextvars(segment=record.segment):
         record.attempts += 1
-        output = backend.collect(located(record, job.ref.path), progress=noop_progress, stop=job.stop_event)
+        output = backend.collect(located(record, job.ref.path), progress=_progress_writer(job, record),
+                                 stop=job.stop_event)
         if check is not None:
             check(output, record)
         record.status = "done"
-        job.store.save(job.ref, manifest)
+        for key in ("progress", "where"):
+            record.detail.pop(key, None)
+        job.store.save(job.ref, job.manifest)
         log.info("job.done", job=record.id, kind=record.kind, backend=backend.name, seed=record.seed)
     return record
+
+
+def ensure_job(job: StageRun, backend: Backend, job_id: str, make_record: Callable[[], Job], *,
+               check: Check | None = None) -> Job:
+    """Return the finished job ``job_id``, running it (or re-attaching to it) if needed."""
+    return finish_job(job, backend, start_job(job, backend, job_id, make_record), check=check)
+
+
+Attempt = Callable[[int], tuple[str, Callable[[], Job]]]
+
+
+def ensure_checked(job: StageRun, backend: Backend, attempt: Attempt, *, attempts: int, check: Check,
+                   what: str) -> Job:
+    """Run attempt 0, 1, … (each a new seed) until one passes ``check``; give up after ``attempts``."""
+    last: QCFailed | None = None
+    for n in range(attempts):
+        job_id, make_record = attempt(n)
+        record = job.manifest.jobs.get(job_id)
+        if record is not None and record.status == "failed" and "qc" in record.detail:
+            last = QCFailed(str(record.detail["qc"]), figures=_figures(record))
+            continue  # this seed's output already failed QC before a restart
+        try:
+            return ensure_job(job, backend, job_id, make_record, check=check)
+        except QCFailed as exc:
+            record = job.manifest.jobs[job_id]
+            record.status = "failed"
+            record.detail.update({"qc": exc.reason, **{f"qc_{k}": v for k, v in exc.figures.items()}})
+            job.store.save(job.ref, job.manifest)
+            log.warning("qc.failed", job=job_id, what=what, reason=exc.reason, attempt=n + 1, of=attempts,
+                        **exc.figures)
+            last = exc
+    assert last is not None
+    raise QCGaveUp(
+        f"{what} failed quality checks with {attempts} different seeds; the last one was {last.reason}",
+        "Check the workflow's models and settings (a wrong VAE or model gives black or frozen output), "
+        "raise qc_attempts in tandava.toml, then run `tandava retry <run>`.",
+        figures=last.figures,
+    )
+
+
+def _figures(record: Job) -> dict[str, float]:
+    return {k[3:]: float(v) for k, v in record.detail.items() if k.startswith("qc_") and isinstance(v, int | float)}
+
+
+def _progress_writer(job: StageRun, record: Job) -> Callable[..., None]:
+    """A progress callback that keeps ``run.json`` current for `tandava status`, throttled."""
+    last = 0.0
+
+    def progress(fraction: float, where: str = "") -> None:
+        nonlocal last
+        now = time.monotonic()
+        # The end is recorded with the job itself; in between, once a second is plenty.
+        if fraction >= 1.0 or now - last < PROGRESS_WRITE_SECONDS:
+            return
+        last = now
+        if record.detail.get("progress") == round(fraction, 3) and record.detail.get("where") == where:
+            return
+        record.detail["progress"] = round(fraction, 3)
+        if where:
+            record.detail["where"] = where
+        job.store.save(job.ref, job.manifest)
+
+    return progress

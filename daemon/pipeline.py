@@ -12,7 +12,9 @@ approved image) and ``render`` (→ rendered: clips, then the music video).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon import fsutil
 from daemon.config import Settings
@@ -21,21 +23,41 @@ from daemon.errors import BadInput
 from daemon.segments_file import SEGMENTS_FILE, write_segments
 from daemon.states import Event, State
 
+if TYPE_CHECKING:
+    from daemon.backends import ImageBackend, VideoBackend
+    from daemon.comfy.backend import ComfyBackends
+
 ANALYSIS_FILE = "analysis.json"
 
 
-def build_stages(settings: Settings) -> list[Stage]:
-    """The stages this installation runs, in pipeline order."""
-    from daemon.candidates import MakeCandidates, Offer
-    from daemon.gate import Gate
-    from daemon.render import Render
+def uses_comfy(settings: Settings) -> bool:
+    """Whether images or clips come from ComfyUI (then the daemon opens a server pool)."""
+    return settings.images.backend == "comfyui" or settings.clips.backend == "comfyui"
 
+
+def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list[Stage]:
+    """The stages this installation runs, in pipeline order.
+
+    With ``comfy`` (see ``uses_comfy``), the stages that make images or clips
+    on ComfyUI share its pool and run on the ``gpu`` resource.
+    """
+    from daemon.candidates import MakeCandidates, Offer, image_backend_for
+    from daemon.gate import Gate
+    from daemon.render import Render, make_video_backend
+
+    images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
+    video_for: Callable[[Settings], VideoBackend] = make_video_backend
+    images_on, render_on = "cpu", "cpu"
+    if comfy is not None and settings.images.backend == "comfyui":
+        images_for, images_on = (lambda _s, _j: comfy.image), "gpu"
+    if comfy is not None and settings.clips.backend == "comfyui":
+        video_for, render_on = (lambda _s: comfy.video), "gpu"
     return [
         Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings)),
-        Stage("images", State.ANALYZED, Event.IMAGES_DONE, MakeCandidates(settings)),
+        Stage("images", State.ANALYZED, Event.IMAGES_DONE, MakeCandidates(settings, images_for), images_on),
         Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
-        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings)),
-        Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings)),
+        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings, images_for)),
+        Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings, video_for), render_on),
     ]
 
 

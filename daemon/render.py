@@ -18,14 +18,14 @@ from pathlib import Path
 
 import structlog
 
-from daemon import media
+from daemon import media, qc
 from daemon.approval import ApprovalStore, approved_images
 from daemon.backends import Job, VideoBackend, job_id
 from daemon.candidates import seed_for
 from daemon.config import Settings
 from daemon.engine import StageRun
 from daemon.errors import PermanentError, TransientError
-from daemon.jobs import ensure_job
+from daemon.jobs import Attempt, ensure_checked, ensure_job, start_job
 from daemon.plan import Segment
 from daemon.segments_file import read_segments
 from daemon.timeline import ClipRequest, Timeline, build_timeline
@@ -78,6 +78,14 @@ class Render:
         timeline = plan_timeline(self.settings, segments, backend.max_frames)
         images = approved_images(job.ref, job.manifest, ApprovalStore(job.store).load(job.ref), len(segments))
         clips: list[Path] = []
+        # Every clip that does not start from another clip's last frame is
+        # handed to the backend first, so a GPU server always has one queued.
+        for request in timeline.clips:
+            if request.chained_from is None:
+                jid, make = self._attempt(job, backend, request, segments[request.segment], images, [], ffmpeg)(0)
+                existing = job.manifest.jobs.get(jid)
+                if existing is None or existing.status != "failed":
+                    start_job(job, backend, jid, make)
         for request in timeline.clips:
             record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg)
             clips.append(job.ref.path / record.output)
@@ -100,24 +108,40 @@ class Render:
             job.done("thumbnail")
         log.info("render.done", video=str(job.ref.path / "final.mp4"))
 
-    def _clip(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
-              images: list[Path], clips: list[Path], ffmpeg: str) -> Job:
-        seed = seed_for(job.manifest.song.sha256, segment.index, 1000 + request.part, self.settings.analysis.seed)
-        jid = job_id(job.ref.run_id, "clip", segment.index, request.part, seed)
+    def _attempt(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
+                 images: list[Path], clips: list[Path], ffmpeg: str) -> Attempt:
+        """Attempt ``n`` at a clip: its job id and record; each attempt has a new seed."""
         output = f"{CLIPS_DIR}/s{segment.index:03d}_p{request.part:02d}.mp4"
         source = images[segment.index].relative_to(job.ref.path).as_posix()
         if request.chained_from is not None:
             source = self._chain_start(clips[request.chained_from], request, job, ffmpeg)
 
-        def record() -> Job:
-            return Job(
+        def attempt(n: int) -> tuple[str, Callable[[], Job]]:
+            seed = seed_for(job.manifest.song.sha256, segment.index, 1000 + request.part,
+                            self.settings.analysis.seed + 7919 * n)
+            jid = job_id(job.ref.run_id, "clip", segment.index, request.part, seed)
+            return jid, lambda: Job(
                 id=jid, kind="clip", backend=backend.name, segment=segment.index, seed=seed,
                 index=request.part, prompt=segment.motion_prompt, negative_prompt=segment.negative_prompt,
                 width=self.settings.video.width, height=self.settings.video.height,
                 frames=request.frames, fps=self.settings.video.fps, source=source, output=output,
             )
 
-        return ensure_job(job, backend, jid, record, check=_check_clip)
+        return attempt
+
+    def _clip(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
+              images: list[Path], clips: list[Path], ffmpeg: str) -> Job:
+        attempt = self._attempt(job, backend, request, segment, images, clips, ffmpeg)
+        if not getattr(backend, "checks_output", False):
+            jid, record = attempt(0)
+            return ensure_job(job, backend, jid, record, check=_check_clip)
+
+        def check(path: Path, record: Job) -> None:
+            stats = qc.check_clip(path, expected_frames=record.frames, start_image=job.ref.path / record.source)
+            record.detail.update({k: round(v, 3) for k, v in stats.figures().items()})
+
+        return ensure_checked(job, backend, attempt, attempts=self.settings.clips.qc_attempts, check=check,
+                              what=f"clip {request.part} of segment {segment.index}")
 
     def _chain_start(self, previous_clip: Path, request: ClipRequest, job: StageRun, ffmpeg: str) -> str:
         """The frame a chained clip starts from, taken from the clip before it."""

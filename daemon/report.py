@@ -39,6 +39,20 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
         yield f"{state.value}/"
         for ref in chosen:
             yield f"  {ref.run_id}  {_progress(store, ref)}"
+            if state in (State.ANALYZED, State.PENDING_APPROVAL, State.APPROVED):
+                yield from _live_jobs(store, ref)
+
+
+def _live_jobs(store: RunStore, ref: RunRef) -> Iterator[str]:
+    """One line per backend job in flight: where it is (queued, running on which server) and how far."""
+    try:
+        jobs = [j for j in store.load(ref).jobs.values() if j.status == "submitted"]
+    except StoreError:
+        return
+    for job in sorted(jobs, key=lambda j: (j.kind, j.segment, j.index)):
+        where = str(job.detail.get("where", "waiting to start"))
+        done = float(job.detail.get("progress", 0.0))
+        yield f"      {job.kind} s{job.segment:03d}#{job.index}  {done:4.0%}  {where}  [{job.backend}]"
 
 
 def _progress(store: RunStore, ref: RunRef) -> str:

@@ -173,6 +173,9 @@ class RunStore:
             "failed_in": ref.state.value,
             "retry": f"tandava retry {ref.run_id}",
         }
+        figures = getattr(error, "figures", None)
+        if figures:  # QC measurements: what exactly was wrong with the last output
+            error_doc["figures"] = figures
         fsutil.atomic_write_json(ref.path / ERROR_FILE, error_doc)
         return self.move(ref, Event.FAIL, note=f"{stage}: {error.reason}")
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from daemon.engine import Engine, Stage, StageRun
-from daemon.errors import BadInput, TransientError
+from daemon.errors import BadInput, TransientError, Unavailable
 from daemon.states import Event, State
 from daemon.store import RunRef, RunStore
 
@@ -201,3 +201,27 @@ def test_once_runs_chained_stages_to_the_end(store: RunStore, tmp_path: Path) ->
         ref = add_run(store, tmp_path, f"song{i}.mp3")
         Engine(store, stages, workers={"cpu": 2}, tick_seconds=0.001).run(threading.Event(), once=True)
         assert store.find(ref.run_id).state is State.PENDING_APPROVAL, i
+
+
+def test_unavailable_backend_parks_the_run_without_using_attempts(store: RunStore, tmp_path: Path) -> None:
+    """A GPU server that is down makes the run wait (no attempt used, reason recorded), then carry on."""
+    calls: list[int] = []
+
+    def work(job: StageRun) -> None:
+        calls.append(1)
+        if len(calls) <= 6:  # more outages than the engine has attempts
+            raise Unavailable("ComfyUI at http://gpu:8188 cannot be reached", recheck_seconds=0.0)
+
+    ref = add_run(store, tmp_path)
+    engine = engine_for(store, work, attempts=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while store.find(ref.run_id).state is State.INCOMING and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join()
+    moved = store.find(ref.run_id)
+    assert moved.state is State.ANALYZED
+    assert len(calls) == 7

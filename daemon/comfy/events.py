@@ -169,10 +169,15 @@ def _unknown(kind: str) -> Any:
 
 
 def _files(output: dict[str, Any]) -> tuple[OutputFile, ...]:
+    # Core video nodes report under "images" with "animated"; VideoHelperSuite's
+    # VHS_VideoCombine reports its videos under "gifs".
     animated = bool(output.get("animated") and any(output["animated"]))
     return tuple(
         OutputFile(item["filename"], item.get("subfolder", ""), item.get("type", "output"), animated)
         for item in output.get("images", [])
+    ) + tuple(
+        OutputFile(item["filename"], item.get("subfolder", ""), item.get("type", "output"), True)
+        for item in output.get("gifs", [])
     )
 
 

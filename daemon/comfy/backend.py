@@ -1,0 +1,135 @@
+"""ComfyUI as an image backend and a video backend, both fed by one ``Pool``.
+
+How this works: ``ComfyBackends.open(settings)`` builds the pool once per
+daemon: one ``Server`` per URL in ``[comfy] servers``, plus the managed one
+(``[comfy.managed]``) whose keeper launches and restarts it. The two backends
+are thin: ``submit`` queues a ticket under the job's own id (already in
+``run.json``), ``collect`` waits for it and downloads the output through
+``/view``, ``can_resume`` asks the servers whether they still know the id.
+
+Every job gets ``filename_prefix = tandava/<job id>``: unique, so ComfyUI's
+cache of an identical prompt never hands back an old file, and a person
+browsing ComfyUI's output folder sees which run a file belongs to.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from daemon.backends import Job, Progress
+from daemon.comfy.client import ComfyClient, client_id_for
+from daemon.comfy.pool import Pool, Server
+from daemon.comfy.supervisor import ComfyProcess, RemoteComfy
+from daemon.comfy.workflows import Workflow, find_workflow
+from daemon.config import Settings
+
+# Both Wan 2.1 node families take lengths of 4k+1 frames; the clip is cut to
+# the frames asked for at assembly.
+WAN_FRAME_STEP = 4
+DEFAULT_URL = "http://127.0.0.1:8188"
+
+
+def wan_frames(frames: int) -> int:
+    """The smallest 4k+1 frame count that holds ``frames``."""
+    return 1 + WAN_FRAME_STEP * max(0, -(-(frames - 1) // WAN_FRAME_STEP))
+
+
+def job_values(job: Job) -> dict[str, Any]:
+    """The workflow slots a job fills."""
+    values: dict[str, Any] = {
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
+        "width": job.width, "height": job.height, "filename_prefix": f"tandava/{job.id}",
+    }
+    if job.kind == "clip":
+        values |= {"frames": wan_frames(job.frames), "fps": job.fps}
+    return values
+
+
+class ComfyImageBackend:
+    """Candidate images from a text-to-image workflow (Flux by default)."""
+
+    resource = "gpu"
+    # Outputs of a model can come back black or flat: stages check them (qc.py).
+    checks_output = True
+
+    def __init__(self, pool: Pool, workflow: Workflow) -> None:
+        self.pool = pool
+        self.workflow = workflow
+        self.name = f"comfyui:{workflow.name}"
+
+    def submit(self, job: Job) -> None:
+        """Queue the job in the pool; the dispatcher posts it when a server has room."""
+        self.pool.submit(job.id, self.workflow, job_values(job), start_image=self._start(job))
+
+    def collect(self, job: Job, *, progress: Progress, stop: threading.Event) -> Path:
+        """Wait for the job, then download its output to ``job.output``."""
+        if job.id not in self.pool.tickets:
+            self.submit(job)
+        ticket = self.pool.wait(job.id, stop=stop, progress=progress)
+        return self.pool.fetch(ticket, Path(job.output), animated=job.kind == "clip")
+
+    def can_resume(self, job: Job) -> bool:
+        """True when a server still holds the job (queued, running or in its history)."""
+        return self.pool.attach(job.id, self.workflow)
+
+    def _start(self, job: Job) -> Path | None:
+        return None
+
+
+class ComfyVideoBackend(ComfyImageBackend):
+    """Clips from an image-to-video workflow (Wan 2.1 by default), started from ``job.source``."""
+
+    def __init__(self, pool: Pool, workflow: Workflow) -> None:
+        super().__init__(pool, workflow)
+        self.max_frames = workflow.max_frames
+
+    def _start(self, job: Job) -> Path | None:
+        return Path(job.source)
+
+
+def server_urls(settings: Settings) -> list[str]:
+    """Every ComfyUI URL in use: the managed server first, then ``[comfy] servers``, without repeats."""
+    cfg = settings.comfy
+    urls = [f"http://{cfg.managed.host}:{cfg.managed.port}"] if cfg.managed is not None else []
+    for url in cfg.servers or ([] if urls else [DEFAULT_URL]):
+        if url.rstrip("/") not in urls:
+            urls.append(url.rstrip("/"))
+    return urls
+
+
+class ComfyBackends:
+    """The pool and both backends for one daemon; ``close`` stops threads and an owned server."""
+
+    def __init__(self, pool: Pool, image: Workflow, video: Workflow, keepers: list[Any]) -> None:
+        self.pool = pool
+        self.image = ComfyImageBackend(pool, image)
+        self.video = ComfyVideoBackend(pool, video)
+        self._keepers = keepers
+
+    @classmethod
+    def open(cls, settings: Settings) -> ComfyBackends:
+        cfg = settings.comfy
+        folder = cfg.workflows
+        image, video = find_workflow(cfg.image_workflow, folder), find_workflow(cfg.video_workflow, folder)
+        client_id = client_id_for(settings.paths.state_root)
+        servers: list[Server] = []
+        keepers: list[Any] = []
+        for url in server_urls(settings):
+            client = ComfyClient(url, client_id=client_id, timeout=cfg.request_timeout_seconds)
+            keeper: Any
+            if cfg.managed is not None and not servers:
+                keeper = ComfyProcess(cfg.managed, log_dir=settings.paths.logs,
+                                      health_timeout=cfg.health_timeout_seconds)
+                keepers.append(keeper)
+            else:
+                keeper = RemoteComfy(url, health_timeout=cfg.health_timeout_seconds)
+            servers.append(Server(client, keeper, name=url))
+        pool = Pool(servers, vram_margin_gb=cfg.vram_margin_gb, silence_seconds=cfg.silence_seconds)
+        return cls(pool.start(), image, video, keepers)
+
+    def close(self) -> None:
+        self.pool.stop()
+        for keeper in self._keepers:
+            keeper.stop()

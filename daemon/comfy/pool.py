@@ -1,0 +1,524 @@
+"""The ComfyUI servers as one pool: which job goes where and when, and what happens when a server fails.
+
+How this works: a stage hands a job to ``Pool.submit``, which only queues a
+``Ticket`` in memory; the job's record is already in ``run.json`` (see
+``jobs.py``) under our own prompt id. One dispatcher thread posts tickets to
+servers; one monitor thread per server watches its health and its jobs.
+
+- **Fed, not flooded.** Each server holds at most ``depth`` of our prompts
+  (one running, the next already queued), so the GPU never waits for us
+  between jobs, and a server that dies takes at most ``depth`` jobs with it.
+- **Grouped.** A server is given work for the models it has loaded first
+  (``Workflow.signature``); switching models (tens of seconds for a 14B video
+  model) happens only when no such work is left, or when the oldest ticket has
+  waited ``max_wait_seconds``: no run starves.
+- **Admitted.** Before a job that needs models the server has not loaded, its
+  free VRAM (``/system_stats``; system RAM on a CPU server) must cover the
+  workflow's need plus a margin. Short: ask the server to ``/free`` and poll;
+  still short: the ticket waits, with backoff, and the log says why.
+- **Watched.** Events from the websocket finish tickets; the monitor polls
+  ``/queue`` and ``/history`` as well, because messages sent while the socket
+  was down are lost. A prompt the server no longer knows (it restarted: queue
+  and history are memory-only) is lost and is queued again, once. A server
+  that stops answering is diagnosed by its keeper (``supervisor.py``): a
+  managed one is restarted, a remote one waited for; after ``failover_seconds``
+  its jobs go to another server.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from daemon.comfy.client import ComfyClient, Listener, Stats
+from daemon.comfy.events import (
+    Event,
+    Executing,
+    ExecutionStart,
+    HistoryOutcome,
+    JobWatch,
+    OutputFile,
+)
+from daemon.comfy.preflight import check_workflow, raise_for
+from daemon.comfy.workflows import Workflow
+from daemon.errors import StageError, TransientError, Unavailable
+
+log = structlog.get_logger("tandava.comfy")
+
+GB = 1 << 30
+Health = Literal["ok", "busy", "crashed", "hung"]
+
+
+class Keeper(Protocol):
+    """Keeps a server alive (``ComfyProcess``) or only looks at it (``RemoteComfy``)."""
+
+    def ensure_running(self, stop: threading.Event) -> str: ...
+
+    def diagnose(self, running_job: bool, last_event_age: float | None, silence_seconds: float) -> Health: ...
+
+    def restart(self, reason: str, stop: threading.Event) -> str: ...
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One job's journey through the pool; ``done`` is set when it ended either way."""
+
+    prompt_id: str
+    workflow: Workflow
+    values: dict[str, Any]
+    start_image: Path | None
+    enqueued: float
+    server: Server | None = None
+    posted_at: float = 0.0
+    started_at: float = 0.0
+    losses: int = 0
+    watch: JobWatch = field(init=False)
+    result: HistoryOutcome | None = None
+    error: StageError | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.watch = JobWatch(self.prompt_id)
+
+    def finish(self, result: HistoryOutcome | None = None, error: StageError | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class Server:
+    """One ComfyUI server: its client, live events, the jobs it holds and what it has loaded."""
+
+    def __init__(self, client: ComfyClient, keeper: Keeper, *, depth: int = 2, name: str = "") -> None:
+        self.client = client
+        self.keeper = keeper
+        self.depth = depth
+        self.name = name or client.url
+        self.held: dict[str, Ticket] = {}
+        self.resident: str | None = None  # the workflow signature it ran last
+        self.up = False
+        self.down_since: float | None = None
+        self.short_until = 0.0  # VRAM too short: no model switch before this time
+        self.short_backoff = 2.0
+        # Peak memory in use seen while a workflow ran here: what it really needs.
+        self.learned: dict[str, int] = {}
+        self.listener: Listener | None = None
+        # Workflows that passed preflight here since the server (re)started.
+        self.checked: set[str] = set()
+
+    def running(self) -> Ticket | None:
+        return next((t for t in self.held.values() if t.started_at), None)
+
+
+class Pool:
+    """Every configured ComfyUI server, fed from one queue of tickets."""
+
+    def __init__(
+        self, servers: list[Server], *, vram_margin_gb: float = 1.0, silence_seconds: float = 900.0,
+        max_wait_seconds: float = 600.0, failover_seconds: float = 60.0, check_seconds: float = 1.0,
+        free_wait_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.servers = servers
+        self.margin = int(vram_margin_gb * GB)
+        self.silence_seconds = silence_seconds
+        self.max_wait_seconds = max_wait_seconds
+        self.failover_seconds = failover_seconds
+        self.check_seconds = check_seconds
+        self.free_wait_seconds = free_wait_seconds
+        self.clock = clock
+        self.queue: list[Ticket] = []
+        self.tickets: dict[str, Ticket] = {}
+        self.swaps = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> Pool:
+        for server in self.servers:
+            server.listener = Listener(server.client.url, server.client.client_id,
+                                       functools.partial(self._on_event, server),
+                                       lambda _connected: self._wake())
+            server.listener.start()
+            self._spawn(self._monitor, server, name=f"tandava-comfy-monitor-{server.name}")
+        self._spawn(self._dispatch, name="tandava-comfy-dispatch")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        for server in self.servers:
+            if server.listener is not None:
+                server.listener.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for server in self.servers:
+            server.client.close()
+
+    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- what stages call ------------------------------------------------------
+
+    def submit(self, prompt_id: str, workflow: Workflow, values: dict[str, Any], *,
+               start_image: Path | None = None) -> Ticket:
+        """Queue a job; a ticket already live under this id is returned instead of doubled."""
+        with self._cond:
+            live = self.tickets.get(prompt_id)
+            if live is not None and not (live.done.is_set() and live.error is not None):
+                return live
+            ticket = Ticket(prompt_id, workflow, values, start_image, self.clock())
+            self.tickets[prompt_id] = ticket
+            self.queue.append(ticket)
+            self._cond.notify_all()
+        log.debug("comfy.queued", prompt_id=prompt_id, workflow=workflow.name)
+        return ticket
+
+    def attach(self, prompt_id: str, workflow: Workflow) -> bool:
+        """Re-attach to a job posted before a restart; False when no server knows it (redo it)."""
+        live = self.tickets.get(prompt_id)
+        if live is not None:
+            return not (live.done.is_set() and live.error is not None)
+        for server in self.servers:
+            try:
+                outcome = server.client.history(prompt_id)
+                queued = outcome is None and prompt_id in server.client.queue()
+            except StageError:
+                continue  # a server that is down holds nothing we can re-attach to
+            if outcome is None and not queued:
+                continue
+            ticket = Ticket(prompt_id, workflow, {}, None, self.clock(), server=server, posted_at=self.clock())
+            with self._cond:
+                self.tickets[prompt_id] = ticket
+                if outcome is not None:
+                    self._settle(ticket, outcome)
+                else:
+                    server.held[prompt_id] = ticket
+            log.info("comfy.reattached", prompt_id=prompt_id, server=server.name, finished=outcome is not None)
+            return True
+        return False
+
+    def wait(self, prompt_id: str, *, stop: threading.Event, progress: Callable[..., None]) -> Ticket:
+        """Block until the job ended; raises its error. Progress is reported about once a second."""
+        ticket = self.tickets[prompt_id]
+        while not ticket.done.wait(0.5):
+            if stop.is_set():
+                raise TransientError("stopping before the ComfyUI job finished", cause="Stopping")
+            server = ticket.server
+            if server is None:
+                place = 1 + next((i for i, t in enumerate(self.queue) if t is ticket), 0)
+                progress(0.0, f"waiting for a ComfyUI server (#{place} in Tandava's queue)")
+            elif not ticket.started_at:
+                progress(0.0, f"queued on {server.name}")
+            else:
+                progress(ticket.watch.progress, f"running on {server.name}")
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket
+
+    def fetch(self, ticket: Ticket, dest: Path, *, animated: bool) -> Path:
+        """Download the job's main output (the video for a clip) to ``dest``."""
+        assert ticket.result is not None and ticket.server is not None
+        files = [f for f in ticket.result.files if f.animated == animated] or list(ticket.result.files)
+        if not files:
+            raise TransientError(f"ComfyUI job {ticket.prompt_id} ended without an output file",
+                                 "Check that the workflow ends in a Save node.", cause="NoOutput")
+        path = ticket.server.client.download(_pick(files), dest)
+        with self._cond:
+            self.tickets.pop(ticket.prompt_id, None)
+        return path
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            posted = False
+            for server in self.servers:
+                with self._cond:
+                    ticket = self._pick(server) if server.up and len(server.held) < server.depth else None
+                try:
+                    if ticket is not None and self._admit(server, ticket):
+                        posted = self._post(server, ticket) or posted
+                except Unavailable:
+                    self._mark_down(server)
+                except Exception:  # the dispatcher must outlive any one bad answer
+                    log.exception("comfy.dispatch_error", server=server.name)
+            if not posted:
+                with self._cond:
+                    self._cond.wait(0.05 if self.queue else 0.5)
+
+    def _pick(self, server: Server) -> Ticket | None:
+        """The next ticket for ``server``: same models first, the oldest when it waited too long."""
+        if not self.queue:
+            return None
+        loaded: set[str | None] = {t.workflow.signature() for t in server.held.values()} or {server.resident}
+        oldest = self.queue[0]
+        if self.clock() - oldest.enqueued < self.max_wait_seconds:
+            for ticket in self.queue:
+                if ticket.workflow.signature() in loaded:
+                    return ticket
+        if server.held:
+            return None  # a model switch waits until the server's current work is done
+        return oldest
+
+    def _admit(self, server: Server, ticket: Ticket) -> bool:
+        """Free VRAM for the job, or say why it waits (never dispatch into a certain OOM)."""
+        signature = ticket.workflow.signature()
+        try:
+            stats = server.client.system_stats()
+        except Unavailable:
+            self._mark_down(server)
+            return False
+        if signature == server.resident:
+            return True  # its models are loaded already: the job needs what the last one had
+        if self.clock() < server.short_until:
+            return False
+        need = server.learned.get(signature) or int(ticket.workflow.vram_gb * GB)
+        if stats.vram_free >= need + self.margin:
+            return True
+        server.client.free()
+        deadline = self.clock() + self.free_wait_seconds
+        while self.clock() < deadline and not self._stop.is_set():
+            self._stop.wait(0.1)  # /free only sets a flag; the worker acts when it wakes
+            stats = server.client.system_stats()
+            if stats.vram_free >= need + self.margin:
+                log.info("vram.freed", server=server.name, free_gb=_gb(stats.vram_free))
+                return True
+        server.short_until = self.clock() + server.short_backoff
+        log.warning("vram.short", server=server.name, workflow=ticket.workflow.name, need_gb=_gb(need),
+                    margin_gb=_gb(self.margin), free_gb=_gb(stats.vram_free), retry_in=server.short_backoff,
+                    hint="another program holds GPU memory; Tandava waits rather than run out of memory")
+        server.short_backoff = min(300.0, server.short_backoff * 2)
+        return False
+
+    def _preflight(self, server: Server, workflow: Workflow) -> None:
+        """Check a workflow against the server's live node list before its first job there."""
+        if workflow.name in server.checked:
+            return
+        problems = check_workflow(workflow, server.client.object_info(refresh=True))
+        if problems:
+            log.error("comfy.preflight_failed", server=server.name, workflow=workflow.name,
+                      problems=[str(p) for p in problems])
+        raise_for(problems)
+        server.checked.add(workflow.name)
+
+    def _post(self, server: Server, ticket: Ticket) -> bool:
+        values = dict(ticket.values)
+        try:
+            self._preflight(server, ticket.workflow)
+            if ticket.start_image is not None:
+                values["start_image"] = server.client.upload_image(
+                    ticket.start_image, f"tandava_{ticket.prompt_id}{ticket.start_image.suffix}")
+            graph = ticket.workflow.fill(**values)
+            with self._cond:
+                self.queue.remove(ticket)
+                ticket.server, ticket.posted_at, ticket.started_at = server, 0.0, 0.0
+                ticket.watch = JobWatch(ticket.prompt_id)
+                server.held[ticket.prompt_id] = ticket  # before the POST: its events may come first
+            server.client.post_prompt(graph, ticket.prompt_id, workflow=ticket.workflow.name)
+            ticket.posted_at = self.clock()
+        except Unavailable:
+            self._requeue(server, ticket, lost=False)
+            self._mark_down(server)
+            return False
+        except StageError as exc:
+            server.checked.discard(ticket.workflow.name)  # a refusal may mean the server changed
+            with self._cond:
+                server.held.pop(ticket.prompt_id, None)
+                if ticket in self.queue:
+                    self.queue.remove(ticket)
+            ticket.finish(error=exc)
+            return False
+        signature = ticket.workflow.signature()
+        if server.resident != signature:
+            if server.resident is not None:
+                self.swaps += 1
+            server.resident = signature
+            server.short_backoff = 2.0
+        log.info("comfy.posted", prompt_id=ticket.prompt_id, server=server.name, workflow=ticket.workflow.name)
+        return True
+
+    def _requeue(self, server: Server, ticket: Ticket, *, lost: bool) -> None:
+        with self._cond:
+            server.held.pop(ticket.prompt_id, None)
+            if ticket.done.is_set():
+                return
+            if lost:
+                ticket.losses += 1
+                if ticket.losses > 1:
+                    ticket.finish(error=TransientError(
+                        f"ComfyUI job {ticket.prompt_id} was lost twice with its server ({server.name})",
+                        "The server keeps dying under this job; look at ComfyUI's log.", cause="JobLost"))
+                    return
+            ticket.server = None
+            self.queue.insert(0, ticket)  # it waited its turn already
+            self._cond.notify_all()
+        log.warning("comfy.requeued", prompt_id=ticket.prompt_id, server=server.name, lost=lost)
+
+    # -- events and monitoring ---------------------------------------------------
+
+    def _on_event(self, server: Server, event: Event) -> None:
+        prompt_id = getattr(event, "prompt_id", None)
+        with self._cond:
+            ticket = server.held.get(prompt_id) if prompt_id else None
+            if ticket is None and isinstance(event, Executing) and prompt_id is None:
+                ticket = server.running()  # a reconnect names only the node
+            if ticket is None:
+                return
+            if isinstance(event, ExecutionStart) or (isinstance(event, Executing) and event.node):
+                ticket.started_at = ticket.started_at or self.clock()
+            ticket.watch.feed(event)
+            if ticket.watch.done:
+                self._settle_watch(server, ticket)
+
+    def _settle_watch(self, server: Server, ticket: Ticket) -> None:
+        watch = ticket.watch
+        outcome = HistoryOutcome(watch.outcome or "error", tuple(watch.outputs), watch.error)
+        if outcome.outcome == "success" and not outcome.files:
+            return  # a cached or odd run: the monitor reads /history for the files
+        self._settle(ticket, outcome)
+
+    def _settle(self, ticket: Ticket, outcome: HistoryOutcome) -> None:
+        server = ticket.server
+        if server is not None:
+            server.held.pop(ticket.prompt_id, None)
+        if ticket.error is not None:
+            ticket.done.set()
+        elif outcome.outcome == "success":
+            ticket.finish(outcome)
+        else:
+            ticket.finish(outcome, _job_error(ticket, outcome))
+        self._cond.notify_all()
+
+    def _monitor(self, server: Server) -> None:
+        while not self._stop.is_set():
+            try:
+                self._check(server)
+            except Unavailable:
+                self._mark_down(server)
+            except Exception:  # a monitor must outlive any one bad answer
+                log.exception("comfy.monitor_error", server=server.name)
+            self._stop.wait(self.check_seconds if server.held or self.queue else 5 * self.check_seconds)
+
+    def _check(self, server: Server) -> None:
+        if not server.up:
+            # A managed keeper relaunches a crashed server and replaces a hung
+            # one here; a remote keeper raises Unavailable until it is back.
+            server.keeper.ensure_running(self._stop)
+            self._mark_up(server)
+        stats = server.client.system_stats()
+        running = server.running()
+        if running is not None:
+            sig = running.workflow.signature()
+            server.learned[sig] = max(server.learned.get(sig, 0), stats.vram_total - stats.vram_free)
+        self._check_jobs(server)
+
+    def _check_jobs(self, server: Server) -> None:
+        if not server.held:
+            return
+        queue = server.client.queue()
+        for ticket in list(server.held.values()):
+            if not ticket.posted_at:
+                continue  # its POST is under way; the server may not have it yet
+            if ticket.prompt_id in queue:
+                if ticket.prompt_id in queue.running:
+                    ticket.started_at = ticket.started_at or self.clock()
+                    self._check_stuck(server, ticket)
+                continue
+            # ComfyUI moves a job from the queue to history under one lock, so
+            # a prompt in neither was lost with a restart of the server.
+            outcome = server.client.history(ticket.prompt_id)
+            if outcome is not None:
+                with self._cond:
+                    self._settle(ticket, outcome)
+            else:
+                self._requeue(server, ticket, lost=True)
+
+    def _check_stuck(self, server: Server, ticket: Ticket) -> None:
+        age = self.clock() - ticket.started_at
+        if age > ticket.workflow.timeout_seconds:
+            server.client.cancel(ticket.prompt_id)
+            ticket.finish(error=TransientError(
+                f"ComfyUI job {ticket.prompt_id} ({ticket.workflow.name}) ran {age:.0f} s, "
+                f"over its limit of {ticket.workflow.timeout_seconds:.0f} s, and was interrupted",
+                "It will be made again; raise timeout_seconds in the workflow's mapping if this job is just slow.",
+                cause="JobTimeout"))
+            return
+        listener = server.listener
+        silence = self.clock() - listener.last_event if listener is not None else None
+        if server.keeper.diagnose(True, silence, self.silence_seconds) == "hung":
+            self._recover(server, f"no event for {silence or 0:.0f} s while {ticket.prompt_id} ran")
+
+    def _recover(self, server: Server, reason: str) -> None:
+        log.error("comfy.hung", server=server.name, reason=reason)
+        try:
+            server.keeper.restart(reason, self._stop)
+        except StageError as exc:  # a remote server cannot be restarted from here: wait for it
+            log.warning("comfy.cannot_restart", server=server.name, reason=exc.reason)
+            return
+        server.up = False
+        self._mark_up(server)  # the restarted server knows none of our jobs: _check_jobs requeues them
+
+    def _mark_up(self, server: Server) -> None:
+        if not server.up:
+            server.up, server.down_since = True, None
+            server.resident = None
+            server.checked.clear()  # a restarted server may have other nodes and models
+            log.info("comfy.server_up", server=server.name)
+            self._wake()
+
+    def _mark_down(self, server: Server) -> None:
+        now = self.clock()
+        if server.up:
+            server.up, server.down_since = False, now
+            log.warning("comfy.server_down", server=server.name, jobs=len(server.held))
+        down_for = now - (server.down_since or now)
+        others_up = any(s.up for s in self.servers if s is not server)
+        if server.held and others_up and down_for >= self.failover_seconds:
+            for ticket in list(server.held.values()):
+                self._requeue(server, ticket, lost=True)
+
+
+def _pick(files: list[OutputFile]) -> OutputFile:
+    return files[-1]
+
+
+def _gb(value: int) -> float:
+    return round(value / GB, 2)
+
+
+def _job_error(ticket: Ticket, outcome: HistoryOutcome) -> StageError:
+    error = outcome.error
+    where = f"node {getattr(error, 'node_id', '?')} ({getattr(error, 'node_type', '?')})"
+    if outcome.outcome == "interrupted":
+        return TransientError(f"ComfyUI job {ticket.prompt_id} was interrupted at {where}",
+                              "Someone pressed Cancel in ComfyUI, or it was restarted; the job is made again.",
+                              cause="JobInterrupted")
+    message = getattr(error, "exception_message", "") or "no message"
+    kind = getattr(error, "exception_type", "") or "error"
+    if "OutOfMemory" in kind or "out of memory" in message.lower():
+        return Unavailable(f"ComfyUI ran out of GPU memory in {ticket.workflow.name} at {where}: {message.strip()}",
+                           "Tandava waits and tries again; close other GPU programs or lower the size in the workflow.",
+                           cause="OutOfMemory", recheck_seconds=30.0)
+    return TransientError(
+        f"ComfyUI failed in {ticket.workflow.name} at {where}: {kind}: {message.strip()}",
+        "It will be tried again; if it keeps failing, run `tandava doctor` and look at ComfyUI's log.",
+        cause="ComfyExecutionError")
+
+
+def stats_line(stats: Stats) -> str:
+    return f"{stats.device} ({stats.device_type}): {_gb(stats.vram_free)} of {_gb(stats.vram_total)} GB free"

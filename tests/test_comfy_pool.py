@@ -1,0 +1,325 @@
+"""The ComfyUI pool and backends against the fake server: jobs, failures, restarts, VRAM, several servers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from comfy_helpers import (
+    FLUX,
+    GB,
+    WAN,
+    FakeKeeper,
+    clip_job,
+    image_job,
+    make_pool,
+    models_for,
+    server_for,
+    wait_for,
+)
+from fakecomfy.server import FakeComfy
+from PIL import Image
+from structlog.testing import capture_logs
+
+from daemon import media
+from daemon.backends import noop_progress
+from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values, wan_frames
+from daemon.comfy.pool import Pool
+from daemon.errors import TransientError, WorkflowError
+
+MODELS = models_for(FLUX, WAN)
+
+
+@pytest.fixture
+def fake(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fake ComfyUI with every model the shipped workflows need."""
+    with FakeComfy(tmp_path / "comfy", models=MODELS, job_seconds=0.05) as server:
+        yield server
+
+
+@pytest.fixture
+def stop() -> threading.Event:
+    return threading.Event()
+
+
+def run_image(pool: Pool, tmp_path: Path, stop: threading.Event, n: int = 0) -> Path:
+    backend = ComfyImageBackend(pool, FLUX)
+    job = image_job(n, tmp_path)
+    backend.submit(job)
+    return backend.collect(job, progress=noop_progress, stop=stop)
+
+
+def test_image_job_posts_our_prompt_id_and_downloads_the_png(fake: FakeComfy, tmp_path: Path,
+                                                           stop: threading.Event) -> None:
+    """A candidate goes out under our own prompt id and a unique prefix, and comes back as a PNG."""
+    pool = make_pool(server_for(fake.url))
+    try:
+        out = run_image(pool, tmp_path, stop)
+    finally:
+        pool.stop()
+    assert fake.posted == ["run-image-s000"]
+    with Image.open(out) as image:
+        assert image.size == (64, 48)
+    saved = list((fake.output_dir / "tandava").glob("run-image-s000_*.png"))
+    assert len(saved) == 1
+
+
+def test_video_job_uploads_the_start_image_and_rounds_frames_for_wan(fake: FakeComfy, tmp_path: Path,
+                                                                     stop: threading.Event) -> None:
+    """A clip uploads its approved image, asks Wan for 4k+1 frames and downloads the video."""
+    start = tmp_path / "approved.png"
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(start)
+    pool = make_pool(server_for(fake.url))
+    backend = ComfyVideoBackend(pool, WAN)
+    job = clip_job(0, tmp_path, start, frames=18)
+    try:
+        backend.submit(job)
+        out = backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert job_values(job)["frames"] == wan_frames(18) == 21
+    assert media.probe(out).frames == 21
+    assert (fake.input_dir / "tandava_run-clip-s000.png").is_file()
+
+
+def test_missing_model_is_caught_by_preflight_before_any_gpu_time(tmp_path: Path, stop: threading.Event) -> None:
+    """A server without the Flux model: the job fails with the model's folder named, and nothing is posted."""
+    with FakeComfy(tmp_path / "comfy", models={}) as bare:
+        pool = make_pool(server_for(bare.url))
+        try:
+            with pytest.raises(WorkflowError) as caught:
+                run_image(pool, tmp_path, stop)
+        finally:
+            pool.stop()
+        assert bare.posted == []
+    assert "diffusion_models" in caught.value.reason
+    assert "flux_t2i" in caught.value.reason
+
+
+def test_missing_node_class_is_named_with_its_pack(tmp_path: Path, stop: threading.Event) -> None:
+    """A server without a node the workflow uses: preflight names the class and refuses the job."""
+    with FakeComfy(tmp_path / "comfy", models=MODELS, object_info={"FluxGuidance": None}) as server:
+        pool = make_pool(server_for(server.url))
+        try:
+            with pytest.raises(WorkflowError) as caught:
+                run_image(pool, tmp_path, stop)
+        finally:
+            pool.stop()
+        assert server.posted == []
+    assert "FluxGuidance" in caught.value.reason
+
+
+def test_runtime_error_is_reported_with_node_and_exception(fake: FakeComfy, tmp_path: Path,
+                                                            stop: threading.Event) -> None:
+    """An execution_error becomes a retryable error naming the node and the exception."""
+    fake.fail_next("VAEDecode", "RuntimeError", "CUDA error: device-side assert")
+    pool = make_pool(server_for(fake.url))
+    try:
+        with pytest.raises(TransientError) as caught:
+            run_image(pool, tmp_path, stop)
+    finally:
+        pool.stop()
+    assert "VAEDecode" in caught.value.reason and "device-side assert" in caught.value.reason
+
+
+def test_server_crash_mid_job_resubmits_the_job_once(fake: FakeComfy, tmp_path: Path,
+                                                     stop: threading.Event) -> None:
+    """ComfyUI dies while our job runs; after it is back, the lost job is posted again and finishes."""
+    fake.job_seconds = 1.0
+    pool = make_pool(server_for(fake.url))
+    backend = ComfyImageBackend(pool, FLUX)
+    job = image_job(0, tmp_path)
+    try:
+        backend.submit(job)
+        wait_for(lambda: fake.posted == [job.id], what="the job to be posted")
+        fake.die()
+        fake.job_seconds = 0.05
+        fake.start()
+        out = backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert out.is_file()
+    assert fake.posted == [job.id, job.id]
+
+
+def test_restarted_daemon_reattaches_to_a_job_that_finished_meanwhile(fake: FakeComfy, tmp_path: Path,
+                                                                      stop: threading.Event) -> None:
+    """A daemon gone mid-job finds the finished job in /history after its restart and does not run it again."""
+    fake.job_seconds = 0.5
+    first = make_pool(server_for(fake.url))
+    job = image_job(0, tmp_path)
+    ComfyImageBackend(first, FLUX).submit(job)
+    wait_for(lambda: fake.posted == [job.id], what="the job to be posted")
+    first.stop()  # the daemon is gone; its memory with it
+    fake.wait_idle()
+    second = make_pool(server_for(fake.url))
+    backend = ComfyImageBackend(second, FLUX)
+    try:
+        assert backend.can_resume(job)
+        out = backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        second.stop()
+    assert out.is_file()
+    assert fake.posted == [job.id]
+
+
+def test_restarted_daemon_reattaches_to_a_job_still_running(fake: FakeComfy, tmp_path: Path,
+                                                            stop: threading.Event) -> None:
+    """A job still queued or running after a daemon restart is followed to its end, not posted again."""
+    fake.job_seconds = 0.6
+    first = make_pool(server_for(fake.url))
+    job = image_job(0, tmp_path)
+    ComfyImageBackend(first, FLUX).submit(job)
+    wait_for(lambda: fake.posted == [job.id], what="the job to be posted")
+    first.stop()
+    second = make_pool(server_for(fake.url))
+    backend = ComfyImageBackend(second, FLUX)
+    try:
+        assert backend.can_resume(job)
+        out = backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        second.stop()
+    assert out.is_file()
+    assert fake.posted == [job.id]
+
+
+def test_unknown_job_cannot_be_resumed(fake: FakeComfy, tmp_path: Path) -> None:
+    """A job no server knows (it died with its server) is reported as not resumable, so it is redone."""
+    pool = make_pool(server_for(fake.url))
+    try:
+        assert not ComfyImageBackend(pool, FLUX).can_resume(image_job(5, tmp_path))
+    finally:
+        pool.stop()
+
+
+def test_hung_server_is_restarted_and_the_job_finishes(fake: FakeComfy, tmp_path: Path,
+                                                       stop: threading.Event) -> None:
+    """A server that accepts connections but answers nothing is replaced, and the lost job runs again."""
+    fake.job_seconds = 0.8
+    keeper = FakeKeeper(fake)
+    pool = make_pool(server_for(fake.url, keeper))
+    backend = ComfyImageBackend(pool, FLUX)
+    job = image_job(0, tmp_path)
+    try:
+        backend.submit(job)
+        wait_for(lambda: fake.posted == [job.id], what="the job to be posted")
+        fake.hang()
+        out = backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert out.is_file()
+    assert keeper.restarts >= 1
+    assert fake.posted.count(job.id) == 2
+
+
+def test_silent_job_counts_as_hung(fake: FakeComfy, tmp_path: Path, stop: threading.Event) -> None:
+    """Health answers but no websocket event for longer than the silence limit: the server is restarted."""
+    fake.node_seconds = {"KSampler": 3.0}
+    fake.progress_nodes = set()  # a sampler that reports nothing while it runs
+    keeper = FakeKeeper(fake)
+    pool = make_pool(server_for(fake.url, keeper), silence_seconds=0.5)
+    backend = ComfyImageBackend(pool, FLUX)
+    job = image_job(0, tmp_path)
+    try:
+        backend.submit(job)
+        wait_for(lambda: keeper.restarts >= 1, timeout=10, what="a restart")
+        fake.node_seconds = {}
+        out = backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert out.is_file()
+
+
+def test_job_over_its_time_limit_is_interrupted(fake: FakeComfy, tmp_path: Path, stop: threading.Event) -> None:
+    """A job running past its workflow's timeout is interrupted on the server and reported."""
+    from dataclasses import replace
+
+    fake.node_seconds = {"KSampler": 2.0}
+    slow = replace(FLUX, timeout_seconds=0.3)
+    pool = make_pool(server_for(fake.url))
+    backend = ComfyImageBackend(pool, slow)
+    job = image_job(0, tmp_path)
+    try:
+        backend.submit(job)
+        with pytest.raises(TransientError) as caught:
+            backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert caught.value.cause == "JobTimeout"
+
+
+def test_short_vram_asks_the_server_to_free_then_dispatches(tmp_path: Path, stop: threading.Event) -> None:
+    """Free VRAM below the video workflow's need: Tandava asks /free, sees memory come back, then posts."""
+    start = tmp_path / "approved.png"
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(start)
+    with FakeComfy(tmp_path / "comfy", models=MODELS, vram_total=24 * GB, vram_free=23 * GB,
+                   model_vram=12 * GB) as server, capture_logs() as logs:
+        pool = make_pool(server_for(server.url))
+        try:
+            run_image(pool, tmp_path, stop)  # Flux stays loaded: 11 GB free now
+            assert server.vram_free < (WAN.vram_gb + 1) * GB
+            backend = ComfyVideoBackend(pool, WAN)
+            job = clip_job(0, tmp_path, start)
+            backend.submit(job)
+            out = backend.collect(job, progress=noop_progress, stop=stop)
+        finally:
+            pool.stop()
+    assert out.is_file()
+    assert [e["event"] for e in logs if e["event"].startswith("vram.")] == ["vram.freed"]
+
+
+def test_vram_held_by_another_program_makes_the_job_wait(tmp_path: Path, stop: threading.Event) -> None:
+    """Free VRAM stays short after /free: the job is not posted (no certain OOM) until memory is back."""
+    with FakeComfy(tmp_path / "comfy", models=MODELS, vram_total=24 * GB, vram_free=4 * GB) as server:
+        pool = make_pool(server_for(server.url))
+        backend = ComfyImageBackend(pool, FLUX)
+        job = image_job(0, tmp_path)
+        try:
+            backend.submit(job)
+            threading.Event().wait(1.0)
+            assert server.posted == []
+            server.vram_free = 23 * GB  # the other program exits
+            out = backend.collect(job, progress=noop_progress, stop=stop)
+        finally:
+            pool.stop()
+        assert out.is_file()
+
+
+def test_two_servers_share_the_work_and_survive_one_dying(tmp_path: Path, stop: threading.Event) -> None:
+    """Jobs spread over two servers; when one dies its jobs move to the other and all finish."""
+    with FakeComfy(tmp_path / "a", models=MODELS, job_seconds=0.2) as a, \
+            FakeComfy(tmp_path / "b", models=MODELS, job_seconds=0.2) as b:
+        pool = make_pool(server_for(a.url), server_for(b.url))
+        backend = ComfyImageBackend(pool, FLUX)
+        jobs = [image_job(n, tmp_path) for n in range(10)]
+        try:
+            for job in jobs:
+                backend.submit(job)
+            wait_for(lambda: len(a.posted) >= 2 and len(b.posted) >= 2, what="both servers busy")
+            a.die()
+            outs = [backend.collect(job, progress=noop_progress, stop=stop) for job in jobs]
+        finally:
+            pool.stop()
+    assert all(out.is_file() for out in outs)
+    assert set(a.posted) | set(b.posted) == {job.id for job in jobs}
+
+
+def test_jobs_of_one_model_are_grouped_across_runs(fake: FakeComfy, tmp_path: Path, stop: threading.Event) -> None:
+    """Interleaved image and clip jobs are run grouped by model: one swap instead of one per job."""
+    start = tmp_path / "approved.png"
+    Image.new("RGB", (64, 48), (90, 60, 30)).save(start)
+    fake.job_seconds = 0.02
+    pool = make_pool(server_for(fake.url))
+    images, clips = ComfyImageBackend(pool, FLUX), ComfyVideoBackend(pool, WAN)
+    pairs = []
+    for n in range(4):
+        pairs += [(images, image_job(n, tmp_path)), (clips, clip_job(n, tmp_path, start, frames=5))]
+    try:
+        for backend, job in pairs:
+            backend.submit(job)
+        for backend, job in pairs:
+            backend.collect(job, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert fake.swaps <= 2
