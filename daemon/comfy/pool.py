@@ -123,7 +123,8 @@ class Pool:
     def __init__(
         self, servers: list[Server], *, vram_margin_gb: float = 1.0, silence_seconds: float = 900.0,
         max_wait_seconds: float = 600.0, failover_seconds: float = 60.0, check_seconds: float = 1.0,
-        free_wait_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
+        free_wait_seconds: float = 5.0, group_by_model: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.servers = servers
         self.margin = int(vram_margin_gb * GB)
@@ -132,6 +133,8 @@ class Pool:
         self.failover_seconds = failover_seconds
         self.check_seconds = check_seconds
         self.free_wait_seconds = free_wait_seconds
+        # Off only to measure what grouping saves (bench/bench_comfy.py): plain first in, first out.
+        self.group_by_model = group_by_model
         self.clock = clock
         self.queue: list[Ticket] = []
         self.tickets: dict[str, Ticket] = {}
@@ -267,6 +270,8 @@ class Pool:
             return None
         loaded: set[str | None] = {t.workflow.signature() for t in server.held.values()} or {server.resident}
         oldest = self.queue[0]
+        if not self.group_by_model:
+            return oldest
         if self.clock() - oldest.enqueued < self.max_wait_seconds:
             for ticket in self.queue:
                 if ticket.workflow.signature() in loaded:
