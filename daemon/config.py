@@ -120,6 +120,8 @@ class ComfyConfig(_Section):
     health_timeout_seconds: float = Field(defaults.COMFY_HEALTH_TIMEOUT_SECONDS, gt=0)
     # No websocket event for this long while our job runs: the server is hung.
     silence_seconds: float = Field(defaults.COMFY_SILENCE_SECONDS, gt=0)
+    # A local Ollama (e.g. "http://127.0.0.1:11434") whose models are unloaded when VRAM is short.
+    ollama_url: str | None = None
     managed: ManagedComfyConfig | None = None
 
 

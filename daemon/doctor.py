@@ -89,8 +89,8 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
     """Each ComfyUI server answers, and each workflow in use fits it (nodes, inputs, models) before any GPU time."""
     from daemon.comfy.backend import server_urls
     from daemon.comfy.client import ComfyClient
-    from daemon.comfy.pool import GB, stats_line
     from daemon.comfy.preflight import check_workflow
+    from daemon.comfy.vram import GB, stats_line
     from daemon.comfy.workflows import find_workflow
     from daemon.errors import StageError
     from daemon.pipeline import uses_comfy

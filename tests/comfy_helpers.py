@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from daemon.backends import Job
 from daemon.comfy.client import ComfyClient
@@ -37,7 +38,7 @@ def server_for(url: str, keeper: object | None = None, *, depth: int = 2) -> Ser
     return Server(client, keeper or RemoteComfy(url, health_timeout=0.5), depth=depth, name=url)  # type: ignore[arg-type]
 
 
-def make_pool(*servers: Server, **kw: float) -> Pool:
+def make_pool(*servers: Server, **kw: Any) -> Pool:
     """A started pool with fast checks; stop it when done."""
     kw.setdefault("check_seconds", 0.1)
     kw.setdefault("failover_seconds", 0.5)

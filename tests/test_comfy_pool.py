@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from daemon import media
 from daemon.backends import noop_progress
 from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values, wan_frames
 from daemon.comfy.pool import Pool
+from daemon.comfy.vram import Admission, Ollama
 from daemon.errors import TransientError, WorkflowError
 
 MODELS = models_for(FLUX, WAN)
@@ -323,3 +326,59 @@ def test_jobs_of_one_model_are_grouped_across_runs(fake: FakeComfy, tmp_path: Pa
     finally:
         pool.stop()
     assert fake.swaps <= 2
+
+
+class FakeOllama(ThreadingHTTPServer):
+    """Ollama's /api/ps and /api/generate (keep_alive 0 unloads), holding VRAM on a fake ComfyUI's GPU."""
+
+    def __init__(self, gpu: FakeComfy, held: int) -> None:
+        self.gpu, self.held, self.unloaded = gpu, held, []
+        super().__init__(("127.0.0.1", 0), _OllamaHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _OllamaHandler(BaseHTTPRequestHandler):
+    server: FakeOllama
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+    def _json(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        models = [{"name": "llama3.2:3b", "model": "llama3.2:3b", "size_vram": self.server.held}] \
+            if self.server.held else []
+        self._json({"models": models})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body.get("keep_alive") == 0 and self.server.held:
+            self.server.unloaded.append(body["model"])
+            self.server.gpu.vram_free += self.server.held
+            self.server.held = 0
+        self._json({"model": body["model"], "response": "", "done": True, "done_reason": "unload"})
+
+
+def test_short_vram_unloads_a_local_ollama_model(tmp_path: Path, stop: threading.Event) -> None:
+    """A local Ollama holding the GPU is asked to unload its model, then the job goes out."""
+    with FakeComfy(tmp_path / "comfy", models=MODELS, vram_total=24 * GB, vram_free=8 * GB) as server:
+        ollama = FakeOllama(server, held=15 * GB)
+        pool = make_pool(server_for(server.url), admission=Admission(ollama=Ollama(ollama.url)))
+        try:
+            out = run_image(pool, tmp_path, stop)
+        finally:
+            pool.stop()
+            ollama.shutdown()
+            ollama.server_close()
+    assert out.is_file()
+    assert ollama.unloaded == ["llama3.2:3b"]

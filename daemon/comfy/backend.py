@@ -22,6 +22,7 @@ from daemon.backends import Job, Progress
 from daemon.comfy.client import ComfyClient, client_id_for
 from daemon.comfy.pool import Pool, Server
 from daemon.comfy.supervisor import ComfyProcess, RemoteComfy
+from daemon.comfy.vram import Admission, Ollama
 from daemon.comfy.workflows import Workflow, find_workflow
 from daemon.config import Settings
 
@@ -126,7 +127,9 @@ class ComfyBackends:
             else:
                 keeper = RemoteComfy(url, health_timeout=cfg.health_timeout_seconds)
             servers.append(Server(client, keeper, name=url))
-        pool = Pool(servers, vram_margin_gb=cfg.vram_margin_gb, silence_seconds=cfg.silence_seconds)
+        ollama = Ollama(cfg.ollama_url) if cfg.ollama_url else None
+        admission = Admission(margin_gb=cfg.vram_margin_gb, ollama=ollama)
+        pool = Pool(servers, admission=admission, silence_seconds=cfg.silence_seconds)
         return cls(pool.start(), image, video, keepers)
 
     def close(self) -> None:

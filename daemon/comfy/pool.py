@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from daemon.comfy.client import ComfyClient, Listener, Stats
+from daemon.comfy.client import ComfyClient, Listener
 from daemon.comfy.events import (
     Event,
     Executing,
@@ -47,12 +47,12 @@ from daemon.comfy.events import (
     OutputFile,
 )
 from daemon.comfy.preflight import check_workflow, raise_for
+from daemon.comfy.vram import Admission, Ledger
 from daemon.comfy.workflows import Workflow
 from daemon.errors import StageError, TransientError, Unavailable
 
 log = structlog.get_logger("tandava.comfy")
 
-GB = 1 << 30
 Health = Literal["ok", "busy", "crashed", "hung"]
 
 
@@ -102,13 +102,9 @@ class Server:
         self.depth = depth
         self.name = name or client.url
         self.held: dict[str, Ticket] = {}
-        self.resident: str | None = None  # the workflow signature it ran last
+        self.ledger = Ledger()  # loaded models, learned VRAM needs, backoff when short
         self.up = False
         self.down_since: float | None = None
-        self.short_until = 0.0  # VRAM too short: no model switch before this time
-        self.short_backoff = 2.0
-        # Peak memory in use seen while a workflow ran here: what it really needs.
-        self.learned: dict[str, int] = {}
         self.listener: Listener | None = None
         # Workflows that passed preflight here since the server (re)started.
         self.checked: set[str] = set()
@@ -121,18 +117,17 @@ class Pool:
     """Every configured ComfyUI server, fed from one queue of tickets."""
 
     def __init__(
-        self, servers: list[Server], *, vram_margin_gb: float = 1.0, silence_seconds: float = 900.0,
+        self, servers: list[Server], *, admission: Admission | None = None, silence_seconds: float = 900.0,
         max_wait_seconds: float = 600.0, failover_seconds: float = 60.0, check_seconds: float = 1.0,
         free_wait_seconds: float = 5.0, group_by_model: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.servers = servers
-        self.margin = int(vram_margin_gb * GB)
+        self.admission = admission or Admission(free_wait_seconds=free_wait_seconds)
         self.silence_seconds = silence_seconds
         self.max_wait_seconds = max_wait_seconds
         self.failover_seconds = failover_seconds
         self.check_seconds = check_seconds
-        self.free_wait_seconds = free_wait_seconds
         # Off only to measure what grouping saves (bench/bench_comfy.py): plain first in, first out.
         self.group_by_model = group_by_model
         self.clock = clock
@@ -141,6 +136,7 @@ class Pool:
         self.swaps = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self.admission.stop = self._stop  # waits for memory end when the pool stops
         self._threads: list[threading.Thread] = []
 
     # -- life cycle -------------------------------------------------------------
@@ -268,7 +264,7 @@ class Pool:
         """The next ticket for ``server``: same models first, the oldest when it waited too long."""
         if not self.queue:
             return None
-        loaded: set[str | None] = {t.workflow.signature() for t in server.held.values()} or {server.resident}
+        loaded: set[str | None] = {t.workflow.signature() for t in server.held.values()} or {server.ledger.resident}
         oldest = self.queue[0]
         if not self.group_by_model:
             return oldest
@@ -281,34 +277,11 @@ class Pool:
         return oldest
 
     def _admit(self, server: Server, ticket: Ticket) -> bool:
-        """Free VRAM for the job, or say why it waits (never dispatch into a certain OOM)."""
-        signature = ticket.workflow.signature()
         try:
-            stats = server.client.system_stats()
+            return self.admission.admit(server.client, server.ledger, ticket.workflow, name=server.name)
         except Unavailable:
             self._mark_down(server)
             return False
-        if signature == server.resident:
-            return True  # its models are loaded already: the job needs what the last one had
-        if self.clock() < server.short_until:
-            return False
-        need = server.learned.get(signature) or int(ticket.workflow.vram_gb * GB)
-        if stats.vram_free >= need + self.margin:
-            return True
-        server.client.free()
-        deadline = self.clock() + self.free_wait_seconds
-        while self.clock() < deadline and not self._stop.is_set():
-            self._stop.wait(0.1)  # /free only sets a flag; the worker acts when it wakes
-            stats = server.client.system_stats()
-            if stats.vram_free >= need + self.margin:
-                log.info("vram.freed", server=server.name, free_gb=_gb(stats.vram_free))
-                return True
-        server.short_until = self.clock() + server.short_backoff
-        log.warning("vram.short", server=server.name, workflow=ticket.workflow.name, need_gb=_gb(need),
-                    margin_gb=_gb(self.margin), free_gb=_gb(stats.vram_free), retry_in=server.short_backoff,
-                    hint="another program holds GPU memory; Tandava waits rather than run out of memory")
-        server.short_backoff = min(300.0, server.short_backoff * 2)
-        return False
 
     def _preflight(self, server: Server, workflow: Workflow) -> None:
         """Check a workflow against the server's live node list before its first job there."""
@@ -349,11 +322,10 @@ class Pool:
             ticket.finish(error=exc)
             return False
         signature = ticket.workflow.signature()
-        if server.resident != signature:
-            if server.resident is not None:
+        if server.ledger.resident != signature:
+            if server.ledger.resident is not None:
                 self.swaps += 1
-            server.resident = signature
-            server.short_backoff = 2.0
+            server.ledger.resident = signature
         log.info("comfy.posted", prompt_id=ticket.prompt_id, server=server.name, workflow=ticket.workflow.name)
         return True
 
@@ -428,8 +400,7 @@ class Pool:
         stats = server.client.system_stats()
         running = server.running()
         if running is not None:
-            sig = running.workflow.signature()
-            server.learned[sig] = max(server.learned.get(sig, 0), stats.vram_total - stats.vram_free)
+            server.ledger.observe(running.workflow.signature(), stats)
         self._check_jobs(server)
 
     def _check_jobs(self, server: Server) -> None:
@@ -481,7 +452,7 @@ class Pool:
     def _mark_up(self, server: Server) -> None:
         if not server.up:
             server.up, server.down_since = True, None
-            server.resident = None
+            server.ledger.resident = None
             server.checked.clear()  # a restarted server may have other nodes and models
             log.info("comfy.server_up", server=server.name)
             self._wake()
@@ -502,10 +473,6 @@ def _pick(files: list[OutputFile]) -> OutputFile:
     return files[-1]
 
 
-def _gb(value: int) -> float:
-    return round(value / GB, 2)
-
-
 def _job_error(ticket: Ticket, outcome: HistoryOutcome) -> StageError:
     error = outcome.error
     where = f"node {getattr(error, 'node_id', '?')} ({getattr(error, 'node_type', '?')})"
@@ -523,7 +490,3 @@ def _job_error(ticket: Ticket, outcome: HistoryOutcome) -> StageError:
         f"ComfyUI failed in {ticket.workflow.name} at {where}: {kind}: {message.strip()}",
         "It will be tried again; if it keeps failing, run `tandava doctor` and look at ComfyUI's log.",
         cause="ComfyExecutionError")
-
-
-def stats_line(stats: Stats) -> str:
-    return f"{stats.device} ({stats.device_type}): {_gb(stats.vram_free)} of {_gb(stats.vram_total)} GB free"
