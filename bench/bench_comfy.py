@@ -54,6 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -91,6 +92,20 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def make_fake(root: Path, job_seconds: float, swap_seconds: float = 0.0) -> FakeComfy:
+    """A started fake whose jobs take ``job_seconds``, spent in one sleep of the sampler.
+
+    The fake shares ``job_seconds`` among uncached nodes and a progress node
+    sleeps once per step; each asyncio sleep overshoots by about 1 ms, so 20
+    sampler steps would add ~15 ms to a 50 ms job. Both workflows have one
+    ``KSampler``: it gets all the time, in one sleep, and reports no steps.
+    """
+    fake = FakeComfy(root, models=MODELS, job_seconds=0.0, node_seconds={"KSampler": job_seconds},
+                     swap_seconds=swap_seconds)
+    fake.progress_nodes = set()
+    return fake.start()
+
+
 def open_pool(fakes: list[FakeComfy], *, check_seconds: float, group_by_model: bool = True) -> Pool:
     """A started pool over the fakes, built as ``ComfyBackends.open`` builds the daemon's."""
     cfg = ComfyConfig()
@@ -99,8 +114,9 @@ def open_pool(fakes: list[FakeComfy], *, check_seconds: float, group_by_model: b
                RemoteComfy(f.url, health_timeout=cfg.health_timeout_seconds), name=f.url)
         for f in fakes
     ]  # fmt: skip
-    pool = Pool(servers, vram_margin_gb=cfg.vram_margin_gb, silence_seconds=cfg.silence_seconds,
-                check_seconds=check_seconds, group_by_model=group_by_model).start()
+    # Admission keeps its defaults (the default [comfy] vram_margin_gb, no Ollama).
+    pool = Pool(servers, silence_seconds=cfg.silence_seconds, check_seconds=check_seconds,
+                group_by_model=group_by_model).start()
     deadline = time.monotonic() + 15.0
     while not all(s.up and s.listener is not None and s.listener.connected for s in servers):
         if time.monotonic() > deadline:
@@ -135,9 +151,22 @@ def server_times(fake: FakeComfy, ids: set[str]) -> list[tuple[int, int]]:
 # -- 1 and 2: efficiency and idle gaps -------------------------------------------------------
 
 
-def efficiency(backends: int, args: argparse.Namespace, tmp: Path) -> dict[str, float | list[int]]:
-    fakes = [FakeComfy(tmp / f"comfy{i}", models=MODELS, job_seconds=args.job_seconds).start()
-             for i in range(backends)]
+@dataclass
+class Efficiency:
+    """One run of part 1, in seconds (``gaps`` in server ms)."""
+
+    job: float  # mean job time on the servers
+    ideal: float  # sum of job times / servers
+    server: float  # first execution_start -> last end
+    wall: float  # first submit -> last download
+    lead: float  # first submit -> first execution_start
+    tail: float  # last end -> last download
+    split: list[int]  # jobs per server
+    gaps: list[int]
+
+
+def efficiency(backends: int, args: argparse.Namespace, tmp: Path) -> Efficiency:
+    fakes = [make_fake(tmp / f"comfy{i}", args.job_seconds) for i in range(backends)]
     try:
         pool = open_pool(fakes, check_seconds=args.check_seconds)
         try:
@@ -172,13 +201,11 @@ def efficiency(backends: int, args: argparse.Namespace, tmp: Path) -> dict[str, 
     first = min(per[0][0] for per in spans if per)
     last = max(per[-1][1] for per in spans if per)
     gaps = [b[0] - a[1] for per in spans for a, b in zip(per, per[1:], strict=False)]
-    ideal = busy_ms / 1000 / backends
-    return {
-        "job": busy_ms / 1000 / len(jobs), "ideal": ideal,
-        "server": (last - first) / 1000, "wall": t1 - t0,
-        "lead": first / 1000 - t0, "tail": t1 - last / 1000,
-        "split": [len(s) for s in spans], "gaps": gaps,
-    }  # fmt: skip
+    return Efficiency(
+        job=busy_ms / 1000 / len(jobs), ideal=busy_ms / 1000 / backends,
+        server=(last - first) / 1000, wall=t1 - t0, lead=first / 1000 - t0, tail=t1 - last / 1000,
+        split=[len(s) for s in spans], gaps=gaps,
+    )  # fmt: skip
 
 
 # -- 3: model swaps ----------------------------------------------------------------------------
@@ -192,10 +219,10 @@ def song_jobs(song: int, tmp: Path, start: Path) -> tuple[list[Job], list[Job]]:
 
 
 def swaps(pattern: str, grouped: bool, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    tmp.mkdir(parents=True)
     start = tmp / "approved.png"
     Image.new("RGB", (64, 48), (200, 120, 40)).save(start)
-    fake = FakeComfy(tmp / "comfy", models=MODELS, job_seconds=args.job_seconds,
-                     swap_seconds=args.swap_seconds).start()
+    fake = make_fake(tmp / "comfy", args.job_seconds, args.swap_seconds)
     try:
         pool = open_pool([fake], check_seconds=args.check_seconds, group_by_model=grouped)
         try:
@@ -210,7 +237,7 @@ def swaps(pattern: str, grouped: bool, args: argparse.Namespace, tmp: Path) -> d
                 ordered = [job for images, clips in songs for job in (*images, *clips)]
                 for job in ordered:
                     backend_of(job).submit(job)
-                per_run = [[j for k in range(r, args.songs, args.runs) for j in sum(songs[k], [])]
+                per_run = [[j for k in range(r, args.songs, args.runs) for j in (*songs[k][0], *songs[k][1])]
                            for r in range(args.runs)]
                 with ThreadPoolExecutor(max_workers=args.runs) as ex:
                     for future in [ex.submit(run_jobs, backend_of, part) for part in per_run]:
@@ -261,23 +288,19 @@ def main() -> None:
               f"check_seconds={g3(args.check_seconds)}")
         print(f"{'servers':>7} {'split':>9} {'job s':>7} {'ideal s':>8} {'server s':>9} "
               f"{'ratio':>6} {'wall s':>7} {'ratio':>6} {'lead ms':>8} {'tail ms':>8} {'target':>7}")
-        results = {}
+        results: dict[int, Efficiency] = {}
         for backends in (1, 2):
             r = results[backends] = efficiency(backends, args, tmp / f"eff{backends}")
-            ideal = float(r["ideal"])  # type: ignore[arg-type]
-            split = "/".join(str(n) for n in r["split"])  # type: ignore[union-attr]
-            print(f"{backends:>7} {split:>9} {g3(r['job']):>7} {g3(ideal):>8} "  # type: ignore[arg-type]
-                  f"{g3(r['server']):>9} {g3(r['server'] / ideal):>6} "  # type: ignore[operator]
-                  f"{g3(r['wall']):>7} {g3(r['wall'] / ideal):>6} "  # type: ignore[operator]
-                  f"{g3(1000 * r['lead']):>8} {g3(1000 * r['tail']):>8} "  # type: ignore[operator]
-                  f"{'<= ' + g3(TARGET_RATIO):>7}")
+            split = "/".join(str(n) for n in r.split)
+            print(f"{backends:>7} {split:>9} {g3(r.job):>7} {g3(r.ideal):>8} {g3(r.server):>9} "
+                  f"{g3(r.server / r.ideal):>6} {g3(r.wall):>7} {g3(r.wall / r.ideal):>6} "
+                  f"{g3(1000 * r.lead):>8} {g3(1000 * r.tail):>8} {'<= ' + g3(TARGET_RATIO):>7}")
 
         print(f"\n2. Idle gap between jobs on a server (server ms stamps), same runs; "
               f"target median <= {g3(TARGET_GAP_MS)} ms")
         print(f"{'servers':>7} {'gaps':>5} {'median':>7} {'p95':>5} {'max':>5} {'median/target':>14}")
         for backends, r in results.items():
-            gaps = r["gaps"]
-            assert isinstance(gaps, list)
+            gaps = r.gaps
             median = statistics.median(gaps) if gaps else 0.0
             print(f"{backends:>7} {len(gaps):>5} {g3(median):>7} {g3(pct(gaps, 0.95)):>5} "
                   f"{g3(max(gaps, default=0)):>5} {g3(median / TARGET_GAP_MS):>14}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,10 +16,11 @@ from comfy_helpers import FLUX, WAN, models_for
 from fakecomfy.server import FakeComfy, pan_zoom_frames, spoil_frames, write_video
 from PIL import Image
 from test_render import drop_song, only_run
+from test_resilience import env
 
 from daemon import media
 from daemon.app import run
-from daemon.config import Settings
+from daemon.config import ManagedComfyConfig, Settings
 from daemon.doctor import check_comfy
 from daemon.states import State
 from daemon.synth import write_song
@@ -128,7 +132,7 @@ def test_doctor_reports_an_unreachable_server(comfy: Settings) -> None:
 
 def test_kill_9_mid_job_reattaches_and_posts_nothing_twice(tmp_path: Path, fake: FakeComfy) -> None:
     """A daemon killed while ComfyUI works finds the finished jobs after its restart: none is posted again."""
-    from test_resilience import age, daemon_cmd, env, make_root
+    from test_resilience import age, daemon_cmd, make_root
 
     conf = make_root(tmp_path)
     with conf.open("a", encoding="utf-8") as fh:
@@ -156,3 +160,78 @@ def test_kill_9_mid_job_reattaches_and_posts_nothing_twice(tmp_path: Path, fake:
     rendered = list((tmp_path / "state" / "rendered").iterdir())
     assert len(rendered) == 1
     assert len(fake.posted) == len(set(fake.posted))  # re-attached, never resubmitted
+
+
+def comfyui_folder(tmp_path: Path) -> Path:
+    """A "ComfyUI folder" whose main.py is the fake server, with the shipped workflows' models."""
+    folder = tmp_path / "ComfyUI"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "fakecomfy" / "main.py", folder / "main.py")
+    (folder / "models.json").write_text(json.dumps(MODELS), encoding="utf-8")
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def managed(settings: Settings, folder: Path, port: int) -> Settings:
+    settings.comfy.servers = []
+    settings.comfy.managed = ManagedComfyConfig(
+        folder=folder, port=port, start_timeout_seconds=30,
+        args=["--fake-models-json", str(folder / "models.json"), "--fake-job-seconds", "0.02"])
+    return settings
+
+
+def test_managed_comfyui_replaces_a_stale_one_and_renders(comfy: Settings, tmp_path: Path) -> None:
+    """A hung ComfyUI of ours holds the port: it is killed, a new one launched, the song rendered, then stopped."""
+    folder, port = comfyui_folder(tmp_path), free_port()
+    stale = subprocess.Popen([sys.executable, str(folder / "main.py"), "--listen", "127.0.0.1", "--port",
+                              str(port), "--fake-hang"], cwd=folder, env=env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        managed(comfy, folder, port)
+        drop_song(comfy, seconds=6.0)
+        assert run(comfy, threading.Event(), once=True) == 0
+        assert stale.wait(timeout=10) is not None  # killed, not left behind
+    finally:
+        if stale.poll() is None:
+            stale.kill()
+            stale.wait()
+    only_run(comfy, State.RENDERED)
+    assert "To see the GUI" in (comfy.paths.logs / "comfyui.log").read_text(encoding="utf-8")
+    with socket.socket() as s:  # the server we launched was stopped with the daemon
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_foreign_program_on_the_port_is_named_and_left_alone(comfy: Settings, tmp_path: Path) -> None:
+    """Another program listens on ComfyUI's port: runs wait with a reason naming it, and it keeps running."""
+    folder, port = comfyui_folder(tmp_path), free_port()
+    code = (f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+            "time.sleep(60)")
+    foreign = subprocess.Popen([sys.executable, "-c", code], env=env())
+    try:
+        wait_for_port(port)
+        managed(comfy, folder, port)
+        drop_song(comfy, seconds=6.0)
+        assert run(comfy, threading.Event(), once=True) == 0
+        assert foreign.poll() is None
+    finally:
+        foreign.kill()
+        foreign.wait()
+    run_dir = only_run(comfy, State.ANALYZED)
+    images = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["stages"]["images"]
+    assert f"pid {foreign.pid}" in images["detail"]["waiting"]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")

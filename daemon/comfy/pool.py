@@ -106,6 +106,7 @@ class Server:
         self.up = False
         self.down_since: float | None = None
         self.listener: Listener | None = None
+        self.problem: str | None = None  # why it is down, for the runs waiting on it
         # Workflows that passed preflight here since the server (re)started.
         self.checked: set[str] = set()
 
@@ -137,6 +138,8 @@ class Pool:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self.admission.stop = self._stop  # waits for memory end when the pool stops
+        # How long a job may wait for a server to come up before its run is parked.
+        self.down_grace_seconds = 10.0 * check_seconds
         self._threads: list[threading.Thread] = []
 
     # -- life cycle -------------------------------------------------------------
@@ -218,6 +221,13 @@ class Pool:
             if stop.is_set():
                 raise TransientError("stopping before the ComfyUI job finished", cause="Stopping")
             server = ticket.server
+            if server is None and self.clock() - ticket.enqueued > self.down_grace_seconds \
+                    and not any(s.up for s in self.servers):
+                # Nothing can run it: park the run with the reason (its ticket stays queued here).
+                problems = "; ".join(s.problem or f"{s.name} is not answering" for s in self.servers)
+                raise Unavailable(f"no ComfyUI server can take work: {problems}",
+                                  "The run carries on by itself once a server answers.",
+                                  cause="NoServer", recheck_seconds=30.0)
             if server is None:
                 place = 1 + next((i for i, t in enumerate(self.queue) if t is ticket), 0)
                 progress(0.0, f"waiting for a ComfyUI server (#{place} in Tandava's queue)")
@@ -382,14 +392,21 @@ class Pool:
         self._cond.notify_all()
 
     def _monitor(self, server: Server) -> None:
+        down_wait = self.check_seconds
         while not self._stop.is_set():
             try:
                 self._check(server)
-            except Unavailable:
+            except Unavailable as exc:
+                server.problem = exc.reason
                 self._mark_down(server)
             except Exception:  # a monitor must outlive any one bad answer
                 log.exception("comfy.monitor_error", server=server.name)
-            self._stop.wait(self.check_seconds if server.held or self.queue else 5 * self.check_seconds)
+            if server.up:
+                down_wait = self.check_seconds
+                self._stop.wait(self.check_seconds if server.held or self.queue else 5 * self.check_seconds)
+            else:  # a server that is away is looked at less and less often, up to 10 checks' time
+                self._stop.wait(down_wait)
+                down_wait = min(10 * self.check_seconds, down_wait * 2)
 
     def _check(self, server: Server) -> None:
         if not server.up:
@@ -451,7 +468,7 @@ class Pool:
 
     def _mark_up(self, server: Server) -> None:
         if not server.up:
-            server.up, server.down_since = True, None
+            server.up, server.down_since, server.problem = True, None, None
             server.ledger.resident = None
             server.checked.clear()  # a restarted server may have other nodes and models
             log.info("comfy.server_up", server=server.name)

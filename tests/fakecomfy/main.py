@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -46,6 +47,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fake-startup-seconds", type=float, default=0.0,
                         help="wait this long before listening, as ComfyUI loads its nodes")
     parser.add_argument("--fake-job-seconds", type=float, default=0.05)
+    parser.add_argument("--fake-models-json", type=Path,
+                        help="a JSON file {folder: [model file names]} the server pretends to have")
     # ComfyUI flags the fake has no use for (--disable-api-nodes, --preview-method ...).
     args, _ignored = parser.parse_known_args(argv)
     return args
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.base_directory or Path(__file__).absolute().parent  # the "ComfyUI folder"
     host = args.listen.split(",")[0]
     time.sleep(args.fake_startup_seconds)
-    fake = FakeComfy(root, host=host, port=args.port, cpu=args.cpu,
+    models = json.loads(args.fake_models_json.read_text(encoding="utf-8")) if args.fake_models_json else None
+    fake = FakeComfy(root, host=host, port=args.port, cpu=args.cpu, models=models,
                      job_seconds=args.fake_job_seconds, argv=["main.py", *sys.argv[1:]],
                      input_dir=args.input_directory, output_dir=args.output_directory,
                      temp_dir=args.temp_directory)
