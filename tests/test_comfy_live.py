@@ -51,7 +51,7 @@ from PIL import Image
 
 from daemon import media
 from daemon.backends import Job, noop_progress
-from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values, wan_frames
+from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
 from daemon.comfy.client import ComfyClient, Listener
 from daemon.comfy.events import (
     Event,
@@ -354,18 +354,17 @@ def test_image_jobs_come_back_at_the_asked_size_in_their_seed_colour(pool: Pool,
 
 def test_video_job_uploads_the_start_image_and_downloads_the_rounded_frame_count(
         live_clip: Clip) -> None:
-    """A clip job uploads its start image and returns an H.264 mp4 of wan_frames(frames) frames."""
+    """A clip job uploads its start image and returns an H.264 mp4 of exactly the frames asked for."""
     job = live_clip.job
     assert live_clip.uploaded.read_bytes() == live_clip.start.read_bytes()
     [saved] = live_clip.files
     assert saved.animated and saved.subfolder == "tandava"
     assert saved.filename.startswith(f"{job.id}_") and saved.filename.endswith(".mp4")
 
-    # job_values rounds every clip up to Wan's 4k+1 frames, whatever the video workflow is:
-    # 10 frames asked, 13 made (the assembly cuts the clip to length).
-    assert job_values(job)["frames"] == wan_frames(job.frames) == 13
+    # This workflow has no frame_step (RepeatImageBatch takes any count), so 10 asked is 10 made.
+    assert job_values(job, VIDEO_WF)["frames"] == job.frames == 10
     info = media.probe(live_clip.path)
-    assert info.frames == 13
+    assert info.frames == 10
     assert (info.width, info.height) == (job.width, job.height)
     assert info.video_codec == "h264"
     assert info.fps == pytest.approx(job.fps)
@@ -373,7 +372,7 @@ def test_video_job_uploads_the_start_image_and_downloads_the_rounded_frame_count
     # Right length, starts from the approved image, no black or flash frames; whether it moves
     # is the next test's question.
     stats = clip_stats(live_clip.path, start_image=live_clip.start)
-    problems = clip_problems(stats, expected_frames=13)
+    problems = clip_problems(stats, expected_frames=10)
     assert [p for p in problems if not p.startswith("frozen")] == []
 
 
@@ -385,7 +384,7 @@ def test_qc_calls_the_repeated_still_frozen(live_clip: Clip) -> None:
         pytest.skip(f"the server did not repeat the start image (frames drift {drift:.1f} levels "
                     "from the first): a stand-in such as tests/fakecomfy draws its own motion")
     with pytest.raises(QCFailed) as caught:
-        check_clip(live_clip.path, expected_frames=13, start_image=live_clip.start)
+        check_clip(live_clip.path, expected_frames=10, start_image=live_clip.start)
     reason = caught.value.reason
     assert "frozen" in reason
     assert "expected" not in reason and "first frame" not in reason
@@ -423,7 +422,7 @@ def test_v3_combo_value_fails_at_run_time_and_the_pool_names_node_and_exception(
     # the graph before posting, which is why it is posted here by hand.
     pool = start_pool(client.client_id)
     try:
-        assert pool.attach(prompt_id, VIDEO_WF)
+        assert pool.attach(prompt_id, VIDEO_WF, {})
         with pytest.raises(TransientError) as caught:
             pool.wait(prompt_id, stop=threading.Event(), progress=noop_progress)
     finally:

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 
 from daemon import media
 from daemon.backends import noop_progress
-from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values, wan_frames
+from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
 from daemon.comfy.pool import Pool
 from daemon.comfy.vram import Admission, Ollama
 from daemon.errors import TransientError, WorkflowError
@@ -81,7 +81,7 @@ def test_video_job_uploads_the_start_image_and_rounds_frames_for_wan(fake: FakeC
         out = backend.collect(job, progress=noop_progress, stop=stop)
     finally:
         pool.stop()
-    assert job_values(job)["frames"] == wan_frames(18) == 21
+    assert job_values(job, WAN)["frames"] == WAN.frames_for(18) == 21
     assert media.probe(out).frames == 21
     assert (fake.input_dir / "tandava_run-clip-s000.png").is_file()
 

@@ -26,25 +26,17 @@ from daemon.comfy.vram import Admission, Ollama
 from daemon.comfy.workflows import Workflow, find_workflow
 from daemon.config import Settings
 
-# Both Wan 2.1 node families take lengths of 4k+1 frames; the clip is cut to
-# the frames asked for at assembly.
-WAN_FRAME_STEP = 4
 DEFAULT_URL = "http://127.0.0.1:8188"
 
 
-def wan_frames(frames: int) -> int:
-    """The smallest 4k+1 frame count that holds ``frames``."""
-    return 1 + WAN_FRAME_STEP * max(0, -(-(frames - 1) // WAN_FRAME_STEP))
-
-
-def job_values(job: Job) -> dict[str, Any]:
-    """The workflow slots a job fills."""
+def job_values(job: Job, workflow: Workflow) -> dict[str, Any]:
+    """The workflow slots a job fills; a clip asks for the frame count the model allows (cut at assembly)."""
     values: dict[str, Any] = {
         "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
         "width": job.width, "height": job.height, "filename_prefix": f"tandava/{job.id}",
     }
     if job.kind == "clip":
-        values |= {"frames": wan_frames(job.frames), "fps": job.fps}
+        values |= {"frames": workflow.frames_for(job.frames), "fps": job.fps}
     return values
 
 
@@ -62,7 +54,7 @@ class ComfyImageBackend:
 
     def submit(self, job: Job) -> None:
         """Queue the job in the pool; the dispatcher posts it when a server has room."""
-        self.pool.submit(job.id, self.workflow, job_values(job), start_image=self._start(job))
+        self.pool.submit(job.id, self.workflow, job_values(job, self.workflow), start_image=self._start(job))
 
     def collect(self, job: Job, *, progress: Progress, stop: threading.Event) -> Path:
         """Wait for the job, then download its output to ``job.output``."""
@@ -73,7 +65,7 @@ class ComfyImageBackend:
 
     def can_resume(self, job: Job) -> bool:
         """True when a server still holds the job (queued, running or in its history)."""
-        return self.pool.attach(job.id, self.workflow)
+        return self.pool.attach(job.id, self.workflow, job_values(job, self.workflow), start_image=self._start(job))
 
     def _start(self, job: Job) -> Path | None:
         return None

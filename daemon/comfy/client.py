@@ -175,13 +175,19 @@ class ComfyClient:
         return parse_history(prompt_id, self._json("GET", f"/history/{prompt_id}"))
 
     def cancel(self, prompt_id: str) -> None:
-        """Take a job back: delete it if pending, interrupt it if it runs."""
-        self._request("POST", "/queue", json={"delete": [prompt_id]})
-        self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        """Take a job back: delete it if pending, interrupt it only if it is the one running.
+
+        Servers before late 2025 ignore ``prompt_id`` on /interrupt and stop
+        whatever runs, on a shared server maybe someone else's job: so
+        interrupt only after /queue shows that ours is running.
+        """
+        _check(self._request("POST", "/queue", json={"delete": [prompt_id]}), "/queue delete")
+        if prompt_id in self.queue().running:
+            _check(self._request("POST", "/interrupt", json={"prompt_id": prompt_id}), "/interrupt")
 
     def free(self) -> None:
         """Ask the server to unload models; it only sets a flag, so callers poll afterwards."""
-        self._request("POST", "/free", json={"unload_models": True, "free_memory": True})
+        _check(self._request("POST", "/free", json={"unload_models": True, "free_memory": True}), "/free")
 
     # -- files ------------------------------------------------------------------
 
@@ -217,6 +223,12 @@ class ComfyClient:
         return dest
 
 
+def _check(response: requests.Response, what: str) -> None:
+    """Control calls answer 200 with an empty body; anything else (a proxy's 403) is worth a warning."""
+    if response.status_code != 200:
+        log.warning("comfy.control_refused", call=what, status=response.status_code, url=response.url)
+
+
 def _safe_json(response: requests.Response) -> dict[str, Any]:
     try:
         body = response.json()
@@ -230,8 +242,8 @@ def _rejected(workflow: str, url: str, body: dict[str, Any]) -> WorkflowError:
     problems: list[str] = []
     for node, info in (body.get("node_errors") or {}).items():
         for err in info.get("errors", []):
-            problems.append(f"node {node} ({info.get('class_type', '?')}): {err.get('message', '')} "
-                            f"{err.get('details', '')}".strip())
+            details = f": {err['details']}" if err.get("details") else ""
+            problems.append(f"node {node} ({info.get('class_type', '?')}): {err.get('message', '')}{details}")
     error = body.get("error") or {}
     if not problems:
         problems.append(str(error.get("message") or "the server gave no reason"))

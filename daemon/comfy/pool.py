@@ -190,20 +190,26 @@ class Pool:
         log.debug("comfy.queued", prompt_id=prompt_id, workflow=workflow.name)
         return ticket
 
-    def attach(self, prompt_id: str, workflow: Workflow) -> bool:
-        """Re-attach to a job posted before a restart; False when no server knows it (redo it)."""
+    def attach(self, prompt_id: str, workflow: Workflow, values: dict[str, Any], *,
+               start_image: Path | None = None) -> bool:
+        """Re-attach to a job posted before a restart; False when no server knows it (redo it).
+
+        The ticket keeps the job's values, so a server that loses it later gets the same job again.
+        """
         live = self.tickets.get(prompt_id)
         if live is not None:
             return not (live.done.is_set() and live.error is not None)
         for server in self.servers:
             try:
-                outcome = server.client.history(prompt_id)
-                queued = outcome is None and prompt_id in server.client.queue()
+                # The queue first: a job finishing between the two calls is then in history.
+                queued = prompt_id in server.client.queue()
+                outcome = None if queued else server.client.history(prompt_id)
             except StageError:
                 continue  # a server that is down holds nothing we can re-attach to
             if outcome is None and not queued:
                 continue
-            ticket = Ticket(prompt_id, workflow, {}, None, self.clock(), server=server, posted_at=self.clock())
+            ticket = Ticket(prompt_id, workflow, values, start_image, self.clock(), server=server,
+                            posted_at=self.clock())
             with self._cond:
                 self.tickets[prompt_id] = ticket
                 if outcome is not None:

@@ -9,6 +9,7 @@ inputs, _meta}}``) and ``<name>.toml`` (what the daemon needs to drive it):
     vram_gb = 20.0                  # free VRAM a job needs (an estimate)
     timeout_seconds = 2400          # a job that runs longer is stuck
     max_frames = 81                 # video only
+    frame_step = 4                  # video only: frame counts of the form k*step+1 (Wan: 4)
     [inputs]                        # slot = "node_id.input" or a list of them
     prompt = "6.text"
     width = ["50.width", "12.width"]
@@ -58,7 +59,8 @@ REQUIRED_SLOTS: dict[str, tuple[str, ...]] = {
 # for one of these is dropped; any other unmapped slot is a caller mistake.
 OPTIONAL_SLOTS = frozenset({"negative_prompt", "fps"})
 
-_MAPPING_KEYS = frozenset({"kind", "description", "vram_gb", "timeout_seconds", "max_frames", "inputs"})
+_MAPPING_KEYS = frozenset({"kind", "description", "vram_gb", "timeout_seconds", "max_frames", "frame_step",
+                           "inputs"})
 # How model files end; used to find the model inputs of any graph, including
 # custom loaders we have never seen.
 _MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
@@ -79,6 +81,14 @@ class Workflow:
     max_frames: int | None
     path: Path
     description: str = ""
+    # Video models take frame counts of the form k*frame_step+1 (Wan 2.1: 4); 1 means any count.
+    frame_step: int = 1
+
+    def frames_for(self, wanted: int) -> int:
+        """The frame count to ask for: the smallest allowed count that holds ``wanted``, within max_frames."""
+        step = max(1, self.frame_step)
+        frames = 1 + step * max(0, -(-(wanted - 1) // step))
+        return min(frames, self.max_frames) if self.max_frames else frames
 
     def fill(self, **values: object) -> dict[str, Any]:
         """A copy of the graph with each given slot's targets set; ``None`` means not given."""
@@ -170,6 +180,10 @@ def load_workflow(path: Path) -> Workflow:
             )
     else:
         max_frames = None
+    frame_step = mapping.get("frame_step", 1)
+    if not isinstance(frame_step, int) or isinstance(frame_step, bool) or frame_step < 1:
+        raise WorkflowError(f"{where}: frame_step must be a whole number of at least 1 (got {frame_step!r})",
+                            "write e.g. frame_step = 4 for Wan, or leave it out")
     description = mapping.get("description", "")
     if not isinstance(description, str):
         raise WorkflowError(f"{where}: description must be text", 'write description = "..."')
@@ -204,6 +218,7 @@ def load_workflow(path: Path) -> Workflow:
         max_frames=max_frames,
         path=path,
         description=description,
+        frame_step=frame_step,
     )
 
 
