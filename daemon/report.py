@@ -147,17 +147,38 @@ fps = {defaults.CLIP_FPS}                  # Wan 2.1's native rate
 clip_frames = {defaults.CLIP_FRAMES}          # Wan 2.1 makes 4k+1 frames; 81 at 16 fps is 5.06 s
 
 [images]
-backend = "storyboard"     # storyboard (labelled preview frames) or folder (your photos)
+backend = "storyboard"     # storyboard (labelled preview frames), folder (your photos) or comfyui (Flux)
 candidates = {defaults.CANDIDATES}             # candidate images per segment
 # folder = "photos"        # photos for the folder backend; default: a folder named like the song in the inbox
 max_rounds = {defaults.MAX_ROUNDS}             # rounds of new candidates when every candidate of a segment is rejected
+qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, flat or duplicate ComfyUI image before the run fails
 
 [approval]
 mode = "manual"            # manual (tandava approve …) or auto (the first candidate nobody rejected)
 
 [clips]
-backend = "kenburns"       # a slow camera move over each approved image
+backend = "kenburns"       # kenburns (a slow camera move over each image) or comfyui (Wan 2.1 image-to-video)
+qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, frozen or flashing ComfyUI clip before the run fails
 max_slowdown = {defaults.MAX_SLOWDOWN}         # how far a clip may be slowed to fill its segment before a chain is used
+
+[comfy]
+servers = []               # ComfyUI URLs, one per GPU or machine, e.g. ["http://127.0.0.1:8188"]
+# workflows = "workflows"  # your own API-format workflows + mappings; default: the shipped ones
+image_workflow = "{defaults.IMAGE_WORKFLOW}"
+video_workflow = "{defaults.VIDEO_WORKFLOW}"  # or wan21_i2v_kijai (ComfyUI-WanVideoWrapper)
+vram_margin_gb = {defaults.VRAM_MARGIN_GB}       # free VRAM kept above a workflow's need before a job is sent
+request_timeout_seconds = {defaults.COMFY_REQUEST_TIMEOUT_SECONDS}
+health_timeout_seconds = {defaults.COMFY_HEALTH_TIMEOUT_SECONDS}  # /system_stats slower than this: the server is hung
+silence_seconds = {defaults.COMFY_SILENCE_SECONDS}       # no event this long while our job runs: hung
+# ollama_url = "http://127.0.0.1:11434"  # unload this Ollama's models when VRAM is short
+
+# A ComfyUI that Tandava launches, watches and restarts (optional):
+# [comfy.managed]
+# folder = "C:/ComfyUI"    # holds main.py
+# python = "C:/ComfyUI/venv/Scripts/python.exe"  # default: the Python running Tandava
+# args = ["--disable-api-nodes"]
+# port = {defaults.COMFY_PORT}
+# log_file = "logs/comfyui.log"
 
 [assembly]
 transition = "crossfade"   # none, fade or crossfade, at section changes
@@ -170,6 +191,7 @@ exports = []               # add "mov" (MJPEG for VJ tools) and/or "vertical" (9
 
 [engine]
 cpu_workers = {defaults.CPU_WORKERS}            # analyses at once
+gpu_runs = {defaults.GPU_RUNS}               # runs with jobs in the ComfyUI queue at once
 attempts = {defaults.STAGE_ATTEMPTS}               # tries of a stage on transient errors before failing
 backoff_initial_seconds = {defaults.BACKOFF_INITIAL_SECONDS}
 backoff_max_seconds = {defaults.BACKOFF_MAX_SECONDS}

@@ -235,3 +235,24 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_status_shows_each_job_in_flight_with_its_server_and_progress(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`tandava status` lists a run's GPU jobs: how far each is and where (queued or running on which server)."""
+    from daemon.backends import Job
+    from daemon.report import status_lines
+    from daemon.states import Event
+
+    song = tmp_path / "song.wav"
+    write_song(song, 3.0, 120.0)
+    ref = store.create(song, "ab" * 32)
+    ref = store.move(ref, Event.ANALYSIS_DONE)
+    manifest = store.load(ref)
+    manifest.jobs["a"] = Job(id="a", kind="image", backend="comfyui:flux_t2i", segment=2, seed=1, width=8,
+                             height=8, output="x.png", detail={"progress": 0.45, "where": "running on gpu-a"})
+    manifest.jobs["b"] = Job(id="b", kind="image", backend="comfyui:flux_t2i", segment=3, seed=1, width=8,
+                             height=8, output="y.png", detail={"where": "queued on gpu-a"})
+    store.save(ref, manifest)
+    lines = list(status_lines(store.root))
+    assert any("s002" in line and "45%" in line and "running on gpu-a" in line for line in lines)
+    assert any("s003" in line and "queued on gpu-a" in line for line in lines)
