@@ -146,36 +146,18 @@ def test_server_crash_mid_job_resubmits_the_job_once(fake: FakeComfy, tmp_path: 
     assert fake.posted == [job.id, job.id]
 
 
-def test_restarted_daemon_reattaches_to_a_job_that_finished_meanwhile(fake: FakeComfy, tmp_path: Path,
-                                                                      stop: threading.Event) -> None:
-    """A daemon gone mid-job finds the finished job in /history after its restart and does not run it again."""
-    fake.job_seconds = 0.5
-    first = make_pool(server_for(fake.url))
-    job = image_job(0, tmp_path)
-    ComfyImageBackend(first, FLUX).submit(job)
-    wait_for(lambda: fake.posted == [job.id], what="the job to be posted")
-    first.stop()  # the daemon is gone; its memory with it
-    fake.wait_idle()
-    second = make_pool(server_for(fake.url))
-    backend = ComfyImageBackend(second, FLUX)
-    try:
-        assert backend.can_resume(job)
-        out = backend.collect(job, progress=noop_progress, stop=stop)
-    finally:
-        second.stop()
-    assert out.is_file()
-    assert fake.posted == [job.id]
-
-
-def test_restarted_daemon_reattaches_to_a_job_still_running(fake: FakeComfy, tmp_path: Path,
-                                                            stop: threading.Event) -> None:
-    """A job still queued or running after a daemon restart is followed to its end, not posted again."""
+@pytest.mark.parametrize("finished_meanwhile", [True, False])
+def test_restarted_daemon_reattaches_instead_of_posting_again(fake: FakeComfy, tmp_path: Path,
+                                                              stop: threading.Event, finished_meanwhile: bool) -> None:
+    """A daemon gone mid-job finds its job after a restart (in /history, or still in /queue) and never reposts it."""
     fake.job_seconds = 0.6
     first = make_pool(server_for(fake.url))
     job = image_job(0, tmp_path)
     ComfyImageBackend(first, FLUX).submit(job)
     wait_for(lambda: fake.posted == [job.id], what="the job to be posted")
-    first.stop()
+    first.stop()  # the daemon is gone; its memory with it
+    if finished_meanwhile:
+        fake.wait_idle()
     second = make_pool(server_for(fake.url))
     backend = ComfyImageBackend(second, FLUX)
     try:
