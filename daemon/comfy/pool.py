@@ -79,6 +79,7 @@ class Ticket:
     posted_at: float = 0.0
     started_at: float = 0.0
     losses: int = 0
+    interrupted_at: float = 0.0  # when we interrupted it for silence (escalation step one)
     watch: JobWatch = field(init=False)
     result: HistoryOutcome | None = None
     error: StageError | None = None
@@ -136,6 +137,7 @@ class Pool:
         self.tickets: dict[str, Ticket] = {}
         self.swaps = 0
         self._cond = threading.Condition()
+        self._changes = 0  # bumped on every notify, so the dispatcher never misses one
         self._stop = threading.Event()
         self.admission.stop = self._stop  # waits for memory end when the pool stops
         # How long a job may wait for a server to come up before its run is parked.
@@ -172,7 +174,12 @@ class Pool:
 
     def _wake(self) -> None:
         with self._cond:
-            self._cond.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Tell the dispatcher something changed (call with ``_cond`` held)."""
+        self._changes += 1
+        self._cond.notify_all()
 
     # -- what stages call ------------------------------------------------------
 
@@ -186,7 +193,7 @@ class Pool:
             ticket = Ticket(prompt_id, workflow, values, start_image, self.clock())
             self.tickets[prompt_id] = ticket
             self.queue.append(ticket)
-            self._cond.notify_all()
+            self._notify()
         log.debug("comfy.queued", prompt_id=prompt_id, workflow=workflow.name)
         return ticket
 
@@ -262,6 +269,8 @@ class Pool:
     def _dispatch(self) -> None:
         while not self._stop.is_set():
             posted = False
+            with self._cond:
+                seen = self._changes
             for server in self.servers:
                 with self._cond:
                     ticket = self._pick(server) if server.up and len(server.held) < server.depth else None
@@ -274,7 +283,9 @@ class Pool:
                     log.exception("comfy.dispatch_error", server=server.name)
             if not posted:
                 with self._cond:
-                    self._cond.wait(0.05 if self.queue else 0.5)
+                    # A change notified while this pass ran must not wait out the timeout.
+                    if self._changes == seen:
+                        self._cond.wait(0.05 if self.queue else 0.5)
 
     def _pick(self, server: Server) -> Ticket | None:
         """The next ticket for ``server``: same models first, the oldest when it waited too long."""
@@ -359,7 +370,7 @@ class Pool:
                     return
             ticket.server = None
             self.queue.insert(0, ticket)  # it waited its turn already
-            self._cond.notify_all()
+            self._notify()
         log.warning("comfy.requeued", prompt_id=ticket.prompt_id, server=server.name, lost=lost)
 
     # -- events and monitoring ---------------------------------------------------
@@ -395,7 +406,7 @@ class Pool:
             ticket.finish(outcome)
         else:
             ticket.finish(outcome, _job_error(ticket, outcome))
-        self._cond.notify_all()
+        self._notify()
 
     def _monitor(self, server: Server) -> None:
         down_wait = self.check_seconds
@@ -429,10 +440,11 @@ class Pool:
     def _check_jobs(self, server: Server) -> None:
         if not server.held:
             return
+        asked_at = self.clock()
         queue = server.client.queue()
         for ticket in list(server.held.values()):
-            if not ticket.posted_at:
-                continue  # its POST is under way; the server may not have it yet
+            if not ticket.posted_at or ticket.posted_at > asked_at:
+                continue  # posted while /queue was read: that answer may not show it yet
             if ticket.prompt_id in queue:
                 if ticket.prompt_id in queue.running:
                     ticket.started_at = ticket.started_at or self.clock()
@@ -459,8 +471,18 @@ class Pool:
             return
         listener = server.listener
         silence = self.clock() - listener.last_event if listener is not None else None
-        if server.keeper.diagnose(True, silence, self.silence_seconds) == "hung":
-            self._recover(server, f"no event for {silence or 0:.0f} s while {ticket.prompt_id} ran")
+        if server.keeper.diagnose(True, silence, self.silence_seconds) != "hung":
+            ticket.interrupted_at = 0.0
+            return
+        # Escalate: interrupt the job first (cheap, keeps the loaded models);
+        # if the server stays silent, kill and relaunch it.
+        reason = f"no event for {silence or 0:.0f} s while {ticket.prompt_id} ran"
+        if not ticket.interrupted_at:
+            log.warning("comfy.interrupting", server=server.name, prompt_id=ticket.prompt_id, reason=reason)
+            ticket.interrupted_at = self.clock()
+            server.client.cancel(ticket.prompt_id)
+        elif self.clock() - ticket.interrupted_at > 10 * self.check_seconds:
+            self._recover(server, reason)
 
     def _recover(self, server: Server, reason: str) -> None:
         log.error("comfy.hung", server=server.name, reason=reason)
