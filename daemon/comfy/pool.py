@@ -31,13 +31,12 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import structlog
 
-from daemon.comfy.client import ComfyClient, Listener
+from daemon.comfy.client import Listener
 from daemon.comfy.events import (
     Event,
     Executing,
@@ -47,73 +46,12 @@ from daemon.comfy.events import (
     OutputFile,
 )
 from daemon.comfy.preflight import check_workflow, raise_for
-from daemon.comfy.vram import Admission, Ledger
+from daemon.comfy.tickets import Server, Ticket, job_error
+from daemon.comfy.vram import Admission
 from daemon.comfy.workflows import Workflow
 from daemon.errors import StageError, TransientError, Unavailable
 
 log = structlog.get_logger("tandava.comfy")
-
-Health = Literal["ok", "busy", "crashed", "hung"]
-
-
-class Keeper(Protocol):
-    """Keeps a server alive (``ComfyProcess``) or only looks at it (``RemoteComfy``)."""
-
-    def ensure_running(self, stop: threading.Event) -> str: ...
-
-    def diagnose(self, running_job: bool, last_event_age: float | None, silence_seconds: float) -> Health: ...
-
-    def restart(self, reason: str, stop: threading.Event) -> str: ...
-
-
-@dataclass(eq=False)
-class Ticket:
-    """One job's journey through the pool; ``done`` is set when it ended either way."""
-
-    prompt_id: str
-    workflow: Workflow
-    values: dict[str, Any]
-    start_image: Path | None
-    enqueued: float
-    server: Server | None = None
-    posted_at: float = 0.0
-    started_at: float = 0.0
-    losses: int = 0
-    interrupted_at: float = 0.0  # when we interrupted it for silence (escalation step one)
-    watch: JobWatch = field(init=False)
-    result: HistoryOutcome | None = None
-    error: StageError | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.watch = JobWatch(self.prompt_id)
-
-    def finish(self, result: HistoryOutcome | None = None, error: StageError | None = None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
-
-
-class Server:
-    """One ComfyUI server: its client, live events, the jobs it holds and what it has loaded."""
-
-    def __init__(self, client: ComfyClient, keeper: Keeper, *, depth: int = 2, name: str = "") -> None:
-        self.client = client
-        self.keeper = keeper
-        self.depth = depth
-        self.name = name or client.url
-        self.held: dict[str, Ticket] = {}
-        self.ledger = Ledger()  # loaded models, learned VRAM needs, backoff when short
-        self.up = False
-        self.down_since: float | None = None
-        self.listener: Listener | None = None
-        self.problem: str | None = None  # why it is down, for the runs waiting on it
-        # Workflows that passed preflight here since the server (re)started.
-        self.checked: set[str] = set()
-
-    def running(self) -> Ticket | None:
-        return next((t for t in self.held.values() if t.started_at), None)
-
 
 class Pool:
     """Every configured ComfyUI server, fed from one queue of tickets."""
@@ -245,7 +183,8 @@ class Pool:
                 place = 1 + next((i for i, t in enumerate(self.queue) if t is ticket), 0)
                 progress(0.0, f"waiting for a ComfyUI server (#{place} in Tandava's queue)")
             elif not ticket.started_at:
-                progress(0.0, f"queued on {server.name}")
+                ahead = f" (#{ticket.position} in its queue)" if ticket.position else ""
+                progress(0.0, f"queued on {server.name}{ahead}")
             else:
                 progress(ticket.watch.progress, f"running on {server.name}")
         if ticket.error is not None:
@@ -405,7 +344,7 @@ class Pool:
         elif outcome.outcome == "success":
             ticket.finish(outcome)
         else:
-            ticket.finish(outcome, _job_error(ticket, outcome))
+            ticket.finish(outcome, job_error(ticket, outcome))
         self._notify()
 
     def _monitor(self, server: Server) -> None:
@@ -449,6 +388,8 @@ class Pool:
                 if ticket.prompt_id in queue.running:
                     ticket.started_at = ticket.started_at or self.clock()
                     self._check_stuck(server, ticket)
+                else:  # other users' jobs may be ahead of ours
+                    ticket.position = 1 + len(queue.running) + queue.pending.index(ticket.prompt_id)
                 continue
             # ComfyUI moves a job from the queue to history under one lock, so
             # a prompt in neither was lost with a restart of the server.
@@ -516,22 +457,3 @@ class Pool:
 
 def _pick(files: list[OutputFile]) -> OutputFile:
     return files[-1]
-
-
-def _job_error(ticket: Ticket, outcome: HistoryOutcome) -> StageError:
-    error = outcome.error
-    where = f"node {getattr(error, 'node_id', '?')} ({getattr(error, 'node_type', '?')})"
-    if outcome.outcome == "interrupted":
-        return TransientError(f"ComfyUI job {ticket.prompt_id} was interrupted at {where}",
-                              "Someone pressed Cancel in ComfyUI, or it was restarted; the job is made again.",
-                              cause="JobInterrupted")
-    message = getattr(error, "exception_message", "") or "no message"
-    kind = getattr(error, "exception_type", "") or "error"
-    if "OutOfMemory" in kind or "out of memory" in message.lower():
-        return Unavailable(f"ComfyUI ran out of GPU memory in {ticket.workflow.name} at {where}: {message.strip()}",
-                           "Tandava waits and tries again; close other GPU programs or lower the size in the workflow.",
-                           cause="OutOfMemory", recheck_seconds=30.0)
-    return TransientError(
-        f"ComfyUI failed in {ticket.workflow.name} at {where}: {kind}: {message.strip()}",
-        "It will be tried again; if it keeps failing, run `tandava doctor` and look at ComfyUI's log.",
-        cause="ComfyExecutionError")
