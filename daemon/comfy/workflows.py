@@ -130,8 +130,11 @@ class Workflow:
 
 
 def builtin_dir() -> Path:
-    """The workflows shipped with Tandava (the repository's ``workflows/``; fine for the editable install)."""
-    return Path(daemon.__file__).resolve().parents[1] / "workflows"
+    """The workflows shipped with Tandava: the repository's ``workflows/`` in a checkout,
+    the same files as ``daemon/workflows`` in a wheel install (pyproject maps them there)."""
+    package = Path(daemon.__file__).resolve().parent
+    checkout = package.parent / "workflows"
+    return checkout if checkout.is_dir() else package / "workflows"
 
 
 def find_workflow(name: str, folder: Path | None = None) -> Workflow:
