@@ -105,12 +105,21 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
     except StageError as exc:
         yield Check("workflows", False, f"{exc.reason}; {exc.hint}")
         return
+    managed = cfg.managed
+    if managed is not None and not (managed.folder / "main.py").is_file():
+        yield Check("managed ComfyUI", False, f"{managed.folder} holds no main.py; set [comfy.managed] folder "
+                    "to the ComfyUI folder")
     for url in server_urls(settings):
         client = ComfyClient(url, client_id="tandava-doctor", timeout=cfg.health_timeout_seconds)
         try:
             stats = client.system_stats()
             info = client.object_info()
         except StageError as exc:
+            if managed is not None and url == server_urls(settings)[0]:
+                # Not running is expected before the daemon starts: it launches this one.
+                yield Check(f"ComfyUI {url}", True, f"not running now; `tandava run` launches it from "
+                            f"{managed.folder / 'main.py'} (workflows are checked once it is up)")
+                continue
             yield Check(f"ComfyUI {url}", False, f"{exc.reason}; {exc.hint}")
             continue
         finally:

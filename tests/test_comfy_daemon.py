@@ -262,3 +262,12 @@ def test_status_shows_each_job_in_flight_with_its_server_and_progress(store, tmp
     lines = list(status_lines(store.root))
     assert any("s002" in line and "45%" in line and "running on gpu-a" in line for line in lines)
     assert any("s003" in line and "queued on gpu-a" in line for line in lines)
+
+
+def test_doctor_on_a_managed_comfyui_that_is_not_running_yet(comfy: Settings, tmp_path: Path) -> None:
+    """doctor accepts a managed ComfyUI that is down (the daemon launches it) but not a folder without main.py."""
+    managed(comfy, comfyui_folder(tmp_path), free_port())
+    checks = list(check_comfy(comfy))
+    assert [c.ok for c in checks] == [True] and "launches it" in checks[0].detail
+    comfy.comfy.managed = ManagedComfyConfig(folder=tmp_path / "nowhere", port=free_port())
+    assert [c.ok for c in check_comfy(comfy)] == [False, True]
