@@ -29,7 +29,7 @@ from daemon.backends import noop_progress
 from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
 from daemon.comfy.pool import Pool
 from daemon.comfy.vram import Admission, Ollama
-from daemon.errors import TransientError, WorkflowError
+from daemon.errors import TransientError, Unavailable, WorkflowError
 
 MODELS = models_for(FLUX, WAN)
 
@@ -364,3 +364,20 @@ def test_short_vram_unloads_a_local_ollama_model(tmp_path: Path, stop: threading
             ollama.server_close()
     assert out.is_file()
     assert ollama.unloaded == ["llama3.2:3b"]
+
+
+def test_resume_waits_for_a_silent_server_rather_than_post_twice(tmp_path: Path) -> None:
+    """A server that does not answer may still hold the job: can_resume waits, until the server is long gone."""
+    job = image_job(0, tmp_path)
+    pool = make_pool(server_for("http://127.0.0.1:9"), failover_seconds=30.0)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            ComfyImageBackend(pool, FLUX).can_resume(job)
+    finally:
+        pool.stop()
+    assert "http://127.0.0.1:9" in caught.value.reason
+    gone = make_pool(server_for("http://127.0.0.1:9"), failover_seconds=0.0)
+    try:
+        assert not ComfyImageBackend(gone, FLUX).can_resume(job)
+    finally:
+        gone.stop()

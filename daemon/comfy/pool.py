@@ -75,6 +75,7 @@ class Pool:
         self.tickets: dict[str, Ticket] = {}
         self.swaps = 0
         self._cond = threading.Condition()
+        self._started = clock()
         self._changes = 0  # bumped on every notify, so the dispatcher never misses one
         self._stop = threading.Event()
         self.admission.stop = self._stop  # waits for memory end when the pool stops
@@ -144,13 +145,15 @@ class Pool:
         live = self.tickets.get(prompt_id)
         if live is not None:
             return not (live.done.is_set() and live.error is not None)
+        silent: list[Server] = []
         for server in self.servers:
             try:
                 # The queue first: a job finishing between the two calls is then in history.
                 queued = prompt_id in server.client.queue()
                 outcome = None if queued else server.client.history(prompt_id)
             except StageError:
-                continue  # a server that is down holds nothing we can re-attach to
+                silent.append(server)
+                continue
             if outcome is None and not queued:
                 continue
             ticket = Ticket(prompt_id, workflow, values, start_image, self.clock(), server=server,
@@ -163,6 +166,16 @@ class Pool:
                     server.held[prompt_id] = ticket
             log.info("comfy.reattached", prompt_id=prompt_id, server=server.name, finished=outcome is not None)
             return True
+        # A server that does not answer may still hold the job (a network blip,
+        # not a restart): posting it again could run it twice. Wait for an
+        # answer, unless the server has been away longer than a failover.
+        now = self.clock()
+        away = [s for s in silent if now - (s.down_since or self._started) < self.failover_seconds]
+        if away:
+            raise Unavailable(
+                f"cannot tell whether {', '.join(s.name for s in away)} still holds job {prompt_id} "
+                "until it answers", "The run carries on by itself once the server is back.",
+                cause="ComfyDown", recheck_seconds=10.0)
         return False
 
     def wait(self, prompt_id: str, *, stop: threading.Event, progress: Callable[..., None]) -> Ticket:
