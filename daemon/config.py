@@ -125,6 +125,34 @@ class ComfyConfig(_Section):
     managed: ManagedComfyConfig | None = None
 
 
+class TelegramConfig(_Section):
+    """The Telegram approval bot (off until a token and a chat are set)."""
+
+    enabled: bool = False
+    # From the environment (TANDAVA_TELEGRAM__TOKEN) or .env; never written to a log.
+    token: SecretStr = SecretStr("")
+    # The chat candidates are sent to (your user id for a private chat with the bot).
+    chat_id: int | None = None
+    # Telegram user ids allowed to decide; anyone else's taps are refused and logged.
+    allowed_users: list[int] = Field(default_factory=list)
+    # The Bot API endpoint; a self-hosted Bot API server (or a test double) goes here.
+    base_url: str = defaults.TELEGRAM_BASE_URL
+    # A reminder when a run has waited this long for a decision (0: never).
+    reminder_hours: float = Field(defaults.TELEGRAM_REMINDER_HOURS, ge=0)
+    # Telegram allows about one message a second per chat.
+    messages_per_second: float = Field(defaults.TELEGRAM_MESSAGES_PER_SECOND, gt=0)
+
+
+class WebConfig(_Section):
+    """The local web control panel."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(defaults.WEB_PORT, ge=0, le=65535)
+    # Required when host is not a loopback address: the panel refuses to start without it.
+    token: SecretStr = SecretStr("")
+
+
 class AssemblyConfig(_Section):
     transition: Literal["none", "fade", "crossfade"] = "crossfade"
     transition_seconds: float = Field(defaults.TRANSITION_SECONDS, ge=0, le=5)
@@ -177,6 +205,8 @@ class Settings(BaseSettings):
     assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     comfy: ComfyConfig = Field(default_factory=ComfyConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -87,3 +87,10 @@ COMFY_HEALTH_TIMEOUT_SECONDS = 10.0
 # A 14B video model step can take minutes on a small GPU, with no event in between.
 COMFY_SILENCE_SECONDS = 900.0
 GPU_RUNS = 4
+
+# Approval channels (issue 5).
+TELEGRAM_BASE_URL = "https://api.telegram.org/bot"
+TELEGRAM_REMINDER_HOURS = 12.0
+TELEGRAM_MESSAGES_PER_SECOND = 1.0
+# Not 8080 or 8188 (ComfyUI): a port a local panel rarely shares.
+WEB_PORT = 8420
