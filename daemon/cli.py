@@ -159,20 +159,13 @@ def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> i
     import getpass
     import platform
 
-    from daemon.approval import ApprovalStore, statuses
-    from daemon.segments_file import read_segments
+    from daemon import decisions
     from daemon.store import RunStore
 
     store = RunStore(settings.paths.state_root)
-    approvals = ApprovalStore(store)
     ref = store.find(args.run)
     by = f"{getpass.getuser()}@{platform.node()}"
     targets: list[tuple[int, int | None]] = []
-    if getattr(args, "all", False):
-        manifest = store.load(ref)
-        for status in statuses(manifest, approvals.load(ref), len(read_segments(ref.path))):
-            if status.approved is None and status.undecided:
-                targets.append((status.segment, status.undecided[0]))
     for item in args.items:
         try:
             if verdict == "regenerate":
@@ -184,14 +177,19 @@ def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> i
             expected = "SEGMENT" if verdict == "regenerate" else "SEGMENT:CANDIDATE, e.g. 3:1"
             print(f"tandava: {item!r} is not {expected}", file=sys.stderr)
             return 2
-    if not targets:
+    every = getattr(args, "all", False)
+    if not targets and not every:
         print("nothing to decide: give SEGMENT:CANDIDATE pairs" + (" or --all" if verdict == "approve" else ""),
               file=sys.stderr)
         return 2
-    for seg, cand in targets:
-        approvals.decide(ref.run_id, seg, cand, verdict, by=by, channel="cli")
-        what = f"segment {seg}" + (f" candidate {cand}" if cand is not None else "")
-        print(f"{verdict}: {ref.run_id} {what}")
+    made = decisions.approve_all(store, ref.run_id, by=by, channel="cli") if every else []
+    made += [decisions.decide(store, ref.run_id, verdict, seg, cand, by=by, channel="cli") for seg, cand in targets]
+    if not made:
+        print(f"{ref.run_id}: no open segment to approve")
+    for decision in made:
+        what = f"segment {decision.segment}" + (f" candidate {decision.candidate}"
+                                                 if decision.candidate is not None else "")
+        print(f"{decision.verdict}: {ref.run_id} {what}")
     return 0
 
 
