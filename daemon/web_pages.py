@@ -1,0 +1,270 @@
+"""The web panel's HTML: pure functions from run summaries to strings.
+
+How this works: no template engine and no frontend framework; each function
+returns a piece of HTML built from a ``Summary`` and every value that came
+from outside (song names, prompts, error messages, run ids) passes through
+``e`` (HTML escaping, quotes included) or ``run_href`` (percent-encoding for
+a URL path), so a song called ``<b>शिव तांडव 🔱</b>.flac`` shows as typed.
+The live part of every page is the inside of ``<main id="live">``: the app
+sends it alone when the page's script polls, so a refresh is one small fetch
+and a swap, and the page works (minus live updates) without JavaScript,
+because every action is a plain ``<form method="post">``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote
+
+from daemon.decisions import SegmentView
+from daemon.states import State
+from daemon.web_views import Summary
+
+# The order a person reads the index in: what needs them first, finished work last.
+INDEX_ORDER: tuple[State, ...] = (
+    State.PENDING_APPROVAL, State.FAILED, State.INCOMING, State.ANALYZED,
+    State.IMAGED, State.APPROVED, State.RENDERED,
+)
+LABELS: dict[State, str] = {
+    State.PENDING_APPROVAL: "Waiting for you",
+    State.FAILED: "Failed",
+    State.INCOMING: "Arrived",
+    State.ANALYZED: "Analysed, making candidates",
+    State.IMAGED: "Candidates made",
+    State.APPROVED: "Approved, rendering",
+    State.RENDERED: "Finished",
+}
+
+
+def e(value: object) -> str:
+    """Escape text for HTML content and attribute values."""
+    return html.escape(str(value), quote=True)
+
+
+def run_href(run_id: str, *tail: str | int) -> str:
+    """The panel URL of a run (or of something inside it), percent-encoded."""
+    return "/".join(["", "runs", quote(run_id, safe=""), *(quote(str(t), safe="") for t in tail)])
+
+
+def document(title: str, main: str, *, version: str = "", poll_ms: int = 0, csrf: str = "") -> str:
+    """A whole page around the live ``main`` part (``csrf`` also goes in a meta tag for scripts)."""
+    meta = f'<meta name="csrf-token" content="{e(csrf)}">\n' if csrf else ""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+{meta}<title>{e(title)} · Tandava</title>
+<link rel="icon" href="/static/icon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/static/panel.css">
+<script src="/static/panel.js" defer></script>
+</head>
+<body>
+<header class="top"><a class="brand" href="/">Tandava</a><span class="sub">music videos from songs</span></header>
+<p id="flash" class="flash" role="status" hidden></p>
+<main id="live" data-poll-ms="{poll_ms}" data-version="{e(version)}">
+{main}
+</main>
+</body>
+</html>
+"""
+
+
+def message_main(title: str, text: str, back: str = "/") -> str:
+    """A short page for a refusal or an error: what happened and the way back."""
+    return (f'<section class="box err"><h1>{e(title)}</h1><p class="wrap">{e(text)}</p>'
+            f'<p><a class="btn" href="{e(back)}">Back</a></p></section>')
+
+
+def _hidden(csrf: str, **fields: object) -> str:
+    pairs = {"csrf": csrf, **fields}
+    return "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in pairs.items())
+
+
+def action(run_id: str, what: str, label: str, csrf: str, *, primary: bool = False,
+           **fields: object) -> str:
+    """A one-button form that POSTs one action for a run."""
+    cls = ' class="primary"' if primary else ""
+    return (f'<form class="act" method="post" action="{run_href(run_id, what)}">'
+            f'{_hidden(csrf, **fields)}<button type="submit"{cls}>{e(label)}</button></form>')
+
+
+def counts_nav(counts: dict[State, int]) -> str:
+    """Runs per state, each linking to its section."""
+    chips = "".join(
+        f'<a class="chip s-{state.value}" href="#{state.value}">{e(LABELS[state])} '
+        f'<b>{counts.get(state, 0)}</b></a>' for state in INDEX_ORDER)
+    return f'<nav class="counts" aria-label="runs per state">{chips}</nav>'
+
+
+def index_main(groups: Sequence[tuple[State, Sequence[Summary], int]], csrf: str, *,
+               inbox_hint: str = "") -> str:
+    """Every state with its runs (newest first); a long state shows its newest and links to all."""
+    counts = {state: total for state, _, total in groups}
+    parts = [counts_nav(counts)]
+    if not any(counts.values()):
+        parts.append(f'<p class="empty">No runs yet: drop a song into the inbox{e(inbox_hint)}.</p>')
+    for state, summaries, total in groups:
+        if not total:
+            continue
+        more = ""
+        if total > len(summaries):
+            more = (f'<p class="more"><a class="btn" href="/states/{state.value}">All {total} '
+                    f'{e(LABELS[state].lower())} runs</a></p>')
+        parts.append(section(state, summaries, csrf, total=total, more=more))
+    return "\n".join(parts)
+
+
+def section(state: State, summaries: Iterable[Summary], csrf: str, *, total: int,
+            more: str = "") -> str:
+    """One state's heading and its cards."""
+    cards = "\n".join(card(s, csrf) for s in summaries)
+    return (f'<section class="state" id="{state.value}"><h2>{e(LABELS[state])} '
+            f'<small>({total})</small></h2><div class="grid">{cards}</div>{more}</section>')
+
+
+def state_main(state: State, summaries: Sequence[Summary], csrf: str, *, total: int,
+               page: int, pages: int) -> str:
+    """All runs of one state, one page at a time."""
+    links = []
+    if page > 1:
+        links.append(f'<a class="btn" href="/states/{state.value}?page={page - 1}">Newer</a>')
+    if page < pages:
+        links.append(f'<a class="btn" href="/states/{state.value}?page={page + 1}">Older</a>')
+    nav = f'<p class="more">Page {page} of {pages} {"".join(links)}</p>'
+    return (f'<nav class="crumbs"><a href="/">← All runs</a></nav>'
+            f'{section(state, summaries, csrf, total=total)}{nav}')
+
+
+def picture(s: Summary, *, size: str = "320x180") -> str:
+    """The run's picture, or a placeholder when it has none yet."""
+    width, height = size.split("x")
+    if s.thumb is None:
+        return '<span class="noimg" aria-hidden="true">♪</span>'
+    return (f'<img src="{run_href(s.view.run_id, "thumb")}" alt="" loading="lazy" '
+            f'width="{width}" height="{height}">')
+
+
+def card(s: Summary, csrf: str) -> str:
+    """A run on the index: picture, song, progress and its one obvious action."""
+    v = s.view
+    href = run_href(v.run_id)
+    body = [f'<h3 class="wrap"><a href="{href}">{e(v.song)}</a></h3>',
+            f'<p class="meta wrap">{e(v.run_id)}</p>']
+    if s.problem:
+        body.append(f'<p class="err wrap">cannot read this run: {e(s.problem)}</p>')
+    if v.error:
+        body.append(f'<p class="err wrap">{e(v.error)}</p>')
+    body.append(progress_list(s.progress))
+    buttons = ""
+    if v.state is State.PENDING_APPROVAL and v.segments:
+        body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> segments to decide</p>')
+        buttons = f'<a class="btn primary" href="{href}">Review</a>'
+    elif v.state is State.FAILED:
+        buttons = action(v.run_id, "retry", "Retry", csrf, primary=True) + \
+            f'<a class="btn" href="{href}">Details</a>'
+    elif v.state is State.RENDERED and v.video is not None:
+        buttons = f'<a class="btn primary" href="{href}">Play</a>'
+    return (f'<article class="card s-{v.state.value}" id="run-{e(v.run_id)}">'
+            f'<a class="pic" href="{href}" tabindex="-1">{picture(s)}</a>'
+            f'<div class="body">{"".join(body)}<div class="actions">{buttons}</div></div></article>')
+
+
+def progress_list(lines: Sequence[str]) -> str:
+    """Live progress lines (stage waiting reasons, jobs in flight)."""
+    if not lines:
+        return ""
+    items = "".join(f"<li>{e(line)}</li>" for line in lines)
+    return f'<ul class="progress">{items}</ul>'
+
+
+def run_main(s: Summary, csrf: str, *, files: Sequence[str] = ()) -> str:
+    """One run: its state, progress, and what a person can do with it there."""
+    v = s.view
+    parts = [
+        '<nav class="crumbs"><a href="/">← All runs</a></nav>',
+        f'<h1 class="wrap">{e(v.song)}</h1>',
+        f'<p class="meta wrap"><span class="badge s-{v.state.value}">{e(LABELS[v.state])}</span> '
+        f'<code>{e(v.run_id)}</code></p>',
+    ]
+    if s.problem:
+        parts.append(message_main("This run cannot be read right now", s.problem))
+    parts.append(progress_list(s.progress))
+    if v.state is State.FAILED:
+        hint = f'<p class="hint wrap">{e(v.hint)}</p>' if v.hint else ""
+        parts.append(f'<section class="box err"><h2>What went wrong</h2>'
+                     f'<p class="wrap">{e(v.error or "no reason recorded")}</p>{hint}'
+                     f'<div class="actions">{action(v.run_id, "retry", "Retry", csrf, primary=True)}'
+                     f'</div></section>')
+    elif v.state is State.RENDERED:
+        parts.append(player(s, files))
+    elif v.state is State.PENDING_APPROVAL:
+        parts.append(gallery(s, csrf))
+    elif v.state is State.APPROVED:
+        parts.append('<p>Every segment is approved: clips and the video are being made.</p>')
+    return "\n".join(p for p in parts if p)
+
+
+def player(s: Summary, files: Sequence[str]) -> str:
+    """The finished video, playable in the page, with downloads of every export."""
+    v = s.view
+    if v.video is None:
+        return '<p class="err">This run is finished but its final.mp4 is missing.</p>'
+    poster = f' poster="{run_href(v.run_id, "files", "thumbnail.jpg")}"' if v.thumbnail else ""
+    downloads = "".join(
+        f'<a class="btn" href="{run_href(v.run_id, "files", name)}" download>Download {e(name)}</a>'
+        for name in files if not name.endswith((".jpg", ".png")))
+    return (f'<video controls playsinline preload="metadata"{poster} '
+            f'src="{run_href(v.run_id, "files", "final.mp4")}"></video>'
+            f'<div class="actions">{downloads}</div>')
+
+
+def gallery(s: Summary, csrf: str) -> str:
+    """Every segment with its candidates and the decisions a person can make on them."""
+    v = s.view
+    open_count = len(v.open_segments)
+    if open_count:
+        head = (f'<p><b>{open_count} of {len(v.segments)}</b> segments still need a decision.</p>'
+                + action(v.run_id, "approve-all", "Approve all", csrf, primary=True))
+    else:
+        head = "<p>Every segment is approved: the run moves on in a few seconds.</p>"
+    segments = "\n".join(segment(v.run_id, seg, csrf) for seg in v.segments)
+    return f'<div class="bar">{head}</div>\n{segments}'
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{seconds % 60:04.1f}"
+
+
+def segment(run_id: str, seg: SegmentView, csrf: str) -> str:
+    """One segment: its time, mood, prompt, candidates, and a request for new ones."""
+    if seg.approved is not None:
+        status = f'<span class="badge s-approved">approved #{seg.approved}</span>'
+    elif seg.all_rejected:
+        status = '<span class="badge s-failed">all rejected</span>'
+    else:
+        status = '<span class="badge">open</span>'
+    figures = []
+    for cand in seg.candidates:
+        buttons = (f'<form class="act pick" method="post" action="{run_href(run_id, "decide")}">'
+                   f'{_hidden(csrf, segment=seg.index, candidate=cand.index)}'
+                   f'<button type="submit" name="verdict" value="approve" class="primary">Approve</button>'
+                   f'<button type="submit" name="verdict" value="reject">Reject</button></form>')
+        src = run_href(run_id, "candidates", seg.index, cand.index)
+        figures.append(
+            f'<figure class="cand c-{cand.status}" id="c-{seg.index}-{cand.index}">'
+            f'<a href="{src}" target="_blank" rel="noopener"><img src="{src}" loading="lazy" '
+            f'width="320" height="180" alt="segment {seg.index} candidate {cand.index}"></a>'
+            f'<figcaption><span class="badge c-{cand.status}">{cand.status}</span> '
+            f'#{cand.index} · seed {cand.seed}{buttons}</figcaption></figure>')
+    regen_note = ("" if seg.all_rejected else
+                  '<small>new candidates are made once every candidate here is rejected</small>')
+    regen = (f'<div class="regen">'
+             f'{action(run_id, "decide", "Ask for new candidates", csrf, segment=seg.index, verdict="regenerate")}'
+             f'{regen_note}</div>')
+    return (f'<section class="segment" id="seg-{seg.index}"><h2>Segment {seg.index} '
+            f'<small>{_clock(seg.start)}–{_clock(seg.end)} · {e(seg.mood)}</small> {status}</h2>'
+            f'<p class="prompt wrap">{e(seg.prompt)}</p>'
+            f'<div class="grid cands">{"".join(figures)}</div>{regen}</section>')
