@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from daemon.config import Settings
 from daemon.engine import Engine
+from daemon.errors import TandavaError
 from daemon.intake import Intake
 from daemon.pipeline import build_stages, uses_comfy
 from daemon.store import RunStore
@@ -44,6 +45,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     release = store.lock()
     watcher: InboxWatcher | None = None
     comfy: ComfyBackends | None = None
+    channels: list[Channel] = []
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -78,6 +80,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             engine.run(stop_event, once=True)
             return 0
         watcher.start()
+        channels = start_channels(settings, store)
         log.info(
             "daemon.started",
             inbox=str(settings.paths.inbox),
@@ -89,6 +92,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         log.info("daemon.stopping")
         return 0
     finally:
+        for channel in reversed(channels):
+            channel.stop()
         if watcher is not None:
             watcher.stop()
         if comfy is not None:
@@ -96,3 +101,36 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         release()
         log.info("daemon.stopped")
 
+
+
+class Channel(Protocol):
+    """An approval channel served by the daemon (web panel, Telegram bot)."""
+
+    def stop(self) -> None: ...
+
+
+def start_channels(settings: Settings, store: RunStore) -> list[Channel]:
+    """Start the approval channels that are enabled; one that cannot start is logged, not fatal.
+
+    Only the long-running daemon serves them: ``--once`` processes and exits.
+    """
+    started: list[Channel] = []
+    if settings.web.enabled:
+        from daemon.web import WebPanel
+
+        panel = WebPanel(settings, store)
+        try:
+            url = panel.start()
+        except (TandavaError, OSError) as exc:
+            log.error("web.not_started", error=str(exc),
+                      hint="free the port or set [web] port; with a host beyond 127.0.0.1 set [web] token")
+        else:
+            started.append(panel)
+            log.info("web.started", url=url)
+    if settings.telegram.enabled:
+        from daemon.telegram import TelegramBot
+
+        bot = TelegramBot(settings, store)
+        bot.start()  # never raises for Telegram being away: it retries by itself
+        started.append(bot)
+    return started

@@ -147,3 +147,9 @@ def run_checks(settings: Settings) -> Iterator[Check]:
     for check in CHECKS:
         yield check(settings)
     yield from check_comfy(settings)
+    from daemon.web import doctor_checks as web_checks
+
+    yield from web_checks(settings)
+    from daemon.telegram import doctor_checks as telegram_checks
+
+    yield from telegram_checks(settings)

@@ -32,6 +32,8 @@ MASK = "***"
 _SECRET_PATTERNS = (
     # Telegram bot API URLs carry the token in the path: /bot123456:ABC-def/
     re.compile(r"(bot)\d{5,}:[A-Za-z0-9_-]{20,}"),
+    # ... and bare, as python-telegram-bot puts it in InvalidToken and a Bot's repr.
+    re.compile(r"\b\d{6,}:[A-Za-z0-9_-]{30,}"),
     # Google API keys in query strings or headers.
     re.compile(r"((?:key|api_key|token)=)[^&\s\"']+"),
     re.compile(r"AIza[0-9A-Za-z_-]{30,}"),
@@ -164,14 +166,27 @@ def _formatter(renderer: Any, shared: list[Any]) -> structlog.stdlib.ProcessorFo
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.dict_tracebacks
             if not isinstance(renderer, structlog.dev.ConsoleRenderer)
-            else _identity,
+            else structlog.processors.format_exc_info,
+            # Tracebacks are rendered only now: scrub their text too.
+            _scrub_deep,
             renderer,
         ],
     )
 
 
-def _identity(_logger: Any, _method: str, event_dict: Any) -> Any:
-    return event_dict
+def _scrub_deep(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """Scrub tokens from every string, however deep (a dict traceback holds exception text)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(walk(v) for v in value)
+        return value
+
+    return walk(event_dict)
 
 
 def quiet(names: Iterable[str], level: int = logging.WARNING) -> None:

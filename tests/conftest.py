@@ -34,7 +34,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
             monkeypatch.delenv(key)
     (tmp_path / "tandava.toml").write_text(
         "[watch]\nstable_seconds = 0.3\nrescan_seconds = 1.0\npoll_seconds = 0.2\n"
-        "[engine]\ntick_seconds = 0.05\nbackoff_initial_seconds = 0.01\nbackoff_max_seconds = 0.05\n",
+        "[engine]\ntick_seconds = 0.05\nbackoff_initial_seconds = 0.01\nbackoff_max_seconds = 0.05\n"
+        # A daemon under test serves its panel on a free port, never on a real one's.
+        "[web]\nport = 0\n",
         encoding="utf-8",
     )
     return load_settings(tmp_path / "tandava.toml")

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,3 +161,32 @@ def test_demo_makes_a_video_in_its_own_folder(tmp_path: Path, capsys: pytest.Cap
     assert "tempo 120" in out or "tempo 119" in out
     (run_dir,) = (tmp_path / "demo" / "state" / "rendered").iterdir()
     assert f"video: {run_dir / 'final.mp4'}" in out
+
+
+def test_daemon_serves_the_web_panel_while_it_runs(settings: Settings) -> None:
+    """The long-running daemon serves its panel on the configured port, and closes it when it stops."""
+    import socket
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        settings.web.port = probe.getsockname()[1]
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(settings, stop), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.web.port}/"
+    try:
+        assert wait_for(lambda: _answers(requests, url))
+        assert "Tandava" in requests.get(url, timeout=5).text
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not _answers(requests, url)
+
+
+def _answers(requests: Any, url: str) -> bool:
+    try:
+        return bool(requests.get(url, timeout=1).status_code == 200)
+    except requests.RequestException:
+        return False

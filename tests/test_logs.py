@@ -105,3 +105,16 @@ def test_console_format_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     assert console_wants_json(Tty(), "auto")
     assert not console_wants_json(Tty(), "pretty")
+
+
+def test_bot_tokens_are_scrubbed_from_tracebacks_in_the_log_file(tmp_path: Path) -> None:
+    """A Telegram token inside an exception's text never reaches the JSON log, bare or in a URL."""
+    token = "123456789:AAH" + "x" * 32
+    configure_logging(log_file=tmp_path / "tandava.log", console=None)
+    try:
+        raise ValueError(f"Invalid token {token} at https://api.telegram.org/bot{token}/getMe")
+    except ValueError:
+        structlog.get_logger("t").exception("telegram.failed")
+    logging.shutdown()
+    text = (tmp_path / "tandava.log").read_text(encoding="utf-8")
+    assert "telegram.failed" in text and token not in text

@@ -26,7 +26,8 @@ def make_root(tmp_path: Path) -> Path:
         "[engine]\ntick_seconds = 0.05\ncpu_workers = 2\n"
         "[approval]\nmode = \"auto\"\n"
         "[images]\ncandidates = 1\n"
-        "[log]\nlevel = \"INFO\"\n",
+        "[log]\nlevel = \"INFO\"\n"
+        "[web]\nport = 0\n",
         encoding="utf-8",
     )
     (tmp_path / "inbox").mkdir()
