@@ -47,6 +47,8 @@ from daemon.store import RunRef, RunStore
 from daemon.telegram_media import PREVIEW_NAME, make_preview, photo_payload, thumbnail_jpeg
 from daemon.telegram_state import Button, Post, TelegramRecord
 
+# Bytes of a sendVideo request that are not the video: caption, fields, multipart boundaries.
+UPLOAD_OVERHEAD = 16 * 1024
 log = structlog.get_logger("tandava.telegram")
 
 # Our pacing runs 2 % slower than the limit: request arrival jitters by milliseconds.
@@ -245,7 +247,8 @@ class ChatSync:
         """Send a rendered run's video once (a preview when it is above the upload limit)."""
         if record.video is None and view.video is not None:
             thumb = await asyncio.to_thread(thumbnail_jpeg, view.thumbnail) if view.thumbnail else None
-            room = self.video_limit - len(thumb or b"")
+            # The limit is on the whole request: leave room for the caption and the multipart framing.
+            room = self.video_limit - len(thumb or b"") - UPLOAD_OVERHEAD
             path, size = view.video, view.video.stat().st_size
             preview = size > room
             try:
