@@ -49,6 +49,7 @@ from daemon.telegram_state import Button, Post, TelegramRecord
 
 # Bytes of a sendVideo request that are not the video: caption, fields, multipart boundaries.
 UPLOAD_OVERHEAD = 16 * 1024
+
 log = structlog.get_logger("tandava.telegram")
 
 # Our pacing runs 2 % slower than the limit: request arrival jitters by milliseconds.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faketelegram import CHAT_ID, TOKEN, FakeTelegram
+from pydantic import SecretStr
 
-from daemon.config import Settings, load_settings
+from daemon.config import Settings, TelegramConfig, load_settings
 from daemon.store import RunStore
 
 
@@ -40,3 +43,25 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         encoding="utf-8",
     )
     return load_settings(tmp_path / "tandava.toml")
+
+
+# The user the Telegram tests let decide.
+TELEGRAM_USER = 42
+
+
+@pytest.fixture
+def telegram_api() -> Iterator[FakeTelegram]:
+    """A fake Bot API with a flood limit well above what the tests' pacing sends."""
+    with FakeTelegram(rate=50) as server:
+        yield server
+
+
+@pytest.fixture
+def telegram_settings(settings: Settings, telegram_api: FakeTelegram) -> Settings:
+    """Settings with the bot enabled against the fake, manual approval, two candidates per segment."""
+    settings.telegram = TelegramConfig(enabled=True, token=SecretStr(TOKEN), chat_id=CHAT_ID,
+                                       allowed_users=[TELEGRAM_USER], base_url=telegram_api.base_url,
+                                       reminder_hours=0, messages_per_second=40)
+    settings.approval.mode = "manual"
+    settings.images.candidates = 2
+    return settings

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
-from faketelegram import CHAT_ID, TOKEN, FakeTelegram
-from pydantic import SecretStr
+from faketelegram import FakeTelegram
 from test_approval import new_pending_run
 from test_telegram import USER, button, edited, messages, running
 from test_web import post
 
 from daemon.cli import main
-from daemon.config import Settings, TelegramConfig
+from daemon.config import Settings
 from daemon.report import pending_lines
 from daemon.store import RunStore
 from daemon.web import WebPanel
@@ -29,27 +26,11 @@ def cli_pending(settings: Settings) -> str:
     return "\n".join(pending_lines(settings.paths.state_root))
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    """A fake Bot API."""
-    with FakeTelegram(rate=50) as server:
-        yield server
-
-
-@pytest.fixture
-def tg(settings: Settings, fake: FakeTelegram) -> Settings:
-    """The bot on the fake, the panel on a free port, manual approval."""
-    settings.telegram = TelegramConfig(enabled=True, token=SecretStr(TOKEN), chat_id=CHAT_ID,
-                                       allowed_users=[USER], base_url=fake.base_url, reminder_hours=0,
-                                       messages_per_second=40)
-    settings.approval.mode = "manual"
-    settings.images.candidates = 2
-    return settings
-
-
-def test_a_decision_in_any_channel_shows_in_the_other_two(store: RunStore, tmp_path: Path, tg: Settings,
-                                                          fake: FakeTelegram) -> None:
+def test_a_decision_in_any_channel_shows_in_the_other_two(store: RunStore, tmp_path: Path,
+                                                          telegram_settings: Settings,
+                                                          telegram_api: FakeTelegram) -> None:
     """Telegram tap → panel and CLI; panel click → Telegram and CLI; CLI command → Telegram and panel."""
+    tg, fake = telegram_settings, telegram_api
     ref, _ = new_pending_run(store, tmp_path, tg, segments=3)
     tg.web.port = 0
     with WebPanel(tg, store, poll_seconds=0.5) as panel, running(tg, store):

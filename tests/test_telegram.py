@@ -14,6 +14,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
+from conftest import TELEGRAM_USER
 from faketelegram import CHAT_ID, TOKEN, FakeTelegram
 from PIL import Image
 from pydantic import SecretStr
@@ -22,7 +23,7 @@ from test_approval import gate_once, new_pending_run
 
 from daemon import decisions
 from daemon.approval import ApprovalStore
-from daemon.config import Settings, TelegramConfig
+from daemon.config import Settings
 from daemon.errors import BadInput
 from daemon.runs import utcnow
 from daemon.states import Event, State
@@ -30,26 +31,20 @@ from daemon.store import RunRef, RunStore
 from daemon.telegram import TelegramBot, doctor_checks
 from daemon.telegram_media import PREVIEW_NAME, photo_payload
 
-USER = 42
+USER = TELEGRAM_USER
 STRANGER = 999
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeTelegram]:
-    """A fake Bot API with a flood limit well above what the tests' pacing sends."""
-    with FakeTelegram(rate=50) as server:
-        yield server
+def fake(telegram_api: FakeTelegram) -> FakeTelegram:
+    """The fake Bot API (conftest)."""
+    return telegram_api
 
 
 @pytest.fixture
-def tg(settings: Settings, fake: FakeTelegram) -> Settings:
-    """Settings with the bot enabled against the fake, manual approval, two candidates per segment."""
-    settings.telegram = TelegramConfig(enabled=True, token=SecretStr(TOKEN), chat_id=CHAT_ID,
-                                       allowed_users=[USER], base_url=fake.base_url, reminder_hours=0,
-                                       messages_per_second=40)
-    settings.approval.mode = "manual"
-    settings.images.candidates = 2
-    return settings
+def tg(telegram_settings: Settings) -> Settings:
+    """Settings with the bot on the fake (conftest)."""
+    return telegram_settings
 
 
 @contextlib.contextmanager
