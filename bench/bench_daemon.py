@@ -381,7 +381,7 @@ def measure_idle(base: Path, seconds: float) -> tuple[list[Row], float]:
 
 
 def real_analyzed_run(root: Path) -> RunRef:
-    """One run made by the library itself (intake + analyze), its audio then cut to a 1 s stub."""
+    """One run made by the library itself (intake, analysis, candidates), its audio then cut to a 1 s stub."""
     import daemon.app
     from daemon.config import load_settings
 
@@ -395,9 +395,11 @@ def real_analyzed_run(root: Path) -> RunRef:
     settings = load_settings(config)
     daemon.app.run(settings, threading.Event(), once=True)
     store = RunStore(settings.paths.state_root)
-    refs = list(store.iter_runs([State.ANALYZED]))
-    if len(refs) != 1:
-        raise RuntimeError(f"the template run did not reach analyzed/: {list(store.iter_runs())}")
+    # `--once` carries the run as far as it goes without a person (pending_approval,
+    # candidates made): a fuller folder than analyzed/ alone, as most runs on disk are.
+    refs = list(store.iter_runs())
+    if len(refs) != 1 or refs[0].state is State.FAILED:
+        raise RuntimeError(f"the template run did not get past analysis: {refs}")
     manifest = store.load(refs[0])
     write_long_silence(refs[0].path / manifest.song.file_name, 1.0)
     return refs[0]
@@ -456,6 +458,10 @@ def build_runs(root: Path, count: int) -> dict[State, int]:
     analyzed = real_analyzed_run(root / "template")
     store = RunStore(root / "state")
     templates = state_templates(analyzed, store)
+    # The template went further than analyzed/: let the store set each
+    # template's manifest straight before it is copied a thousand times.
+    for _ in store.reconcile():
+        pass
     counts = {state: int(count * share) for state, share in SPREAD.items()}
     counts[State.ANALYZED] += count - sum(counts.values()) - len(templates)
     index = 0
