@@ -254,7 +254,7 @@ class Engine:
             stop=tenacity.stop_after_attempt(max(1, self.attempts - failures_before))
             | tenacity.stop_when_event_set(self._stop),
             wait=tenacity.wait_exponential_jitter(
-                multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
+                initial=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
             ),
             sleep=self._sleep,
             before_sleep=note_failure,
