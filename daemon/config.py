@@ -29,6 +29,7 @@ from daemon import defaults
 from daemon.errors import ConfigError
 
 CONFIG_NAME = "tandava.toml"
+WriterName = Literal["theme", "gemini", "ollama"]
 ENV_CONFIG = "TANDAVA_CONFIG"
 
 
@@ -54,7 +55,10 @@ class AnalysisConfig(_Section):
     max_song_seconds: float = Field(defaults.MAX_SONG_SECONDS, gt=0)
     min_song_seconds: float = Field(defaults.MIN_SONG_SECONDS, ge=0)
     sample_rate: int = Field(defaults.ANALYSIS_SAMPLE_RATE, ge=8000, le=48000)
-    writer: Literal["theme"] = "theme"
+    # Who writes the prompts; when it fails (network, quota, invalid output), the
+    # next in ``fallback`` does, and the run records why.
+    writer: WriterName = "theme"
+    fallback: list[WriterName] = Field(default_factory=lambda: list[WriterName](["theme"]))
     theme: str = defaults.THEME
     seed: int = defaults.SEED
     segments: Literal["dynamic"] | int = "dynamic"
@@ -123,6 +127,28 @@ class ComfyConfig(_Section):
     # A local Ollama (e.g. "http://127.0.0.1:11434") whose models are unloaded when VRAM is short.
     ollama_url: str | None = None
     managed: ManagedComfyConfig | None = None
+
+
+class GeminiConfig(_Section):
+    """The Gemini prompt writer: it listens to the song and proposes the plan's prompts."""
+
+    model: str = defaults.GEMINI_MODEL
+    # From GOOGLE_API_KEY (environment or .env beside tandava.toml), or TANDAVA_GEMINI__API_KEY.
+    api_key: SecretStr = SecretStr("")
+    # Another endpoint (a proxy, or a test double); empty: Google's.
+    base_url: str = ""
+    timeout_seconds: float = Field(defaults.GEMINI_TIMEOUT_SECONDS, gt=0)
+    attempts: int = Field(defaults.GEMINI_ATTEMPTS, ge=1, le=10)
+    # Songs up to this size go inline with the request; larger ones through the Files API.
+    inline_max_mb: float = Field(defaults.GEMINI_INLINE_MAX_MB, gt=0, le=20)
+
+
+class OllamaConfig(_Section):
+    """The Ollama prompt writer: a local model fed with the analysis as text."""
+
+    url: str = defaults.OLLAMA_URL
+    model: str = defaults.OLLAMA_MODEL
+    timeout_seconds: float = Field(defaults.OLLAMA_TIMEOUT_SECONDS, gt=0)
 
 
 class TelegramConfig(_Section):
@@ -205,6 +231,8 @@ class Settings(BaseSettings):
     assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     comfy: ComfyConfig = Field(default_factory=ComfyConfig)
+    gemini: GeminiConfig = Field(default_factory=GeminiConfig)
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)

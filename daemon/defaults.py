@@ -94,3 +94,14 @@ TELEGRAM_REMINDER_HOURS = 12.0
 TELEGRAM_MESSAGES_PER_SECOND = 1.0
 # Not 8080 or 8188 (ComfyUI): a port a local panel rarely shares.
 WEB_PORT = 8420
+
+# Prompt writers (issue 6).
+GEMINI_MODEL = "gemini-2.5-flash"
+# The SDK waits forever by default; a planning call with a song's audio takes 10-60 s.
+GEMINI_TIMEOUT_SECONDS = 180.0
+GEMINI_ATTEMPTS = 3
+# Requests up to 20 MB may carry the audio inline; leave room for the rest of the request.
+GEMINI_INLINE_MAX_MB = 15.0
+OLLAMA_URL = "http://localhost:11434"
+OLLAMA_MODEL = "gemma3:12b"
+OLLAMA_TIMEOUT_SECONDS = 300.0
