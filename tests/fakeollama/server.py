@@ -1,0 +1,277 @@
+"""A fake Ollama server for tests and benchmarks: the real REST wire format, no model.
+
+How this works: ``FakeOllama`` runs an aiohttp app on a private asyncio loop in
+a daemon thread, on a real socket, like ``faketelegram``. It answers:
+
+* ``POST /api/chat`` (non-streaming) with Ollama's envelope ``{"model",
+  "created_at", "message": {"role": "assistant", "content"}, "done": true,
+  "done_reason": "stop", "total_duration", "eval_count", "prompt_eval_count"}``.
+  What ``content`` holds is scripted per call (``script``), by default
+  ``"good"``: a plan "read" from the request's user message, one idea per
+  ``segment <i>: <start>-<end> s, <mood>`` line, as a model that follows the
+  brief would write it. ``"offgrid"`` moves those times off the beats, before
+  0 and past the end, shuffled, with a duplicate; ``"invalid"`` is prose, not
+  JSON; ``"schema"`` is JSON that misses the schema. A callable gets the
+  request body and returns the content.
+* ``GET /api/tags`` (pulled models), ``GET /api/ps`` (loaded models).
+* ``POST /api/generate`` with ``keep_alive: 0``: unloads the model, recorded
+  in ``unloads``.
+* 404 ``{"error": "model 'x' not found"}`` for a model that was not pulled.
+
+A chat loads its model; with ``gpu`` (a ``FakeComfy``), a loaded model holds
+``model_bytes`` of that fake GPU's free VRAM until it is unloaded, so VRAM
+admission tests see Ollama in the way. ``down()`` stops listening (connection
+refused), ``up()`` listens again on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "gemma3:12b"
+GB = 1 << 30
+_SEGMENT_LINE = re.compile(r"#(\d+) ([\d.]+)-([\d.]+) s, section S\d+, (\w+)")
+Answer = str | Callable[[dict[str, Any]], str]
+
+
+class FakeOllama:
+    """Ollama's REST API on ``url``; ``with FakeOllama() as fake:`` starts and stops it."""
+
+    def __init__(self, models: tuple[str, ...] = (MODEL,), *, gpu: Any = None, model_bytes: int = 9 * GB,
+                 delay: float = 0.0) -> None:
+        self.models = list(models)
+        self.gpu, self.model_bytes, self.delay = gpu, model_bytes, delay
+        self.port = 0
+        # What tests observe (appended on the loop, read with the GIL's atomic list operations).
+        self.chats: list[dict[str, Any]] = []
+        self.unloads: list[str] = []
+        self.calls: list[tuple[str, str, float]] = []  # method, path, wall-clock seconds
+        self.loaded: dict[str, int] = {}
+        self._script: deque[Answer] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeOllama:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)),
+                                        name="fakeollama", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or self._site is None:
+            raise RuntimeError("FakeOllama did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None and self._thread is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(10)
+        self._thread = None
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def down(self) -> None:
+        """Stop listening and cut every connection: clients see "connection refused"."""
+        self._on_loop(self._go_down())
+
+    def up(self) -> None:
+        """Listen again on the same port."""
+        self._on_loop(self._listen())
+
+    # -- test controls ----------------------------------------------------------------------
+
+    def script(self, *answers: Answer) -> None:
+        """The next chats' contents, in order: a mode name, a literal string or a callable; then "good"."""
+        self._script.extend(answers)
+
+    def load(self, model: str = MODEL) -> None:
+        """Hold ``model`` in memory as a chat would (and its bytes of the fake GPU)."""
+        self._on_loop(self._load(model))
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.chats.append(body)
+        model = str(body.get("model", ""))
+        if model not in self.models:
+            return _missing(model)
+        started = time.monotonic_ns()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        await self._load(model)
+        answer = self._script.popleft() if self._script else "good"
+        content = answer(body) if callable(answer) else _content(answer, body)
+        return web.json_response({
+            "model": model, "created_at": _now(), "message": {"role": "assistant", "content": content},
+            "done": True, "done_reason": "stop", "total_duration": time.monotonic_ns() - started,
+            "load_duration": 0, "prompt_eval_count": sum(len(m.get("content", "")) for m in body["messages"]) // 4,
+            "eval_count": len(content) // 4})
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        model = str(body.get("model", ""))
+        if model not in self.models:
+            return _missing(model)
+        if body.get("keep_alive") in (0, "0", "0s"):
+            self.unloads.append(model)
+            held = self.loaded.pop(model, 0)
+            if self.gpu is not None:
+                self.gpu.vram_free += held
+            return web.json_response({"model": model, "created_at": _now(), "response": "", "done": True,
+                                      "done_reason": "unload"})
+        await self._load(model)
+        return web.json_response({"model": model, "created_at": _now(), "response": "ok", "done": True,
+                                  "done_reason": "stop"})
+
+    async def _tags(self, _request: web.Request) -> web.Response:
+        return web.json_response({"models": [_model_entry(m, self.model_bytes) for m in self.models]})
+
+    async def _ps(self, _request: web.Request) -> web.Response:
+        return web.json_response({"models": [
+            {**_model_entry(m, held), "expires_at": "2099-01-01T00:00:00Z", "size_vram": held}
+            for m, held in self.loaded.items()]})
+
+    async def _version(self, _request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.0"})
+
+    async def _load(self, model: str) -> None:
+        if model in self.loaded:
+            return
+        held = self.model_bytes if self.gpu is not None else 0
+        self.loaded[model] = held
+        if self.gpu is not None:
+            self.gpu.vram_free -= held
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        self.calls.append((request.method, request.path, time.time()))
+        return await handler(request)
+
+    def _on_loop(self, coro: Any) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        app = web.Application(middlewares=[self._record])
+        app.router.add_post("/api/chat", self._chat)
+        app.router.add_post("/api/generate", self._generate)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_get("/api/ps", self._ps)
+        app.router.add_get("/api/version", self._version)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
+        await self._runner.setup()
+        await self._listen()
+        ready.set()
+        await self._stopping.wait()
+        await self._runner.cleanup()
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share a port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._site = web.SockSite(self._runner, sock)
+        await self._site.start()
+
+    async def _go_down(self) -> None:
+        assert self._runner is not None
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        server = self._runner.server
+        for handler in list(server.connections) if server is not None else []:
+            if handler.transport is not None:
+                handler.transport.abort()
+
+
+def planned_segments(body: dict[str, Any]) -> list[tuple[int, float, float, str]]:
+    """The local plan as the brief in a chat request lists it: (index, start, end, mood)."""
+    user = next((m["content"] for m in body.get("messages", []) if m.get("role") == "user"), "")
+    return [(int(i), float(a), float(b), mood) for i, a, b, mood in _SEGMENT_LINE.findall(user)]
+
+
+def good_ideas(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """One idea per planned segment, times as given: what a model that follows the brief answers."""
+    return [{"index": i, "start": a, "end": b, "mood": mood, "theme": f"scene {i}",
+             "visual_prompt": f"a dancer of fire in scene {i}, temple at dusk, glowing embers",
+             "motion_prompt": f"slow push in on the dancer, embers drifting (scene {i})"}
+            for i, a, b, mood in planned_segments(body)] or [
+        {"index": 0, "visual_prompt": "a dancer of fire", "motion_prompt": "slow push in"}]
+
+
+def offgrid_ideas(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The good ideas with times off the beats, before 0 and past the end, shuffled, one duplicated."""
+    rng = random.Random(len(json.dumps(body.get("messages", []))))
+    ideas = good_ideas(body)
+    for idea in ideas:
+        if "start" in idea:
+            idea["start"] = round(idea["start"] + rng.uniform(-0.4, 0.4), 3)
+            idea["end"] = round(idea["end"] + rng.uniform(-0.4, 0.4), 3)
+    ideas[0]["start"] = -1.5
+    ideas[-1]["end"] = ideas[-1].get("end", 0.0) + 30.0
+    ideas.append(dict(ideas[len(ideas) // 2]))
+    rng.shuffle(ideas)
+    return ideas
+
+
+def _content(mode: str, body: dict[str, Any]) -> str:
+    if mode == "good":
+        return json.dumps({"segments": good_ideas(body)})
+    if mode == "offgrid":
+        return json.dumps({"segments": offgrid_ideas(body)})
+    if mode == "invalid":
+        return "Here is a beautiful plan for your video: first, Shiva dances in the cosmos..."
+    if mode == "schema":
+        return json.dumps({"scenes": [{"description": "a dancer"}], "segments": []})
+    return mode
+
+
+def _missing(model: str) -> web.Response:
+    return web.json_response({"error": f"model '{model}' not found"}, status=404)
+
+
+def _model_entry(name: str, size: int) -> dict[str, Any]:
+    family = name.split(":", 1)[0]
+    return {"name": name, "model": name, "modified_at": _now(), "size": size,
+            "digest": f"{abs(hash(name)):064x}"[:64],
+            "details": {"parent_model": "", "format": "gguf", "family": family, "families": [family],
+                        "parameter_size": "12.2B", "quantization_level": "Q4_K_M"}}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
