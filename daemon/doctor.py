@@ -138,6 +138,15 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
             yield Check(f"workflow {wf.name} on {url}", True, note)
 
 
+def check_writers(settings: Settings) -> Iterator[Check]:
+    """The remote prompt writers in the chain (``[analysis] writer`` and ``fallback``) can write."""
+    from daemon.gemini import doctor_checks as gemini_checks
+    from daemon.ollama import doctor_checks as ollama_checks
+
+    yield from gemini_checks(settings)
+    yield from ollama_checks(settings)
+
+
 CHECKS: list[Callable[[Settings], Check]] = [check_config, check_ffmpeg, check_decoders, check_theme]
 
 
@@ -147,6 +156,7 @@ def run_checks(settings: Settings) -> Iterator[Check]:
     for check in CHECKS:
         yield check(settings)
     yield from check_comfy(settings)
+    yield from check_writers(settings)
     from daemon.web import doctor_checks as web_checks
 
     yield from web_checks(settings)

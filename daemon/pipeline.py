@@ -96,28 +96,23 @@ class Analyze:
 
     def _plan(self, job: StageRun) -> None:
         from daemon.analysis import Analysis
-        from daemon.plan import plan_segments
-        from daemon.writers import ThemeWriter, load_theme
+        from daemon.writers import write_plan
 
         cfg = self.settings.analysis
         analysis = Analysis.model_validate_json((job.ref.path / ANALYSIS_FILE).read_bytes())
-        segments = plan_segments(
-            analysis,
-            clip_seconds=self.settings.video.clip_seconds,
-            count=cfg.segments if isinstance(cfg.segments, int) else None,
-        )
-        extra = [self.settings.paths.themes] if self.settings.paths.themes else []
-        writer = ThemeWriter(load_theme(cfg.theme, extra))
-        segments = writer.write(analysis, segments, seed=cfg.seed)
+        song = job.ref.path / job.manifest.song.file_name
+        segments, record = write_plan(self.settings, analysis, song, cfg.seed)
         write_segments(
             job.ref.path,
             segments,
-            writer=writer.name,
+            writer=record.writer,
+            fell_through=record.fell_through,
             theme=cfg.theme,
             seed=cfg.seed,
             clip_seconds=self.settings.video.clip_seconds,
         )
-        job.done("segments", segments=len(segments), writer=writer.name)
+        job.done("segments", segments=len(segments), writer=record.writer,
+                 fell_through=len(record.fell_through))
 
 
 def _hash_or_explain(song: Path, run_id: str) -> str:

@@ -15,6 +15,11 @@ Within each section an exact dynamic programme picks the cut beats that keep
 the pieces closest to equal lengths near the target, with a small penalty for
 cutting on a beat that is not a downbeat.
 
+A remote writer's ideas (``fit_ideas``) are fitted to the same rules: its
+times are clamped to the song and snapped to the nearest beat, boundaries that
+collapse or leave a piece under half a clip are dropped, and what no idea
+covers keeps the local cuts and the theme's prompts.
+
 Moods come from the segment's energy, its trend and its section:
 
     calm       quiet (energy below 0.35)
@@ -27,11 +32,21 @@ Moods come from the segment's energy, its trend and its section:
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import defaults
 from daemon.analysis import Analysis
+
+if TYPE_CHECKING:
+    from daemon.writing import PlanIdeas, SegmentIdea
+
+_T = TypeVar("_T")
 
 MOODS = ("calm", "steady", "building", "intense", "euphoric", "fading")
 CLIP_SECONDS = defaults.CLIP_FRAMES / defaults.CLIP_FPS
@@ -102,6 +117,12 @@ def plan_segments(
         points = [a, *cuts, b]
         bounds.extend((s, e, section) for s, e in zip(points[:-1], points[1:], strict=True))
 
+    return _describe(analysis, bounds)
+
+
+def _describe(analysis: Analysis, bounds: list[tuple[float, float, int]]) -> list[Segment]:
+    """Segments for ``(start, end, section)`` spans: beats, energy and mood measured on the song."""
+    beats = np.asarray(analysis.beats, dtype=float)
     loudest = max((s.energy for s in analysis.sections), default=1.0)
     section_energy = {i: s.energy for i, s in enumerate(analysis.sections)}
     segments = []
@@ -121,6 +142,141 @@ def plan_segments(
             )
         )
     return segments
+
+
+def fit_ideas(
+    analysis: Analysis,
+    local: list[Segment],
+    ideas: PlanIdeas,
+    *,
+    theme_fill: list[Segment],
+    enhancements: Sequence[str] = (),
+    clip_seconds: float = CLIP_SECONDS,
+    fixed_count: bool = False,
+) -> list[Segment]:
+    """The plan a remote writer's ``ideas`` make, fitted to the song's beats and filled from the theme.
+
+    ``local`` is the local plan and ``theme_fill`` the ThemeWriter's prompts
+    for it (same spans). An idea with usable times (finite, and a span left
+    after clamping to the song) proposes cuts at both ends; one without sits
+    on the local segment of its index. Where no idea lies, the local cuts
+    stay. Every cut is snapped to the nearest beat, and one that would leave a
+    piece under half a clip is dropped (the idea's before a local one's). Each
+    final segment takes its prompts and mood from the idea overlapping it most
+    (a mood outside ``MOODS`` is ignored); a prompt that is empty or missing
+    comes from the theme fill overlapping it most, and the negative prompt
+    always does. The theme's ``enhancements`` are appended to a visual prompt
+    that lacks them. With ``fixed_count`` the local cuts are kept and ideas
+    are matched by index.
+    """
+    spans = _idea_spans(ideas, local, analysis.duration)
+    final: list[Segment]
+    chosen: list[SegmentIdea | None]
+    if fixed_count:
+        final = list(local)
+        by_index: dict[int, SegmentIdea] = {}
+        for idea in ideas.segments:
+            by_index.setdefault(idea.index, idea)
+        chosen = [by_index.get(s.index) for s in final]
+    else:
+        cuts = _fitted_cuts(analysis, local, [(a, b) for a, b, _ in spans], clip_seconds)
+        points = [0.0, *cuts, analysis.duration]
+        sections = _section_spans(analysis)
+        bounds = [(a, b, _most_overlap(sections, a, b) or 0)
+                  for a, b in zip(points[:-1], points[1:], strict=True)]
+        final = _describe(analysis, bounds)
+        chosen = [_most_overlap(spans, s.start, s.end) for s in final]
+    fill = [(t.start, t.end, t) for t in theme_fill]
+    fitted = []
+    for segment, best in zip(final, chosen, strict=True):
+        theme = _most_overlap(fill, segment.start, segment.end)
+        visual = _text(best.visual_prompt if best else None) or (theme.visual_prompt if theme else "")
+        motion = _text(best.motion_prompt if best else None) or (theme.motion_prompt if theme else "")
+        mood = _text(best.mood if best else None).lower()
+        fitted.append(segment.model_copy(update={
+            "visual_prompt": _enhanced(visual, enhancements),
+            "motion_prompt": motion,
+            "negative_prompt": theme.negative_prompt if theme else "",
+            "mood": mood if mood in MOODS else segment.mood,
+        }))
+    return fitted
+
+
+def _idea_spans(
+    ideas: PlanIdeas, local: list[Segment], duration: float
+) -> list[tuple[float, float, SegmentIdea]]:
+    """Where each idea lies: its own times clamped to the song, else its local segment's."""
+    home = {s.index: s for s in local}
+    spans = []
+    for idea in ideas.segments:
+        start, end = idea.start, idea.end
+        if start is not None and end is not None and math.isfinite(start) and math.isfinite(end):
+            lo, hi = sorted((min(max(start, 0.0), duration), min(max(end, 0.0), duration)))
+            if hi > lo:
+                spans.append((lo, hi, idea))
+                continue
+        segment = home.get(idea.index)
+        if segment is not None:
+            spans.append((segment.start, segment.end, idea))
+    return spans
+
+
+def _fitted_cuts(
+    analysis: Analysis, local: list[Segment], spans: list[tuple[float, float]], clip_seconds: float
+) -> list[float]:
+    """Inner boundaries on beats: the ideas' edges first, then local cuts no idea spans across."""
+    beats = np.asarray(analysis.beats, dtype=float)
+    floor = _MIN_CLIP_SHARE * clip_seconds
+    proposed = sorted({t for span in spans for t in span})
+    uncovered = [s.start for s in local[1:] if not any(a < s.start < b for a, b in spans)]
+    kept: list[float] = []
+    for group in (proposed, uncovered):
+        for t in group:
+            beat = _nearest_beat(beats, t)
+            if beat is not None:
+                _insert_if_room(kept, beat, analysis.duration, floor)
+    return kept
+
+
+def _nearest_beat(beats: np.ndarray, t: float) -> float | None:
+    if len(beats) == 0:
+        return None
+    i = int(np.searchsorted(beats, t))
+    near = [beats[j] for j in (i - 1, i) if 0 <= j < len(beats)]
+    return float(min(near, key=lambda b: abs(b - t)))
+
+
+def _insert_if_room(kept: list[float], t: float, duration: float, floor: float) -> None:
+    """Add cut ``t`` unless it leaves a piece under ``floor`` (or empty) on either side."""
+    i = bisect.bisect_left(kept, t)
+    left = kept[i - 1] if i > 0 else 0.0
+    right = kept[i] if i < len(kept) else duration
+    if left < t < right and t - left >= floor and right - t >= floor:
+        kept.insert(i, t)
+
+
+def _most_overlap(spans: Sequence[tuple[float, float, _T]], start: float, end: float) -> _T | None:
+    """The payload of the span overlapping ``[start, end)`` most (the first of equals), if any."""
+    best: _T | None = None
+    most = 0.0
+    for a, b, payload in spans:
+        overlap = min(b, end) - max(a, start)
+        if overlap > most:
+            best, most = payload, overlap
+    return best
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _enhanced(visual: str, enhancements: Sequence[str]) -> str:
+    lowered = visual.lower()
+    for phrase in enhancements:
+        if phrase.strip() and phrase.lower() not in lowered:
+            visual = f"{visual}, {phrase}" if visual else phrase
+            lowered = visual.lower()
+    return visual
 
 
 def mood_for(energy: float, trend: float, *, in_loudest_section: bool) -> str:

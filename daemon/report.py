@@ -100,6 +100,7 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
             steps = ", ".join(progress.steps_done) or "-"
             extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
+    yield from _writing_lines(ref.path)
     if manifest.errors:
         yield "errors"
         for err in manifest.errors:
@@ -108,6 +109,23 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
                 yield f"      fix: {err.hint}"
     if ref.state is State.FAILED:
         yield f"retry with: tandava retry {ref.run_id}"
+
+
+def _writing_lines(run_dir: Path) -> Iterator[str]:
+    """Who wrote the plan, and why each writer tried before it fell through."""
+    from daemon.segments_file import SEGMENTS_FILE, read_writing
+
+    if not (run_dir / SEGMENTS_FILE).is_file():
+        return
+    try:
+        writer, fell = read_writing(run_dir)
+    except (OSError, ValueError):
+        return
+    yield f"writer   {writer or 'unknown'}"
+    for entry in fell:
+        yield f"  {entry.get('writer', '?')} fell through: {entry.get('reason', '')}"
+        if entry.get("hint"):
+            yield f"      fix: {entry['hint']}"
 
 
 def sample_config() -> str:
@@ -135,10 +153,23 @@ polling = "auto"           # auto (poll on SMB/CIFS/NFS), always, never
 max_song_seconds = {defaults.MAX_SONG_SECONDS}   # longer songs are refused before decoding
 min_song_seconds = {defaults.MIN_SONG_SECONDS}
 sample_rate = {defaults.ANALYSIS_SAMPLE_RATE}
-writer = "theme"           # who writes the visual prompts (Gemini and Ollama writers come later)
+writer = "theme"           # who writes the prompts: theme (offline), gemini (listens to the song) or ollama
+fallback = ["theme"]       # tried in order when the writer fails (network, quota, invalid output)
 theme = "{defaults.THEME}"            # shiva or neutral, or a theme file of your own
 seed = {defaults.SEED}                 # same seed, same prompts
 segments = "dynamic"       # "dynamic" (from length and sections) or a fixed number
+
+[gemini]                   # the key: GOOGLE_API_KEY in .env beside this file, or in the environment
+model = "{defaults.GEMINI_MODEL}"
+timeout_seconds = {defaults.GEMINI_TIMEOUT_SECONDS}
+attempts = {defaults.GEMINI_ATTEMPTS}
+inline_max_mb = {defaults.GEMINI_INLINE_MAX_MB}      # larger songs go through the Files API
+# base_url = ""            # another endpoint (a proxy)
+
+[ollama]
+url = "{defaults.OLLAMA_URL}"
+model = "{defaults.OLLAMA_MODEL}"
+timeout_seconds = {defaults.OLLAMA_TIMEOUT_SECONDS}
 
 [video]
 width = {defaults.VIDEO_WIDTH}

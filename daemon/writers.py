@@ -1,9 +1,15 @@
 """Prompt writers: what turns an analysis and its segments into prompts.
 
-A writer is anything with a ``name`` and a ``write`` method (``PromptWriter``);
-the engine holds one and never knows which. ``ThemeWriter`` is the built-in,
-offline default: it draws words from a theme file. Gemini and Ollama writers
-plug in later behind the same protocol.
+``ThemeWriter`` is the built-in, offline writer: it draws words from a theme
+file. Gemini and Ollama are remote writers (``writing.RemoteWriter``): they
+propose ideas that ``plan.fit_ideas`` fits to the local plan's beats.
+
+``write_plan`` is the chain: ``[analysis] writer``, then ``fallback`` (without
+repeats), then ``theme``, which cannot fail and so is always the last resort.
+A remote writer that fails (``WriterFailed``, any error really) hands over to
+the next one; the ``WritingRecord`` says who wrote the plan and why each one
+before it fell through, and goes into ``segments.json``. A run never fails
+because a remote writer did.
 
 A theme is a TOML file (``daemon/themes/<name>.toml``; a user's theme folder
 is searched first, so a file there overrides a built-in of the same name):
@@ -33,16 +39,23 @@ from __future__ import annotations
 
 import random
 import re
+import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.analysis import Analysis
-from daemon.errors import ConfigError
-from daemon.plan import MOODS, Segment
+from daemon.config import Settings
+from daemon.errors import ConfigError, StageError, TandavaError
+from daemon.plan import MOODS, Segment, fit_ideas, plan_segments
+from daemon.writing import Brief, RemoteWriter
+
+log = structlog.get_logger("tandava.writers")
 
 BUILTIN_THEMES = Path(__file__).parent / "themes"
 ENERGY_LEVELS = ("low", "mid", "high")
@@ -205,3 +218,91 @@ def _section_label(analysis: Analysis, section: int) -> int | str:
     if 0 <= section < len(analysis.sections):
         return analysis.sections[section].label
     return section
+
+
+@dataclass(frozen=True)
+class WritingRecord:
+    """Who wrote a run's plan, and for each writer tried before it, why it fell through."""
+
+    writer: str
+    fell_through: list[dict[str, str]] = field(default_factory=list)
+
+
+RemoteFactory = Callable[[str, Settings], RemoteWriter]
+
+
+def writer_chain(settings: Settings) -> list[str]:
+    """The writers tried in order: the configured one, the fallbacks, then ``theme`` (never past it)."""
+    chain: list[str] = []
+    for name in [settings.analysis.writer, *settings.analysis.fallback, "theme"]:
+        if name not in chain:
+            chain.append(name)
+        if name == "theme":
+            break
+    return chain
+
+
+def make_remote_writer(name: str, settings: Settings) -> RemoteWriter:
+    """The remote writer called ``name`` (``gemini`` or ``ollama``), configured from ``settings``."""
+    if name == "ollama":
+        from daemon.ollama import OllamaWriter, shares_gpu_with_comfy
+
+        return OllamaWriter(settings.ollama, unload_after=shares_gpu_with_comfy(settings))
+    if name == "gemini":
+        from daemon.gemini import make_gemini_writer
+
+        return make_gemini_writer(settings)
+    raise ValueError(f"no remote writer called {name!r}")
+
+
+def write_plan(
+    settings: Settings,
+    analysis: Analysis,
+    song: Path,
+    seed: int,
+    *,
+    make_remote: RemoteFactory = make_remote_writer,
+) -> tuple[list[Segment], WritingRecord]:
+    """The song's segment plan with prompts, from the first writer in the chain that gives one."""
+    from daemon.logs import scrub
+
+    cfg = settings.analysis
+    fixed = isinstance(cfg.segments, int)
+    clip_seconds = settings.video.clip_seconds
+    local = plan_segments(analysis, clip_seconds=clip_seconds,
+                          count=cfg.segments if isinstance(cfg.segments, int) else None)
+    theme = load_theme(cfg.theme, [settings.paths.themes] if settings.paths.themes else [])
+    filled = ThemeWriter(theme).write(analysis, local, seed=seed)
+    fell: list[dict[str, str]] = []
+    for name in writer_chain(settings):
+        if name == "theme":
+            return filled, WritingRecord("theme", fell)
+        brief = Brief(analysis=analysis, segments=local, song=song, theme_name=theme.name,
+                      theme_description=theme.description, subjects=list(theme.subjects),
+                      negative=theme.negative, enhancements=list(theme.enhancements), seed=seed)
+        started = time.monotonic()
+        try:
+            ideas = make_remote(name, settings).propose(brief)
+        except Exception as exc:  # noqa: BLE001 - a remote writer must never fail the run
+            reason, hint = _why(name, exc)
+            fell.append({"writer": name, "reason": scrub(reason), **({"hint": scrub(hint)} if hint else {})})
+            log.warning("writer.fell_through", writer=name, reason=reason, hint=hint,
+                        error_type=type(exc).__name__, exc_info=not isinstance(exc, TandavaError | ImportError))
+            continue
+        segments = fit_ideas(analysis, local, ideas, theme_fill=filled, enhancements=theme.enhancements,
+                             clip_seconds=clip_seconds, fixed_count=fixed)
+        log.info("writer.wrote", writer=name, ideas=len(ideas.segments), segments=len(segments),
+                 seconds=round(time.monotonic() - started, 2))
+        return segments, WritingRecord(name, fell)
+    raise AssertionError("the writer chain always ends with theme")
+
+
+def _why(name: str, exc: Exception) -> tuple[str, str]:
+    """What a person reads about a writer that fell through: the reason and, when known, the fix."""
+    if isinstance(exc, StageError):
+        return exc.reason, exc.hint
+    if isinstance(exc, TandavaError):
+        return str(exc), ""
+    if isinstance(exc, ImportError):
+        return f"the {name} writer is not available ({exc})", "reinstall Tandava"
+    return f"the {name} writer failed unexpectedly ({type(exc).__name__}: {exc})", ""

@@ -119,7 +119,11 @@ class ComfyBackends:
             else:
                 keeper = RemoteComfy(url, health_timeout=cfg.health_timeout_seconds)
             servers.append(Server(client, keeper, name=url))
-        ollama = Ollama(cfg.ollama_url) if cfg.ollama_url else None
+        from daemon.ollama import ollama_to_unload
+
+        # A local Ollama that writes the prompts holds VRAM the images need: admission unloads it too.
+        ollama_url = cfg.ollama_url or ollama_to_unload(settings)
+        ollama = Ollama(ollama_url) if ollama_url else None
         admission = Admission(margin_gb=cfg.vram_margin_gb, ollama=ollama)
         pool = Pool(servers, admission=admission, silence_seconds=cfg.silence_seconds)
         return cls(pool.start(), image, video, keepers)
