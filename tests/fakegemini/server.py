@@ -42,14 +42,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import itertools
 import json
-import os
 import re
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from fakehttp import ThreadedServer
 
 API_KEY = "AIzaFakeKeyForTandavaTests_0123456789abcd"
 MODEL = "gemini-2.5-flash"
@@ -146,17 +143,19 @@ class _ApiError(Exception):
         self.code, self.status, self.message, self.details = code, status, message, details
 
 
-class FakeGemini:
+class FakeGemini(ThreadedServer):
     """The Gemini API on ``base_url``; ``with FakeGemini() as fake:`` starts and stops it."""
+
+    name = "fakegemini"
 
     def __init__(self, api_key: str = API_KEY, *, models: tuple[str, ...] = (MODEL,),
                  processing_polls: int = 1, file_outcome: str = "ACTIVE", bad_key_status: int = 400) -> None:
+        super().__init__()
         self.api_key = api_key
         self.models = set(models)
         self.processing_polls = processing_polls
         self.file_outcome = file_outcome
         self.bad_key_status = bad_key_status
-        self.port = 0
         self.calls: list[Call] = []
         self.files: dict[str, StoredFile] = {}  # the files there now
         self.uploaded: list[StoredFile] = []  # every file ever uploaded
@@ -165,10 +164,6 @@ class FakeGemini:
         self._replies: deque[Reply] = deque()
         self._uploads: dict[str, _Upload] = {}
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -176,31 +171,7 @@ class FakeGemini:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> FakeGemini:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)),
-                                        name="fakegemini", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("FakeGemini did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stopping.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeGemini:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def _main(self, ready: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=4 * REQUEST_LIMIT)
         v = API_VERSION
         app.router.add_post(f"/upload/{v}/files", self._upload)
@@ -209,19 +180,7 @@ class FakeGemini:
         # aiohttp's {name} matches ':' too, so "gemini-2.5-flash:generateContent" is one segment.
         app.router.add_get(f"/{v}/models/{{model}}", self._get_model)
         app.router.add_post(f"/{v}/models/{{model}}", self._model_method)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share a port
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        ready.set()
-        await self._stopping.wait()
-        await self._runner.cleanup()
+        return app
 
     # -- test controls ----------------------------------------------------------------------
 

@@ -27,13 +27,9 @@ refused), ``up()`` listens again on the same port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
 import re
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from fakehttp import ThreadedServer
 
 MODEL = "gemma3:12b"
 GB = 1 << 30
@@ -48,61 +45,26 @@ _SEGMENT_LINE = re.compile(r"#(\d+) ([\d.]+)-([\d.]+) s, section S\d+, (\w+)")
 Answer = str | Callable[[dict[str, Any]], str]
 
 
-class FakeOllama:
+class FakeOllama(ThreadedServer):
     """Ollama's REST API on ``url``; ``with FakeOllama() as fake:`` starts and stops it."""
+
+    name = "fakeollama"
 
     def __init__(self, models: tuple[str, ...] = (MODEL,), *, gpu: Any = None, model_bytes: int = 9 * GB,
                  delay: float = 0.0) -> None:
+        super().__init__()
         self.models = list(models)
         self.gpu, self.model_bytes, self.delay = gpu, model_bytes, delay
-        self.port = 0
         # What tests observe (appended on the loop, read with the GIL's atomic list operations).
         self.chats: list[dict[str, Any]] = []
         self.unloads: list[str] = []
         self.calls: list[tuple[str, str, float]] = []  # method, path, wall-clock seconds
         self.loaded: dict[str, int] = {}
         self._script: deque[Answer] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._site: web.SockSite | None = None
-        self._stopping: asyncio.Event | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeOllama:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)),
-                                        name="fakeollama", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or self._site is None:
-            raise RuntimeError("FakeOllama did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stopping.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeOllama:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def down(self) -> None:
         """Stop listening and cut every connection: clients see "connection refused"."""
-        self._on_loop(self._go_down())
-
-    def up(self) -> None:
-        """Listen again on the same port."""
-        self._on_loop(self._listen())
+        self.go_down()
 
     # -- test controls ----------------------------------------------------------------------
 
@@ -176,47 +138,14 @@ class FakeOllama:
         self.calls.append((request.method, request.path, time.time()))
         return await handler(request)
 
-    def _on_loop(self, coro: Any) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _main(self, ready: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_post("/api/chat", self._chat)
         app.router.add_post("/api/generate", self._generate)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_get("/api/ps", self._ps)
         app.router.add_get("/api/version", self._version)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-        await self._runner.setup()
-        await self._listen()
-        ready.set()
-        await self._stopping.wait()
-        await self._runner.cleanup()
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share a port
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        self._site = web.SockSite(self._runner, sock)
-        await self._site.start()
-
-    async def _go_down(self) -> None:
-        assert self._runner is not None
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        server = self._runner.server
-        for handler in list(server.connections) if server is not None else []:
-            if handler.transport is not None:
-                handler.transport.abort()
+        return app
 
 
 def planned_segments(body: dict[str, Any]) -> list[tuple[int, float, float, str]]:

@@ -30,15 +30,13 @@ import io
 import itertools
 import json
 import math
-import os
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from fakehttp import ThreadedServer
 from PIL import Image
 
 TOKEN = "123456789:AAHfakeTokenForTandavaTests_0123456789"
@@ -94,15 +92,17 @@ class _ApiError(Exception):
         self.code, self.description, self.retry_after = code, description, retry_after
 
 
-class FakeTelegram:
+class FakeTelegram(ThreadedServer):
     """The Bot API on ``base_url``; ``with FakeTelegram() as fake:`` starts and stops it."""
+
+    name = "faketelegram"
 
     def __init__(self, token: str = TOKEN, *, chats: tuple[int, ...] = (CHAT_ID,), rate: float = 1.0,
                  upload_limit: int = UPLOAD_LIMIT, photo_limit: int = PHOTO_LIMIT) -> None:
+        super().__init__()
         self.token, self.rate = token, rate
         self.upload_limit, self.photo_limit = upload_limit, photo_limit
         self.chats = {c: {"id": c, "type": "private", "first_name": "Person"} for c in chats}
-        self.port = 0
         self.sends: list[Sent] = []
         self.edits: list[Edit] = []
         self.answers: list[Answer] = []
@@ -114,11 +114,6 @@ class FakeTelegram:
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._last_send: dict[int, float] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._site: web.SockSite | None = None
-        self._runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -131,74 +126,12 @@ class FakeTelegram:
     def base_file_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/file/bot"
 
-    def start(self) -> FakeTelegram:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)),
-                                        name="faketelegram", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or self._site is None:
-            raise RuntimeError("FakeTelegram did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stopping.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeTelegram:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def go_down(self) -> None:
-        """Stop listening and cut every connection: the bot sees "connection refused"."""
-        self._on_loop(self._go_down())
-
-    def come_back(self) -> None:
-        """Listen again on the same port, with every message and update kept."""
-        self._on_loop(self._listen())
-
-    def _on_loop(self, coro: Any) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _main(self, ready: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping, self._changed = asyncio.Event(), asyncio.Event()
+    def make_app(self) -> web.Application:
+        self._changed = asyncio.Event()
         app = web.Application(client_max_size=4 * UPLOAD_LIMIT)
         app.router.add_post("/bot{token}/{method}", self._handle)
         app.router.add_get("/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-        await self._runner.setup()
-        await self._listen()
-        ready.set()
-        await self._stopping.wait()
-        await self._runner.cleanup()
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share a port
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        self._site = web.SockSite(self._runner, sock)
-        await self._site.start()
-
-    async def _go_down(self) -> None:
-        assert self._runner is not None
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        server = self._runner.server
-        for handler in list(server.connections) if server is not None else []:
-            if handler.transport is not None:
-                handler.transport.abort()
+        return app
 
     # -- test controls ----------------------------------------------------------------------
 
