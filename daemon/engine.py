@@ -144,8 +144,13 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------
 
-    def run(self, stop_event: threading.Event, *, once: bool = False) -> None:
-        """Tick until ``stop_event`` is set (or, with ``once``, until nothing is left to do)."""
+    def run(self, stop_event: threading.Event, *, once: bool = False,
+            on_tick: Callable[[], None] | None = None) -> None:
+        """Tick until ``stop_event`` is set (or, with ``once``, until nothing is left to do).
+
+        ``on_tick`` runs on this loop after every tick: the heartbeat of a
+        service manager's watchdog comes from here, so a stuck loop stops it.
+        """
         self._stop = stop_event
         try:
             while not stop_event.is_set():
@@ -154,6 +159,8 @@ class Engine:
                 # nothing to start.
                 was_busy = self.busy()
                 submitted = self.tick()
+                if on_tick is not None:
+                    on_tick()
                 if once and not submitted and not was_busy:
                     return
                 stop_event.wait(self.tick_seconds)
