@@ -1,0 +1,45 @@
+"""`tandava doctor`: each check failing in turn gives its own line, a fix, and a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+
+BASE = "[watch]\nstable_seconds = 0.3\n[web]\nport = 0\n"
+
+# (what is broken, the tandava.toml lines that break it, the line doctor prints, a word of the fix)
+CASES = [
+    ("an unwritable state root", '[paths]\nstate_root = "{blocker}/state"\n', "FAIL state root", "write access"),
+    ("a missing ffmpeg", '[assembly]\nffmpeg = "{tmp}/no-such-ffmpeg"\n', "FAIL ffmpeg", "ffmpeg"),
+    ("an unknown theme", '[analysis]\ntheme = "no-such-theme"\n', "FAIL theme", "shiva"),
+    ("an unreachable ComfyUI", '[images]\nbackend = "comfyui"\n[comfy]\nservers = ["http://127.0.0.1:9"]\n'
+     'health_timeout_seconds = 1.0\n', "FAIL ComfyUI http://127.0.0.1:9", "Start ComfyUI"),
+    ("Telegram without a token", "[telegram]\nenabled = true\nchat_id = 1\nallowed_users = [1]\n",
+     "FAIL telegram", "TANDAVA_TELEGRAM__TOKEN"),
+    ("Gemini without a key", '[analysis]\nwriter = "gemini"\n', "FAIL gemini", "GOOGLE_API_KEY"),
+    ("a panel open to the network without a token", '[web]\nhost = "0.0.0.0"\n', "FAIL web panel token",
+     "TANDAVA_WEB__TOKEN"),
+]
+
+
+@pytest.mark.parametrize(("what", "toml", "line", "fix"), CASES, ids=[c[0] for c in CASES])
+def test_each_failing_check_is_named_with_its_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch, what: str, toml: str,
+                                                  line: str, fix: str) -> None:
+    """One broken thing at a time: doctor names it on its own line, says how to fix it, and exits 1."""
+    for key in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "TANDAVA_TELEGRAM__TOKEN", "TANDAVA_WEB__TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    body = toml.format(blocker=blocker.as_posix(), tmp=tmp_path.as_posix())
+    base = BASE if "[web]" not in body else BASE.replace("[web]\nport = 0\n", "")
+    conf = tmp_path / "tandava.toml"
+    conf.write_text(base + body, encoding="utf-8")
+    assert main(["--config", str(conf), "doctor"]) == 1
+    out = capsys.readouterr().out
+    failing = [row for row in out.splitlines() if row.startswith("FAIL")]
+    assert len(failing) == 1 and failing[0].startswith(line), out
+    assert fix in "\n".join(failing), out
