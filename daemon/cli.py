@@ -226,9 +226,11 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    """Check this installation: paths writable, ffmpeg found, audio decoders, configuration.
+    """Check this installation: paths, ffmpeg, decoders, configuration, theme, ComfyUI servers and
+    their workflows (nodes, inputs, models, VRAM), the web panel, Telegram, Gemini and Ollama.
 
-    Prints one line per check; exits non-zero when anything is wrong.
+    Prints one line per check, ok or what is wrong and how to fix it; exits
+    non-zero when anything is wrong, so it can gate a deployment.
 
     Example: tandava doctor
     """
