@@ -19,7 +19,9 @@ from daemon.config import Settings
 from daemon.engine import Engine
 from daemon.errors import TandavaError
 from daemon.intake import Intake
+from daemon.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
 from daemon.pipeline import build_stages, uses_comfy
+from daemon.service import STOP_TIMEOUT_SECONDS
 from daemon.store import RunStore
 
 if TYPE_CHECKING:
@@ -88,7 +90,16 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             watch_mode=watcher.mode,
             pid=os.getpid(),
         )
-        engine.run(stop_event)
+        # systemd (Type=notify): READY=1 on the engine's first tick, then the
+        # watchdog and STATUS= from its loop; STOPPING=1 once a stop is asked.
+        notifier = Notifier()
+        watching = watcher.mode
+        heartbeat = Heartbeat(
+            notifier,
+            lambda: status_text(run_counts(store), f"{len(engine.in_flight())} working; inbox: {watching}"),
+        )
+        announce_stop(notifier, stop_event, drain_seconds=STOP_TIMEOUT_SECONDS)
+        engine.run(stop_event, on_tick=heartbeat)
         log.info("daemon.stopping")
         return 0
     finally:

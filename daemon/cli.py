@@ -260,6 +260,35 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args.dir, out=sys.stdout)
 
 
+@command
+def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a service definition for this installation and print the commands that start it.
+
+    --systemd writes /etc/systemd/system/tandava.service (run it as root), or
+    with --user ~/.config/systemd/user/tandava.service; --windows writes
+    tandava.xml for WinSW into a service folder beside tandava.toml. The file
+    names this Python, this config and these folders by absolute path; nothing
+    is started until you run the printed commands.
+
+    Example: tandava --config /srv/tandava/tandava.toml service install --systemd
+             tandava service install --systemd --user
+             tandava --config C:\\Tandava\\tandava.toml service install --windows
+    """
+    from daemon.service import install_systemd, install_windows
+
+    if args.windows and args.user:
+        print("tandava: --user goes with --systemd", file=sys.stderr)
+        return 2
+    if args.windows:
+        path, commands = install_windows(settings, dest_dir=args.dest)
+    else:
+        path, commands = install_systemd(settings, user_mode=args.user, dest=args.dest)
+    print(f"wrote {path}; now run:")
+    for line in commands:
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandava",
@@ -292,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
         if name == "demo":
             p.add_argument("--dir", type=Path, default=Path("tandava-demo"), help="demo folder")
+        if name == "service":
+            p.add_argument("action", choices=["install"])
+            kind = p.add_mutually_exclusive_group(required=True)
+            kind.add_argument("--systemd", action="store_true", help="a systemd unit (Linux)")
+            kind.add_argument("--windows", action="store_true", help="a WinSW service definition (Windows)")
+            p.add_argument("--user", action="store_true", help="with --systemd: a unit for your own user manager")
+            p.add_argument("--dest", type=Path, default=None,
+                           help="where to write (--systemd: the unit file; --windows: the folder)")
         if name == "init":
             p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
             p.add_argument("--force", action="store_true", help="overwrite an existing file")
