@@ -18,6 +18,7 @@ import structlog
 from daemon.config import Settings
 from daemon.engine import Engine
 from daemon.errors import TandavaError
+from daemon.health import HealthReporter, comfy_backends
 from daemon.intake import Intake
 from daemon.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
 from daemon.pipeline import build_stages, uses_comfy
@@ -48,6 +49,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     watcher: InboxWatcher | None = None
     comfy: ComfyBackends | None = None
     channels: list[Channel] = []
+    health: HealthReporter | None = None
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -75,11 +77,16 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             backoff_max=settings.engine.backoff_max_seconds,
             tick_seconds=settings.engine.tick_seconds,
         )
+        health = HealthReporter(
+            settings, store,
+            backends=comfy_backends(comfy.pool) if comfy is not None else None,
+            in_flight=engine.in_flight,
+        )
         if once:
             for path in watcher.scan_once():
                 intake.accept(path)
             log.info("daemon.once", inbox=str(settings.paths.inbox))
-            engine.run(stop_event, once=True)
+            engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()
         channels = start_channels(settings, store)
@@ -99,7 +106,13 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             lambda: status_text(run_counts(store), f"{len(engine.in_flight())} working; inbox: {watching}"),
         )
         announce_stop(notifier, stop_event, drain_seconds=STOP_TIMEOUT_SECONDS)
-        engine.run(stop_event, on_tick=heartbeat)
+        beat = health.tick
+
+        def on_tick() -> None:
+            beat()
+            heartbeat()
+
+        engine.run(stop_event, on_tick=on_tick)
         log.info("daemon.stopping")
         return 0
     finally:
@@ -109,6 +122,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             watcher.stop()
         if comfy is not None:
             comfy.close()
+        if health is not None:
+            health.stop()
         release()
         log.info("daemon.stopped")
 

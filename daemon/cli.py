@@ -23,7 +23,7 @@ import structlog
 from daemon import __version__
 from daemon.config import CONFIG_NAME, Settings, load_settings, masked
 from daemon.errors import ConfigError, StoreError, TandavaError
-from daemon.logs import configure_logging, default_console
+from daemon.logs import configure_logging, default_console, log_file_for
 
 if TYPE_CHECKING:
     from daemon.approval import Verdict
@@ -50,14 +50,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """
     from daemon.app import run
 
-    log_file = settings.paths.logs / "tandava.log"
     configure_logging(
-        log_file=log_file,
+        log_file=log_file_for(settings.paths.logs, "daemon"),
         console=default_console(),
         console_mode=settings.log.console,
         level=settings.log.level,
         max_bytes=settings.log.max_bytes,
         backups=settings.log.backups,
+        max_age_days=settings.log.max_age_days or None,
     )
     stop_event = threading.Event()
     _install_stop_handlers(stop_event)
@@ -289,6 +289,23 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    """Show the daemon's log, readably: the last events, one run's, or new ones as they come.
+
+    Example: tandava logs                        (the last 50 events)
+             tandava logs --run 20261121-1015    (one run's events)
+             tandava logs --follow               (new events until Ctrl-C)
+    """
+    from daemon.logview import show_logs
+
+    try:
+        return show_logs(log_file_for(settings.paths.logs, "daemon"), sys.stdout,
+                         run=args.run, lines=args.lines, follow_=args.follow)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandava",
@@ -321,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
         if name == "demo":
             p.add_argument("--dir", type=Path, default=Path("tandava-demo"), help="demo folder")
+        if name == "logs":
+            p.add_argument("--run", default=None, help="only this run's events (its id or the start of it)")
+            p.add_argument("-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C")
+            p.add_argument("-n", "--lines", type=int, default=50, help="past events to show first")
         if name == "service":
             p.add_argument("action", choices=["install"])
             kind = p.add_mutually_exclusive_group(required=True)

@@ -199,6 +199,7 @@ class EngineConfig(_Section):
     # Runs whose GPU jobs are in the ComfyUI pool at once: enough for every
     # server to have work and for jobs of one model to be grouped across runs.
     gpu_runs: int = Field(defaults.GPU_RUNS, ge=1, le=64)
+    stall_minutes: float = Field(defaults.STALL_MINUTES, gt=0)
     attempts: int = Field(defaults.STAGE_ATTEMPTS, ge=1)
     backoff_initial_seconds: float = Field(defaults.BACKOFF_INITIAL_SECONDS, ge=0)
     backoff_max_seconds: float = Field(defaults.BACKOFF_MAX_SECONDS, ge=0)
@@ -210,6 +211,8 @@ class LogConfig(_Section):
     console: Literal["auto", "json", "pretty"] = "auto"
     max_bytes: int = Field(defaults.LOG_MAX_BYTES, ge=1024)
     backups: int = Field(defaults.LOG_BACKUPS, ge=0)
+    # Also roll a log this many days old (0: by size only).
+    max_age_days: int = Field(defaults.LOG_MAX_AGE_DAYS, ge=0)
 
 
 class Settings(BaseSettings):

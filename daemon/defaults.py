@@ -87,6 +87,10 @@ COMFY_HEALTH_TIMEOUT_SECONDS = 10.0
 # A 14B video model step can take minutes on a small GPU, with no event in between.
 COMFY_SILENCE_SECONDS = 900.0
 GPU_RUNS = 4
+# A stage that has made no progress for this long is reported as stalled (with what it waits for).
+STALL_MINUTES = 30.0
+# Logs roll weekly as well as by size, so months of them stay findable by date.
+LOG_MAX_AGE_DAYS = 7
 
 # Approval channels (issue 5).
 TELEGRAM_BASE_URL = "https://api.telegram.org/bot"

@@ -1,7 +1,7 @@
 """Structured logging, configured once at the entry point.
 
 Every event goes through one structlog processor chain and leaves as JSON lines
-in a rotating UTF-8 file, and on the console either rendered for a person (a
+in a rolling UTF-8 file, and on the console either rendered for a person (a
 terminal) or as JSON (a pipe, journald). Stdlib loggers of libraries (watchdog,
 urllib3) go through the same chain so their lines are JSON too.
 
@@ -12,6 +12,17 @@ Two things here exist because they bit our user:
 - secrets never reach a log: values under secret-looking keys are masked, and
   tokens inside strings (a Telegram bot URL, ``key=`` query parameters) are
   scrubbed; chatty HTTP libraries that log full URLs are held at WARNING.
+
+Logs are kept for months without filling the disk: ``RollingFileHandler``
+rolls ``tandava.log`` to ``tandava.log.1`` (``.1`` to ``.2``…, the oldest
+beyond ``backups`` deleted) when the next line would pass ``max_bytes``, and at
+the first local midnight once the file is ``max_age_days`` calendar days old.
+Only one process may roll a file: rolling renames it, and a second writer
+would keep writing into the renamed file (POSIX) or make the rename fail
+(Windows). So each process writes its own file (``log_file_for``: the daemon
+``tandava.log``, CLI commands ``tandava-cli.log``), and a handler whose file
+is owned by another live process (a second ``tandava run`` refused by the
+store lock) only appends to it, never rolls it.
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ import logging.handlers
 import os
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import psutil
 import structlog
 
 SECRET_KEY_PARTS = ("token", "api_key", "apikey", "password", "secret", "authorization")
@@ -41,6 +54,148 @@ _SECRET_PATTERNS = (
 # Libraries that log full request URLs at INFO/DEBUG (httpx logs Telegram's
 # URL with the bot token in it).
 NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "telegram", "google_genai", "watchdog")
+# A week per file: with 10 backups a quiet daemon keeps ~10 weeks of history,
+# a busy one at least 10 x max_bytes of the most recent lines.
+DEFAULT_MAX_AGE_DAYS = 7
+# The file of each kind of process; two processes never roll one file.
+LOG_FILES = {"daemon": "tandava.log", "cli": "tandava-cli.log"}
+OWNER_SUFFIX = ".owner"
+
+
+def log_file_for(log_dir: Path, role: Literal["daemon", "cli"]) -> Path:
+    """The log file of a process of this ``role``: one file per kind of process."""
+    return log_dir / LOG_FILES[role]
+
+
+def local_now() -> datetime:
+    """The current local time, timezone-aware (the log roll's default clock)."""
+    return datetime.now().astimezone()
+
+
+class RollingFileHandler(logging.handlers.RotatingFileHandler):
+    """A size-rotating handler that also rolls at local midnight once its file is ``max_age_days`` old.
+
+    Backups are numbered as ``RotatingFileHandler`` numbers them (``.1`` newest),
+    so retention is one rule (``backups`` files) whatever caused the roll. The
+    first process to open a file owns it (``<file>.owner`` holds its pid); any
+    other process appends without rolling, so a rename never races a writer.
+    """
+
+    def __init__(
+        self,
+        filename: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        max_age_days: int | None = DEFAULT_MAX_AGE_DAYS,
+        clock: Callable[[], datetime] = local_now,
+    ) -> None:
+        self.clock = clock
+        self.max_age_days = max_age_days
+        self._owner_file = filename.with_name(filename.name + OWNER_SUFFIX)
+        self.owns_file = _claim(self._owner_file)
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self.opened_at = self._file_start()
+
+    def _file_start(self) -> datetime:
+        """When the current file began: now for a new file, its last write for one carried over."""
+        now = self.clock()
+        try:
+            stat = Path(self.baseFilename).stat()
+        except OSError:
+            return now
+        if stat.st_size == 0:
+            return now
+        return min(now, datetime.fromtimestamp(stat.st_mtime, tz=now.tzinfo))
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 (stdlib name)
+        if not self.owns_file:
+            return False
+        if super().shouldRollover(record):
+            return True
+        return self._too_old()
+
+    def _too_old(self) -> bool:
+        if not self.max_age_days or self.backupCount <= 0:
+            return False
+        days = (self.clock().date() - self.opened_at.date()).days
+        if days < self.max_age_days:
+            return False
+        try:
+            return Path(self.baseFilename).stat().st_size > 0  # an empty file is not rolled
+        except OSError:
+            return False
+
+    def doRollover(self) -> None:  # noqa: N802 (stdlib name)
+        super().doRollover()
+        self.opened_at = self.clock()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.owns_file:
+                self.owns_file = False
+                _release(self._owner_file)
+
+
+def roll_file(path: Path, backups: int, *, max_bytes: int = 0) -> bool:
+    """Roll ``path`` to ``path.1`` (``.1`` to ``.2``…, dropping the oldest beyond ``backups``) when nobody writes it.
+
+    For files another program writes (ComfyUI's ``comfyui.log``): call it just
+    before starting that program. Only rolls a file of at least ``max_bytes``;
+    returns whether it rolled. A file still held open (Windows refuses the
+    rename) is left as it is.
+    """
+    try:
+        if backups <= 0 or path.stat().st_size < max(1, max_bytes):
+            return False
+        for n in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+        os.replace(path, path.with_name(f"{path.name}.1"))
+    except OSError:
+        return False
+    return True
+
+
+def _claim(owner_file: Path) -> bool:
+    """Own ``owner_file``'s log unless another live process does; a dead owner's claim is taken over."""
+    me = os.getpid()
+    for _ in range(2):
+        try:
+            fd = os.open(owner_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(owner_file.read_text(encoding="ascii").strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid == me:
+                return True
+            if pid and psutil.pid_exists(pid):
+                return False
+            try:
+                owner_file.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False
+            continue
+        except OSError:
+            return True  # a folder where we cannot make the marker: roll as before
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(str(me))
+        return True
+    return False
+
+
+def _release(owner_file: Path) -> None:
+    try:
+        if owner_file.read_text(encoding="ascii").strip() == str(os.getpid()):
+            owner_file.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -113,11 +268,13 @@ def configure_logging(
     level: str = "INFO",
     max_bytes: int = 10 * 1024 * 1024,
     backups: int = 10,
+    max_age_days: int | None = DEFAULT_MAX_AGE_DAYS,
+    clock: Callable[[], datetime] = local_now,
 ) -> None:
     """Set up structlog and the stdlib root logger. Call once, at the entry point.
 
     ``console`` may be None (a Windows service has no stdout); ``log_file`` is
-    one file per process, rotated by size.
+    one file per process (``log_file_for``), rolled by size and by age.
     """
     shared = _shared_processors()
     structlog.configure(
@@ -135,8 +292,8 @@ def configure_logging(
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        file_handler = RollingFileHandler(
+            log_file, max_bytes=max_bytes, backups=backups, max_age_days=max_age_days, clock=clock
         )
         file_handler.setFormatter(_formatter(json_renderer, shared))
         handlers.append(file_handler)

@@ -24,6 +24,9 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
     for ref in refs:
         counts[ref.state] += 1
     yield f"state root: {root}"
+    from daemon.health import health_lines
+
+    yield from health_lines(root)
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
     if not refs:
         yield "no runs yet: drop a song into the inbox."

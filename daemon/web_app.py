@@ -57,6 +57,7 @@ from daemon import decisions, web_pages
 from daemon.approval import DecisionRefused, Verdict, candidates_of
 from daemon.assembly import EXPORT_NAMES, FINAL_NAME
 from daemon.errors import RunNotFound, TandavaError
+from daemon.health import health_json
 from daemon.states import State
 from daemon.store import RunRef, RunStore
 from daemon.web_assets import CSS, ICON, JS
@@ -198,7 +199,7 @@ class PanelApp:
             Route("/static/panel.css", lambda _: Response(CSS, media_type="text/css")),
             Route("/static/panel.js", lambda _: Response(JS, media_type="text/javascript")),
             Route("/static/icon.svg", lambda _: Response(ICON, media_type="image/svg+xml")),
-            Route("/healthz", lambda _: JSONResponse({"app": "tandava"})),
+            Route("/healthz", lambda _: JSONResponse(health_json(self.store.root))),
         ]
         handlers: dict[Any, Callable[[Request, Exception], Response]] = {
             RunNotFound: self._not_found,

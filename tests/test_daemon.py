@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -190,3 +191,21 @@ def _answers(requests: Any, url: str) -> bool:
         return bool(requests.get(url, timeout=1).status_code == 200)
     except requests.RequestException:
         return False
+
+
+def test_status_shows_the_daemons_health_and_logs_show_a_runs_events(settings: Settings,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """After a daemon ran: status tells from the health file that it stopped; logs --run shows that run's events."""
+    settings.paths.inbox.mkdir(parents=True, exist_ok=True)
+    write_song(settings.paths.inbox / "nataraja.wav", 6.0, 120.0)
+    old = time.time() - 60
+    os.utime(settings.paths.inbox / "nataraja.wav", (old, old))
+    conf = str(settings.config_file)
+    assert main(["--config", conf, "run", "--once"]) == 0
+    capsys.readouterr()
+    assert main(["--config", conf, "status"]) == 0
+    assert "stopped" in capsys.readouterr().out
+    [run_id] = runs_in(settings, State.PENDING_APPROVAL)
+    assert main(["--config", conf, "logs", "--run", run_id[:20]]) == 0
+    out = capsys.readouterr().out
+    assert "run.moved" in out and "stage.started" in out

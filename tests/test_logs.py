@@ -5,12 +5,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import structlog
 
-from daemon.logs import configure_logging, console_wants_json, redact, scrub
+from daemon.logs import (
+    OWNER_SUFFIX,
+    RollingFileHandler,
+    configure_logging,
+    console_wants_json,
+    log_file_for,
+    redact,
+    roll_file,
+    scrub,
+)
 
 SONG = "शिव तांडव 🔱.mp3"
 
@@ -118,3 +129,127 @@ def test_bot_tokens_are_scrubbed_from_tracebacks_in_the_log_file(tmp_path: Path)
     logging.shutdown()
     text = (tmp_path / "tandava.log").read_text(encoding="utf-8")
     assert "telegram.failed" in text and token not in text
+
+
+BOT_TOKEN = "123456789:AAH" + "q" * 32
+API_KEY = "AIza" + "S" * 35
+
+
+def test_burst_rolls_by_size_keeps_backups_and_no_secret_anywhere(tmp_path: Path) -> None:
+    """A burst across many rolls keeps exactly `backups` old files, each small, none holding a secret."""
+    log_file = tmp_path / "tandava.log"
+    configure_logging(log_file=log_file, console=None, max_bytes=4096, backups=3)
+    log = structlog.get_logger("t")
+    for i in range(400):
+        log.info("telegram.sent", i=i, url=f"https://api.telegram.org/bot{BOT_TOKEN}/sendMessage",
+                 bot_token=BOT_TOKEN, note=f"key={API_KEY}&alt=json", filler="x" * 40)
+        logging.getLogger("watchdog.x").warning("foreign %s %s", BOT_TOKEN, API_KEY)
+    logging.shutdown()
+    files = sorted(tmp_path.glob("tandava.log*"))
+    names = {f.name for f in files}
+    assert names == {"tandava.log", "tandava.log.1", "tandava.log.2", "tandava.log.3"}
+    for f in files:
+        assert f.stat().st_size <= 4096 + 1024
+        text = f.read_text(encoding="utf-8")
+        assert BOT_TOKEN not in text and API_KEY not in text and "AAH" + "q" * 30 not in text
+        assert all(json.loads(line) for line in text.splitlines())
+    last = json.loads((tmp_path / "tandava.log").read_text(encoding="utf-8").splitlines()[-1])
+    assert last["event"] == "foreign *** ***"  # the stdlib path is scrubbed too
+
+
+class Clock:
+    """A local clock tests move by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def emit(handler: logging.Handler, msg: str) -> None:
+    handler.handle(logging.LogRecord("t", logging.INFO, __file__, 1, msg, None, None))
+
+
+def test_rolls_at_the_first_midnight_once_old_enough(tmp_path: Path) -> None:
+    """With max_age_days=1 the file rolls at local midnight; with 7 only a week later."""
+    tz = timezone(timedelta(hours=5, minutes=30))
+    clock = Clock(datetime(2026, 11, 21, 23, 59, tzinfo=tz))
+    daily = RollingFileHandler(tmp_path / "d.log", max_bytes=10**6, backups=5, max_age_days=1, clock=clock)
+    weekly = RollingFileHandler(tmp_path / "w.log", max_bytes=10**6, backups=5, max_age_days=7, clock=clock)
+    try:
+        for h in (daily, weekly):
+            emit(h, "before midnight")
+        clock.now += timedelta(minutes=2)  # 00:01 the next day
+        for h in (daily, weekly):
+            emit(h, "after midnight")
+        assert (tmp_path / "d.log.1").read_text(encoding="utf-8") == "before midnight\n"
+        assert (tmp_path / "d.log").read_text(encoding="utf-8") == "after midnight\n"
+        assert not (tmp_path / "w.log.1").exists()
+        clock.now += timedelta(days=5, hours=12)  # the 27th, noon: 6 calendar days
+        emit(weekly, "day 7")
+        assert not (tmp_path / "w.log.1").exists()
+        clock.now += timedelta(hours=12)  # the 28th, just after midnight: 7 days
+        emit(weekly, "day 8")
+        assert "day 7" in (tmp_path / "w.log.1").read_text(encoding="utf-8")
+        assert (tmp_path / "w.log").read_text(encoding="utf-8") == "day 8\n"
+    finally:
+        daily.close()
+        weekly.close()
+
+
+def test_time_rolls_respect_the_retention_count(tmp_path: Path) -> None:
+    """A daily roll for two weeks keeps only `backups` old files."""
+    clock = Clock(datetime(2026, 1, 1, 12, tzinfo=UTC))
+    handler = RollingFileHandler(tmp_path / "t.log", max_bytes=10**6, backups=3, max_age_days=1, clock=clock)
+    try:
+        for day in range(14):
+            emit(handler, f"day {day}")
+            clock.now += timedelta(days=1)
+    finally:
+        handler.close()
+    assert sorted(p.name for p in tmp_path.glob("t.log*")) == ["t.log", "t.log.1", "t.log.2", "t.log.3"]
+    assert (tmp_path / "t.log.3").read_text(encoding="utf-8") == "day 10\n"
+
+
+def test_each_kind_of_process_has_its_own_file(tmp_path: Path) -> None:
+    """The daemon writes tandava.log, CLI commands tandava-cli.log."""
+    assert log_file_for(tmp_path, "daemon").name == "tandava.log"
+    assert log_file_for(tmp_path, "cli").name == "tandava-cli.log"
+
+
+def test_a_file_owned_by_another_live_process_is_appended_to_never_rolled(tmp_path: Path) -> None:
+    """A second process (a refused `tandava run`) appends to the daemon's file but never renames it."""
+    log_file = tmp_path / "tandava.log"
+    (tmp_path / ("tandava.log" + OWNER_SUFFIX)).write_text(str(os.getppid()), encoding="ascii")
+    handler = RollingFileHandler(log_file, max_bytes=100, backups=2, max_age_days=1)
+    try:
+        assert not handler.owns_file
+        for i in range(20):
+            emit(handler, f"line {i} " + "x" * 20)
+    finally:
+        handler.close()
+    assert not (tmp_path / "tandava.log.1").exists()
+    assert (tmp_path / ("tandava.log" + OWNER_SUFFIX)).read_text(encoding="ascii") == str(os.getppid())
+
+
+def test_a_dead_owners_claim_is_taken_over_and_released(tmp_path: Path) -> None:
+    """An owner file left by a crashed process is taken over, and removed on close."""
+    owner = tmp_path / ("tandava.log" + OWNER_SUFFIX)
+    owner.write_text("999999999", encoding="ascii")
+    handler = RollingFileHandler(tmp_path / "tandava.log", max_bytes=100, backups=2)
+    assert handler.owns_file and owner.read_text(encoding="ascii") == str(os.getpid())
+    handler.close()
+    assert not owner.exists()
+
+
+def test_roll_file_shifts_backups_for_a_file_another_program_writes(tmp_path: Path) -> None:
+    """comfyui.log is rolled before a launch: .1 becomes .2, the oldest beyond `backups` is dropped."""
+    log = tmp_path / "comfyui.log"
+    for n in range(4):
+        log.write_bytes(f"launch {n}\n".encode())
+        roll_file(log, 2, max_bytes=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comfyui.log.1", "comfyui.log.2"]
+    assert (tmp_path / "comfyui.log.1").read_bytes() == b"launch 3\n"
+    log.write_bytes(b"small")
+    assert not roll_file(log, 2, max_bytes=1024) and log.exists()

@@ -37,7 +37,11 @@ import structlog
 
 from daemon.config import ManagedComfyConfig
 from daemon.errors import Unavailable
+from daemon.logs import roll_file
 
+# ComfyUI's own log: rolled at each launch once it passes this size, a few kept.
+COMFY_LOG_MAX_BYTES = 20 * 1024 * 1024
+COMFY_LOG_BACKUPS = 5
 log = structlog.get_logger("tandava.comfy")
 
 Health = Literal["ok", "refused", "timeout", "error"]
@@ -358,6 +362,8 @@ class ComfyProcess:
             group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         started = self.clock()
+        # ComfyUI holds its log open while it runs: roll it only between launches.
+        roll_file(self.log_file, COMFY_LOG_BACKUPS, max_bytes=COMFY_LOG_MAX_BYTES)
         with self.log_file.open("ab") as out:  # bytes: ComfyUI's output is not ours to re-encode
             proc = subprocess.Popen(command, cwd=cfg.folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, **group)
