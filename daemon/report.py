@@ -226,6 +226,7 @@ exports = []               # add "mov" (MJPEG for VJ tools) and/or "vertical" (9
 [engine]
 cpu_workers = {defaults.CPU_WORKERS}            # analyses at once
 gpu_runs = {defaults.GPU_RUNS}               # runs with jobs in the ComfyUI queue at once
+stall_minutes = {defaults.STALL_MINUTES}        # a stage without progress this long is reported as stalled
 attempts = {defaults.STAGE_ATTEMPTS}               # tries of a stage on transient errors before failing
 backoff_initial_seconds = {defaults.BACKOFF_INITIAL_SECONDS}
 backoff_max_seconds = {defaults.BACKOFF_MAX_SECONDS}
@@ -236,6 +237,7 @@ level = "INFO"
 console = "auto"           # auto (pretty on a terminal, JSON otherwise/journald), json, pretty
 max_bytes = {defaults.LOG_MAX_BYTES}
 backups = {defaults.LOG_BACKUPS}
+max_age_days = {defaults.LOG_MAX_AGE_DAYS}           # also roll a log this old (0: by size only)
 """
 
 
