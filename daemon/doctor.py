@@ -147,7 +147,23 @@ def check_writers(settings: Settings) -> Iterator[Check]:
     yield from ollama_checks(settings)
 
 
-CHECKS: list[Callable[[Settings], Check]] = [check_config, check_ffmpeg, check_decoders, check_theme]
+def check_service(settings: Settings) -> Check:
+    """A service definition written earlier still runs this installation (or none is installed)."""
+    from daemon.service import definition_problem, installed_definitions
+
+    paths = installed_definitions(settings)
+    if not paths:
+        return Check("service", True, "not installed as a service (`tandava service install --systemd` "
+                     "or `--windows` writes one)")
+    problems = [p for p in (definition_problem(path, settings) for path in paths) if p]
+    if problems:
+        return Check("service", False, "; ".join(problems) + ": run `tandava service install` again "
+                     "with this --config")
+    return Check("service", True, ", ".join(str(p) for p in paths))
+
+
+CHECKS: list[Callable[[Settings], Check]] = [check_config, check_ffmpeg, check_decoders, check_theme,
+                                             check_service]
 
 
 def run_checks(settings: Settings) -> Iterator[Check]:

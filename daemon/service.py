@@ -299,3 +299,21 @@ def _windows_drive_type(drive: str) -> str:
 
     kind = ctypes.windll.kernel32.GetDriveTypeW(drive + "\\")  # type: ignore[attr-defined]
     return "remote" if kind == 4 else "local"  # DRIVE_REMOTE
+
+
+def installed_definitions(settings: Settings) -> list[Path]:
+    """Service definitions written by `tandava service install` for any installation, where they live."""
+    found = [SYSTEM_UNIT_DIR / f"{SERVICE_NAME}.service",
+             Path.home() / ".config/systemd/user" / f"{SERVICE_NAME}.service"]
+    if settings.config_file is not None:
+        found.append(settings.config_file.parent / "service" / f"{SERVICE_NAME}.xml")
+    return [path for path in found if path.is_file()]
+
+
+def definition_problem(path: Path, settings: Settings) -> str:
+    """Why a written service definition does not run this installation ("" when it does)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    config = str(config_path(settings)) if settings.config_file is not None else ""
+    if config and config not in text and config.replace("%", "%%") not in text:
+        return f"{path} runs another configuration than {config}"
+    return ""

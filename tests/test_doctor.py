@@ -43,3 +43,24 @@ def test_each_failing_check_is_named_with_its_fix(tmp_path: Path, capsys: pytest
     failing = [row for row in out.splitlines() if row.startswith("FAIL")]
     assert len(failing) == 1 and failing[0].startswith(line), out
     assert fix in "\n".join(failing), out
+
+
+def test_service_check_names_a_definition_for_another_configuration(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A service definition written for this config passes; one for another config fails with the fix."""
+    from daemon.config import load_settings
+    from daemon.doctor import check_service
+    from daemon.service import install_windows
+
+    conf = tmp_path / "tandava.toml"
+    conf.write_text(BASE, encoding="utf-8")
+    settings = load_settings(conf)
+    assert check_service(settings).ok and "not installed" in check_service(settings).detail
+    install_windows(settings)
+    assert check_service(settings).ok
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tandava.toml").write_text(BASE, encoding="utf-8")
+    install_windows(load_settings(other / "tandava.toml"), dest_dir=tmp_path / "service")
+    result = check_service(settings)
+    assert not result.ok and "service install" in result.detail
