@@ -21,7 +21,7 @@ from typing import Any
 from daemon.backends import Job, Progress
 from daemon.comfy.client import ComfyClient, client_id_for
 from daemon.comfy.pool import Pool, Server
-from daemon.comfy.supervisor import ComfyProcess, RemoteComfy
+from daemon.comfy.supervisor import ComfyProcess, RemoteComfy, managed_url
 from daemon.comfy.vram import Admission, Ollama
 from daemon.comfy.workflows import Workflow, find_workflow
 from daemon.config import Settings
@@ -85,7 +85,8 @@ class ComfyVideoBackend(ComfyImageBackend):
 def server_urls(settings: Settings) -> list[str]:
     """Every ComfyUI URL in use: the managed server first, then ``[comfy] servers``, without repeats."""
     cfg = settings.comfy
-    urls = [f"http://{cfg.managed.host}:{cfg.managed.port}"] if cfg.managed is not None else []
+    # The same URL the keeper watches: a managed ComfyUI bound to 0.0.0.0 is reached on loopback.
+    urls = [managed_url(cfg.managed)] if cfg.managed is not None else []
     for url in cfg.servers or ([] if urls else [DEFAULT_URL]):
         if url.rstrip("/") not in urls:
             urls.append(url.rstrip("/"))

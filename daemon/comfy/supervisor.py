@@ -213,6 +213,13 @@ class _LaunchFailed(Exception):
     """One launch that did not answer; ``args`` are (why, log tail)."""
 
 
+def managed_url(cfg: ManagedComfyConfig) -> str:
+    """Where a managed ComfyUI answers: a server on every address is reached through loopback
+    (Windows cannot connect to 0.0.0.0)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{cfg.port}"
+
+
 class ComfyProcess:
     """One managed ComfyUI: launched, adopted, diagnosed and restarted here; thread-safe."""
 
@@ -232,9 +239,7 @@ class ComfyProcess:
 
     @property
     def url(self) -> str:
-        # A server on every address is reached through loopback; Windows cannot connect to 0.0.0.0.
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.cfg.host, self.cfg.host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.cfg.port}"
+        return managed_url(self.cfg)
 
     @property
     def pid(self) -> int | None:
