@@ -28,9 +28,8 @@ from daemon.comfy.events import (
 )
 
 # shared/ sits beside the repository, for developers and CI alike.
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "comfyui" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "comfyui"
 
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared/comfyui/samples is not beside the repo")
 
 
 def frames(name: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from daemon.comfy.preflight import (
 from daemon.comfy.workflows import builtin_dir, find_workflow
 from daemon.errors import WorkflowError
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "comfyui" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "comfyui"
 KIJAI_FIXTURE = Path(__file__).resolve().parent / "data" / "object_info_kijai.json"
 
 # Every model file the shipped workflows load, by the folder it lives in.

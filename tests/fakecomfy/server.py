@@ -3,7 +3,7 @@
 How this works: ``FakeComfy`` runs an aiohttp app (ComfyUI's own stack) on a
 private asyncio loop in a daemon thread, on a real socket. Routes, validation,
 websocket messages and history entries follow PROTOCOL.md (ComfyUI v0.3.64 as
-captured in shared/comfyui/samples/), quirks included. A job computes nothing:
+captured in tests/data/comfyui/, see PROTOCOL.md there), quirks included. A job computes nothing:
 the worker walks the graph in dependency order, sleeps each node's share of
 ``job_seconds``, sends the messages a real node would send, and output nodes
 write real PNG and video files.
@@ -49,7 +49,7 @@ import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 from PIL import Image, PngImagePlugin
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "comfyui" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "comfyui"
 OBJECT_INFO_FILE = SAMPLES / "object_info_full_disable_api_nodes.json"
 
 COMFYUI_VERSION = "0.3.64"
