@@ -36,7 +36,7 @@ WARM_TARGET, COLD_TARGET = 1.0, 4.0
 def _child(song: Path) -> None:
     """Runs in the spawned process: import, analyse, report timings and peak memory."""
     started = time.perf_counter()
-    from daemon.analysis import analyze
+    from daemon.music.analysis import analyze
 
     imported = time.perf_counter()
     result = analyze(song)
@@ -94,8 +94,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from daemon.analysis import analyze
-    from daemon.synth import write_song
+    from daemon.music.analysis import analyze
+    from daemon.music.synth import write_song
 
     with tempfile.TemporaryDirectory(prefix="tandava-bench-") as tmp:
         song = Path(tmp) / f"song.{args.format}"

@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.assembly import assemble, filter_graph, x264_options  # noqa: E402
 from daemon.config import AssemblyConfig  # noqa: E402
-from daemon.media import find_ffmpeg, probe, run_ffmpeg  # noqa: E402
-from daemon.synth import write_song  # noqa: E402
-from daemon.timeline import Timeline, build_timeline  # noqa: E402
+from daemon.music.synth import write_song  # noqa: E402
+from daemon.video.assembly import assemble, filter_graph, x264_options  # noqa: E402
+from daemon.video.media import find_ffmpeg, probe, run_ffmpeg  # noqa: E402
+from daemon.video.timeline import Timeline, build_timeline  # noqa: E402
 
 TARGET = 20.0
 FPS, WIDTH, HEIGHT, CAP = 16, 832, 480, 81

@@ -69,11 +69,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from comfy_helpers import FLUX, WAN, clip_job, image_job, models_for  # noqa: E402
 from fakecomfy.server import FakeComfy  # noqa: E402
 
-from daemon.backends import Job, noop_progress  # noqa: E402
-from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend  # noqa: E402
-from daemon.comfy.client import ComfyClient  # noqa: E402
-from daemon.comfy.pool import Pool, Server  # noqa: E402
-from daemon.comfy.supervisor import RemoteComfy  # noqa: E402
+from daemon.backends.base import Job, noop_progress  # noqa: E402
+from daemon.backends.comfy.backend import ComfyImageBackend, ComfyVideoBackend  # noqa: E402
+from daemon.backends.comfy.client import ComfyClient  # noqa: E402
+from daemon.backends.comfy.pool import Pool, Server  # noqa: E402
+from daemon.backends.comfy.supervisor import RemoteComfy  # noqa: E402
 from daemon.config import ComfyConfig  # noqa: E402
 
 MODELS = models_for(FLUX, WAN)

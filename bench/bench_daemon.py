@@ -74,10 +74,10 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.errors import PermanentError  # noqa: E402
-from daemon.runs import ERROR_FILE, MANIFEST, new_run_id  # noqa: E402
-from daemon.states import Event, State  # noqa: E402
-from daemon.store import RunRef, RunStore  # noqa: E402
-from daemon.synth import synth_song, write_long_silence, write_song  # noqa: E402
+from daemon.music.synth import synth_song, write_long_silence, write_song  # noqa: E402
+from daemon.runs.manifest import ERROR_FILE, MANIFEST, new_run_id  # noqa: E402
+from daemon.runs.states import Event, State  # noqa: E402
+from daemon.runs.store import RunRef, RunStore  # noqa: E402
 
 STABLE_SECONDS = 2.0
 POLL_SECONDS = 1.0

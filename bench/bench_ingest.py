@@ -27,7 +27,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.inbox import InboxWatcher  # noqa: E402
+from daemon.intake.watcher import InboxWatcher  # noqa: E402
 
 SONG_BYTES = 1024 * 1024
 CHUNK_BYTES = 64 * 1024

@@ -44,15 +44,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from faketelegram import CHAT_ID, TOKEN, FakeTelegram  # noqa: E402
 
-from daemon.backends import Job, Progress  # noqa: E402
-from daemon.candidates import MakeCandidates, Offer  # noqa: E402
+from daemon.backends.base import Job, Progress  # noqa: E402
+from daemon.channels.telegram.bot import TelegramBot  # noqa: E402
 from daemon.config import Settings, TelegramConfig, load_settings  # noqa: E402
-from daemon.engine import Engine, Stage  # noqa: E402
-from daemon.plan import Segment  # noqa: E402
-from daemon.segments_file import write_segments  # noqa: E402
-from daemon.states import Event, State  # noqa: E402
-from daemon.store import RunRef, RunStore  # noqa: E402
-from daemon.telegram import TelegramBot  # noqa: E402
+from daemon.music.plan import Segment  # noqa: E402
+from daemon.music.segments_file import write_segments  # noqa: E402
+from daemon.runs.engine import Engine, Stage  # noqa: E402
+from daemon.runs.states import Event, State  # noqa: E402
+from daemon.runs.store import RunRef, RunStore  # noqa: E402
+from daemon.stages.candidates import MakeCandidates, Offer  # noqa: E402
 
 
 class Grain:

@@ -46,16 +46,17 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon import fsutil, web_app  # noqa: E402
-from daemon.approval import Approvals, ApprovalStore, Decision  # noqa: E402
-from daemon.backends import Job  # noqa: E402
+from daemon.approval.store import Approvals, ApprovalStore, Decision  # noqa: E402
+from daemon.backends.base import Job  # noqa: E402
+from daemon.channels.web import app as web_app  # noqa: E402
+from daemon.channels.web.server import WebPanel  # noqa: E402
 from daemon.config import Settings  # noqa: E402
-from daemon.plan import Segment  # noqa: E402
-from daemon.runs import ErrorRecord, Manifest, Song, StageProgress, StateChange, new_run_id  # noqa: E402
-from daemon.segments_file import write_segments  # noqa: E402
-from daemon.states import PIPELINE, State  # noqa: E402
-from daemon.store import RunRef, RunStore  # noqa: E402
-from daemon.web import WebPanel  # noqa: E402
+from daemon.music.plan import Segment  # noqa: E402
+from daemon.music.segments_file import write_segments  # noqa: E402
+from daemon.runs import fsutil  # noqa: E402
+from daemon.runs.manifest import ErrorRecord, Manifest, Song, StageProgress, StateChange, new_run_id  # noqa: E402
+from daemon.runs.states import PIPELINE, State  # noqa: E402
+from daemon.runs.store import RunRef, RunStore  # noqa: E402
 
 TARGET_MS = 500.0
 CHROMIUM = Path("/usr/bin/chromium")

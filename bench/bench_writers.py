@@ -28,12 +28,12 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.analysis import analyze_signal  # noqa: E402
 from daemon.config import Settings  # noqa: E402
-from daemon.plan import Segment, fit_ideas, plan_segments  # noqa: E402
-from daemon.synth import synth_song  # noqa: E402
-from daemon.writers import ThemeWriter, load_theme, write_plan  # noqa: E402
-from daemon.writing import Brief, PlanIdeas, WriterFailed  # noqa: E402
+from daemon.music.analysis import analyze_signal  # noqa: E402
+from daemon.music.plan import Segment, fit_ideas, plan_segments  # noqa: E402
+from daemon.music.synth import synth_song  # noqa: E402
+from daemon.writers.brief import Brief, PlanIdeas, WriterFailed  # noqa: E402
+from daemon.writers.chain import ThemeWriter, load_theme, write_plan  # noqa: E402
 
 TARGET_MS = 50.0
 _WORDS = ("ash", "ember", "river", "temple", "drum", "moon", "trident", "smoke", "gold", "storm", "lotus",

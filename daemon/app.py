@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from daemon.config import Settings
-from daemon.engine import Engine
+from daemon.config import Settings, uses_comfy
 from daemon.errors import TandavaError
-from daemon.health import HealthReporter, comfy_backends
-from daemon.intake import Intake
-from daemon.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
-from daemon.pipeline import build_stages, uses_comfy
-from daemon.service import STOP_TIMEOUT_SECONDS
-from daemon.store import RunStore
+from daemon.host.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
+from daemon.host.service import STOP_TIMEOUT_SECONDS
+from daemon.intake.intake import Intake
+from daemon.runs.engine import Engine
+from daemon.runs.health import HealthReporter, comfy_backends
+from daemon.runs.store import RunStore
+from daemon.stages.pipeline import build_stages
 
 if TYPE_CHECKING:
-    from daemon.comfy.backend import ComfyBackends
+    from daemon.backends.comfy.backend import ComfyBackends
 
 log = structlog.get_logger("tandava.daemon")
 
@@ -37,12 +37,21 @@ def open_store(settings: Settings) -> RunStore:
     return store
 
 
+def open_comfy(settings: Settings) -> ComfyBackends:
+    """The ComfyUI pool, told who else holds the GPU: a prompt-writing Ollama on the same
+    machine gets its models unloaded before a GPU job (the backends never import a writer)."""
+    from daemon.backends.comfy.backend import ComfyBackends
+    from daemon.writers.ollama import ollama_to_unload
+
+    return ComfyBackends.open(settings, ollama_url=ollama_to_unload(settings))
+
+
 def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) -> int:
     """Serve the inbox until ``stop_event`` is set; with ``once``, until nothing is left to do.
 
     Returns a process exit code.
     """
-    from daemon.inbox import InboxWatcher
+    from daemon.intake.watcher import InboxWatcher
 
     store = open_store(settings)
     release = store.lock()
@@ -65,9 +74,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             polling=watch.polling,
         )
         if uses_comfy(settings):
-            from daemon.comfy.backend import ComfyBackends
-
-            comfy = ComfyBackends.open(settings)
+            comfy = open_comfy(settings)
         engine = Engine(
             store,
             build_stages(settings, comfy),
@@ -142,7 +149,7 @@ def start_channels(settings: Settings, store: RunStore) -> list[Channel]:
     """
     started: list[Channel] = []
     if settings.web.enabled:
-        from daemon.web import WebPanel
+        from daemon.channels.web.server import WebPanel
 
         panel = WebPanel(settings, store)
         try:
@@ -154,7 +161,7 @@ def start_channels(settings: Settings, store: RunStore) -> list[Channel]:
             started.append(panel)
             log.info("web.started", url=url)
     if settings.telegram.enabled:
-        from daemon.telegram import TelegramBot
+        from daemon.channels.telegram.bot import TelegramBot
 
         bot = TelegramBot(settings, store)
         bot.start()  # never raises for Telegram being away: it retries by itself

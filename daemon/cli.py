@@ -26,7 +26,7 @@ from daemon.errors import ConfigError, StoreError, TandavaError
 from daemon.logs import configure_logging, default_console, log_file_for
 
 if TYPE_CHECKING:
-    from daemon.approval import Verdict
+    from daemon.approval.store import Verdict
 
 Command = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, Command] = {}
@@ -70,7 +70,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: tandava status
     """
-    from daemon.report import status_lines
+    from daemon.host.report import status_lines
 
     for line in status_lines(settings.paths.state_root, verbose=args.verbose):
         print(line)
@@ -85,8 +85,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: tandava show 20261121-101500_shiva-tandav
     """
-    from daemon.report import show_lines
-    from daemon.store import RunStore
+    from daemon.host.report import show_lines
+    from daemon.runs.store import RunStore
 
     for line in show_lines(RunStore(settings.paths.state_root), args.run):
         print(line)
@@ -102,7 +102,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: tandava retry 20261121-101500_shiva-tandav
     """
-    from daemon.store import RunStore
+    from daemon.runs.store import RunStore
 
     store = RunStore(settings.paths.state_root)
     ref = store.find(args.run)
@@ -117,7 +117,7 @@ def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: tandava pending
     """
-    from daemon.report import pending_lines
+    from daemon.host.report import pending_lines
 
     for line in pending_lines(settings.paths.state_root):
         print(line)
@@ -159,8 +159,8 @@ def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> i
     import getpass
     import platform
 
-    from daemon import decisions
-    from daemon.store import RunStore
+    from daemon.approval import decisions
+    from daemon.runs.store import RunStore
 
     store = RunStore(settings.paths.state_root)
     ref = store.find(args.run)
@@ -200,7 +200,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     Example: tandava init            (writes ./tandava.toml)
              tandava init --path /srv/tandava/tandava.toml
     """
-    from daemon.report import sample_config
+    from daemon.host.report import sample_config
 
     target: Path = args.path
     if target.exists() and not args.force:
@@ -234,7 +234,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: tandava doctor
     """
-    from daemon.doctor import run_checks
+    from daemon.host.doctor import run_checks
 
     ok = True
     for check in run_checks(settings):
@@ -274,7 +274,7 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
              tandava service install --systemd --user
              tandava --config C:\\Tandava\\tandava.toml service install --windows
     """
-    from daemon.service import install_systemd, install_windows
+    from daemon.host.service import install_systemd, install_windows
 
     if args.windows and args.user:
         print("tandava: --user goes with --systemd", file=sys.stderr)
@@ -297,7 +297,7 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
              tandava logs --run 20261121-1015    (one run's events)
              tandava logs --follow               (new events until Ctrl-C)
     """
-    from daemon.logview import show_logs
+    from daemon.host.logview import show_logs
 
     try:
         return show_logs(log_file_for(settings.paths.logs, "daemon"), sys.stdout,

@@ -275,6 +275,33 @@ class _KnownKeysOnly(PydanticBaseSettingsSource):
         return {k: v for k, v in self.inner().items() if k in self.settings_cls.model_fields}
 
 
+# Where ComfyUI answers when nothing says otherwise: its own default port.
+DEFAULT_COMFY_URL = "http://127.0.0.1:8188"
+
+
+def uses_comfy(settings: Settings) -> bool:
+    """Whether images or clips come from ComfyUI (then the daemon opens a server pool)."""
+    return settings.images.backend == "comfyui" or settings.clips.backend == "comfyui"
+
+
+def managed_comfy_url(cfg: ManagedComfyConfig) -> str:
+    """Where a managed ComfyUI answers: a server on every address is reached through loopback
+    (Windows cannot connect to 0.0.0.0)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{cfg.port}"
+
+
+def comfy_urls(settings: Settings) -> list[str]:
+    """Every ComfyUI URL in use: the managed server first, then ``[comfy] servers``, without repeats."""
+    cfg = settings.comfy
+    # The same URL the keeper watches: a managed ComfyUI bound to 0.0.0.0 is reached on loopback.
+    urls = [managed_comfy_url(cfg.managed)] if cfg.managed is not None else []
+    for url in cfg.servers or ([] if urls else [DEFAULT_COMFY_URL]):
+        if url.rstrip("/") not in urls:
+            urls.append(url.rstrip("/"))
+    return urls
+
+
 def find_config_file(explicit: Path | None = None, *, cwd: Path | None = None) -> Path | None:
     """The config file to use: ``--config``, then ``$TANDAVA_CONFIG``, then ``./tandava.toml``."""
     if explicit is not None:

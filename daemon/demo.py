@@ -16,9 +16,9 @@ from typing import TextIO
 
 from daemon.config import load_settings
 from daemon.logs import configure_logging
-from daemon.states import State
-from daemon.store import RunStore
-from daemon.synth import write_song
+from daemon.music.synth import write_song
+from daemon.runs.states import State
+from daemon.runs.store import RunStore
 
 DEMO_SONG = "Shiva Tandava (demo).wav"
 DEMO_SECONDS = 40.0

@@ -26,8 +26,8 @@ import win32serviceutil
 
 from daemon.config import Settings, load_settings
 from daemon.errors import TandavaError
+from daemon.host.service import SERVICE_NAME, STOP_TIMEOUT_SECONDS
 from daemon.logs import configure_logging
-from daemon.service import SERVICE_NAME, STOP_TIMEOUT_SECONDS
 
 RunDaemon = Callable[[Settings, threading.Event], int]
 CONFIG_OPTION = "config"

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.backends import Job
-from daemon.comfy.client import ComfyClient
-from daemon.comfy.pool import Pool, Server
-from daemon.comfy.preflight import model_folder
-from daemon.comfy.supervisor import RemoteComfy
-from daemon.comfy.workflows import Workflow, find_workflow
+from daemon.backends.base import Job
+from daemon.backends.comfy.client import ComfyClient
+from daemon.backends.comfy.pool import Pool, Server
+from daemon.backends.comfy.preflight import model_folder
+from daemon.backends.comfy.supervisor import RemoteComfy
+from daemon.backends.comfy.workflows import Workflow, find_workflow
 from daemon.errors import Unavailable
 
 FLUX = find_workflow("flux_t2i")

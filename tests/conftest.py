@@ -10,7 +10,7 @@ from faketelegram import CHAT_ID, TOKEN, FakeTelegram
 from pydantic import SecretStr
 
 from daemon.config import Settings, TelegramConfig, load_settings
-from daemon.store import RunStore
+from daemon.runs.store import RunStore
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Music analysis against synthesized songs whose truth is known (daemon.analysis)."""
+"""Music analysis against synthesized songs whose truth is known (daemon.music.analysis)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.analysis import Analysis, analyze, analyze_signal
 from daemon.errors import BadInput
-from daemon.synth import SongTruth, synth_song, write_long_silence, write_song
+from daemon.music.analysis import Analysis, analyze, analyze_signal
+from daemon.music.synth import SongTruth, synth_song, write_long_silence, write_song
 
 SR = 22050
 # (bpm, beats per bar, planted section change in seconds, hats per beat)
@@ -180,8 +180,8 @@ def test_analysis_needs_no_jit_compiler() -> None:
     """A fresh process analyses a song without importing librosa or numba (no JIT cost)."""
     code = (
         "import sys\n"
-        "from daemon.analysis import analyze_signal\n"
-        "from daemon.synth import synth_song\n"
+        "from daemon.music.analysis import analyze_signal\n"
+        "from daemon.music.synth import synth_song\n"
         "y, _ = synth_song(6.0, 120.0)\n"
         "assert analyze_signal(y, 22050).beats\n"
         "print(sorted(m for m in ('librosa', 'numba') if m in sys.modules))\n"

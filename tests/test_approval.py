@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from daemon.approval import ApprovalStore, DecisionRefused, statuses
-from daemon.backends import Job, Progress
-from daemon.candidates import MakeCandidates, Offer
+from daemon.approval.store import ApprovalStore, DecisionRefused, statuses
+from daemon.backends.base import Job, Progress
 from daemon.config import Settings
-from daemon.engine import Engine, Stage
-from daemon.gate import Gate
-from daemon.plan import Segment
-from daemon.segments_file import write_segments
-from daemon.states import Event, State
-from daemon.store import RunRef, RunStore
+from daemon.music.plan import Segment
+from daemon.music.segments_file import write_segments
+from daemon.runs.engine import Engine, Stage
+from daemon.runs.states import Event, State
+from daemon.runs.store import RunRef, RunStore
+from daemon.stages.candidates import MakeCandidates, Offer
+from daemon.stages.gate import Gate
 
 
 class SolidColour:
@@ -167,8 +167,8 @@ def test_two_processes_deciding_at_once_lose_nothing(store: RunStore, tmp_path: 
     """Concurrent decisions from separate processes all land in the log."""
     ref, _ = new_pending_run(store, tmp_path, manual, segments=4)
     code = (
-        "import sys\nfrom pathlib import Path\nfrom daemon.approval import ApprovalStore\n"
-        "from daemon.store import RunStore\n"
+        "import sys\nfrom pathlib import Path\nfrom daemon.approval.store import ApprovalStore\n"
+        "from daemon.runs.store import RunStore\n"
         "a = ApprovalStore(RunStore(Path(sys.argv[1])))\n"
         "for i in range(16):\n"
         "    verdict = 'approve' if (i // 2) % 2 == 0 else 'reject'\n"

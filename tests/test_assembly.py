@@ -1,4 +1,4 @@
-"""Final video assembly (daemon.assembly) with the real ffmpeg on real files."""
+"""Final video assembly (daemon.video.assembly) with the real ffmpeg on real files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.assembly import (
+from daemon.config import AssemblyConfig
+from daemon.errors import PermanentError, TransientError
+from daemon.music.plan import Segment
+from daemon.music.synth import write_song
+from daemon.runs.fsutil import is_temp_name
+from daemon.video.assembly import (
     LEAN_X264_PARAMS,
     assemble,
     contact_label,
@@ -21,13 +26,8 @@ from daemon.assembly import (
     write_thumbnail,
     x264_options,
 )
-from daemon.config import AssemblyConfig
-from daemon.errors import PermanentError, TransientError
-from daemon.fsutil import is_temp_name
-from daemon.media import find_ffmpeg, probe, run_ffmpeg
-from daemon.plan import Segment
-from daemon.synth import write_song
-from daemon.timeline import Timeline, build_timeline
+from daemon.video.media import find_ffmpeg, probe, run_ffmpeg
+from daemon.video.timeline import Timeline, build_timeline
 
 W, H = 160, 96
 SONG_SECONDS = 12.0

@@ -1,4 +1,4 @@
-"""Decoding songs and refusing unusable ones (daemon.audio)."""
+"""Decoding songs and refusing unusable ones (daemon.music.audio)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.audio import load_mono, probe_duration
 from daemon.errors import BadInput
-from daemon.synth import synth_song, write_audio, write_long_silence, write_song
+from daemon.music.audio import load_mono, probe_duration
+from daemon.music.synth import synth_song, write_audio, write_long_silence, write_song
 
 FORMATS = [".wav", ".flac", ".ogg", ".mp3", ".m4a"]
 

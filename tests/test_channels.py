@@ -10,11 +10,11 @@ from test_approval import new_pending_run
 from test_telegram import USER, button, edited, messages, running
 from test_web import post
 
+from daemon.channels.web.server import WebPanel
 from daemon.cli import main
 from daemon.config import Settings
-from daemon.report import pending_lines
-from daemon.store import RunStore
-from daemon.web import WebPanel
+from daemon.host.report import pending_lines
+from daemon.runs.store import RunStore
 
 
 def panel_shows_approved(panel: WebPanel, run_id: str, segment: int, candidate: int) -> bool:

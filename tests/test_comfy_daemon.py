@@ -18,12 +18,12 @@ from PIL import Image
 from test_render import drop_song, only_run
 from test_resilience import env
 
-from daemon import media
 from daemon.app import run
 from daemon.config import ManagedComfyConfig, Settings
-from daemon.doctor import check_comfy
-from daemon.states import State
-from daemon.synth import write_song
+from daemon.host.doctor import check_comfy
+from daemon.music.synth import write_song
+from daemon.runs.states import State
+from daemon.video import media
 
 MODELS = models_for(FLUX, WAN)
 
@@ -245,9 +245,9 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 def test_status_shows_each_job_in_flight_with_its_server_and_progress(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`tandava status` lists a run's GPU jobs: how far each is and where (queued or running on which server)."""
-    from daemon.backends import Job
-    from daemon.report import status_lines
-    from daemon.states import Event
+    from daemon.backends.base import Job
+    from daemon.host.report import status_lines
+    from daemon.runs.states import Event
 
     song = tmp_path / "song.wav"
     write_song(song, 3.0, 120.0)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.comfy.events import (
+from daemon.backends.comfy.events import (
     Executed,
     Executing,
     ExecutionError,

@@ -49,11 +49,10 @@ import pytest
 import requests
 from PIL import Image
 
-from daemon import media
-from daemon.backends import Job, noop_progress
-from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
-from daemon.comfy.client import ComfyClient, Listener
-from daemon.comfy.events import (
+from daemon.backends.base import Job, noop_progress
+from daemon.backends.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
+from daemon.backends.comfy.client import ComfyClient, Listener
+from daemon.backends.comfy.events import (
     Event,
     Executed,
     Executing,
@@ -62,13 +61,14 @@ from daemon.comfy.events import (
     OutputFile,
     Status,
 )
-from daemon.comfy.pool import Pool, Server, Ticket
-from daemon.comfy.preflight import check_workflow, raise_for
-from daemon.comfy.supervisor import RemoteComfy, health
-from daemon.comfy.vram import Admission
-from daemon.comfy.workflows import load_workflow
+from daemon.backends.comfy.pool import Pool, Server, Ticket
+from daemon.backends.comfy.preflight import check_workflow, raise_for
+from daemon.backends.comfy.supervisor import RemoteComfy, health
+from daemon.backends.comfy.vram import Admission
+from daemon.backends.comfy.workflows import load_workflow
 from daemon.errors import QCFailed, TransientError, WorkflowError
-from daemon.qc import check_clip, check_image, clip_problems, clip_stats
+from daemon.video import media
+from daemon.video.qc import check_clip, check_image, clip_problems, clip_stats
 
 URL = os.environ.get("TANDAVA_TEST_COMFYUI_URL", "").strip().rstrip("/")
 ALLOW_FREE = os.environ.get("TANDAVA_TEST_COMFYUI_FREE", "") == "1"

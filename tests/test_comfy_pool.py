@@ -24,12 +24,12 @@ from fakecomfy.server import FakeComfy
 from PIL import Image
 from structlog.testing import capture_logs
 
-from daemon import media
-from daemon.backends import noop_progress
-from daemon.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
-from daemon.comfy.pool import Pool
-from daemon.comfy.vram import Admission, Ollama
+from daemon.backends.base import noop_progress
+from daemon.backends.comfy.backend import ComfyImageBackend, ComfyVideoBackend, job_values
+from daemon.backends.comfy.pool import Pool
+from daemon.backends.comfy.vram import Admission, Ollama
 from daemon.errors import TransientError, Unavailable, WorkflowError
+from daemon.video import media
 
 MODELS = models_for(FLUX, WAN)
 

@@ -15,9 +15,9 @@ import pytest
 from daemon.app import run
 from daemon.cli import main
 from daemon.config import Settings
-from daemon.states import State
-from daemon.store import RunStore
-from daemon.synth import write_song
+from daemon.music.synth import write_song
+from daemon.runs.states import State
+from daemon.runs.store import RunStore
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from test_approval import new_pending_run
 
-from daemon import decisions
-from daemon.approval import DecisionRefused
+from daemon.approval import decisions
+from daemon.approval.store import DecisionRefused
 from daemon.config import Settings
 from daemon.errors import StoreError
-from daemon.states import State
-from daemon.store import RunStore
+from daemon.runs.states import State
+from daemon.runs.store import RunStore
 
 
 def test_pending_run_view_lists_segments_and_candidates(store: RunStore, tmp_path: Path, settings: Settings) -> None:

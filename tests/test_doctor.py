@@ -49,8 +49,8 @@ def test_service_check_names_a_definition_for_another_configuration(tmp_path: Pa
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """A service definition written for this config passes; one for another config fails with the fix."""
     from daemon.config import load_settings
-    from daemon.doctor import check_service
-    from daemon.service import install_windows
+    from daemon.host.doctor import check_service
+    from daemon.host.service import install_windows
 
     conf = tmp_path / "tandava.toml"
     conf.write_text(BASE, encoding="utf-8")

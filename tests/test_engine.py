@@ -7,10 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from daemon.engine import Engine, Stage, StageRun
 from daemon.errors import BadInput, TransientError, Unavailable
-from daemon.states import Event, State
-from daemon.store import RunRef, RunStore
+from daemon.runs.engine import Engine, Stage, StageRun
+from daemon.runs.states import Event, State
+from daemon.runs.store import RunRef, RunStore
 
 
 def add_run(store: RunStore, tmp_path: Path, name: str = "a.mp3") -> RunRef:
@@ -160,7 +160,7 @@ def test_transient_retry_is_cut_short_by_stop(store: RunStore, tmp_path: Path) -
 
 def test_waiting_runs_are_rechecked_without_counting_attempts(store: RunStore, tmp_path: Path) -> None:
     """A run that waits for a person is looked at again later, as one attempt, with its reason recorded."""
-    from daemon.engine import Waiting
+    from daemon.runs.engine import Waiting
 
     calls = []
 

@@ -23,7 +23,7 @@ from fakecomfy import FakeComfy
 from fakecomfy.server import SAMPLES
 from PIL import Image
 
-from daemon.comfy.events import Executing, JobWatch, parse_history, parse_text
+from daemon.backends.comfy.events import Executing, JobWatch, parse_history, parse_text
 
 IMAGE_GRAPH = {
     "1": {"class_type": "EmptyImage",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import fsutil
+from daemon.runs import fsutil
 
 
 def test_atomic_write_replaces_whole_content(tmp_path: Path) -> None:

@@ -14,9 +14,13 @@ from fakegemini import API_KEY, API_VERSION, FakeGemini, error, good_plan, slow,
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from daemon.analysis import analyze
 from daemon.config import GeminiConfig, Settings
-from daemon.gemini import (
+from daemon.music.analysis import analyze
+from daemon.music.plan import plan_segments
+from daemon.music.synth import write_song
+from daemon.writers.brief import Brief, PlanIdeas, WriterFailed
+from daemon.writers.chain import load_theme
+from daemon.writers.gemini import (
     AUDIO_MIME_TYPES,
     GeminiWriter,
     api_key_for,
@@ -25,10 +29,6 @@ from daemon.gemini import (
     make_gemini_writer,
     read_dotenv,
 )
-from daemon.plan import plan_segments
-from daemon.synth import write_song
-from daemon.writers import load_theme
-from daemon.writing import Brief, PlanIdeas, WriterFailed
 
 # A wrong key that logs.scrub would not recognise: only the writer's own masking hides it.
 WRONG_KEY = "tandava-wrong-key-0042"

@@ -9,15 +9,15 @@ from structlog.testing import capture_logs
 
 from daemon.config import Settings
 from daemon.errors import PermanentError
-from daemon.health import (
+from daemon.runs.health import (
     HEALTH_FILE,
     HealthReporter,
     health_json,
     health_lines,
     read_health,
 )
-from daemon.states import Event
-from daemon.store import RunRef, RunStore
+from daemon.runs.states import Event
+from daemon.runs.store import RunRef, RunStore
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

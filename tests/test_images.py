@@ -12,10 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageFont
 
-from daemon.backends import ImageBackend, Job, noop_progress
-from daemon.config import ImagesConfig, Settings
-from daemon.errors import RUN_PLACEHOLDER, PermanentError
-from daemon.images import (
+from daemon.backends.base import ImageBackend, Job, noop_progress
+from daemon.backends.images import (
     FolderBackend,
     StoryboardBackend,
     format_time,
@@ -25,6 +23,8 @@ from daemon.images import (
     render_storyboard,
     wrap,
 )
+from daemon.config import ImagesConfig, Settings
+from daemon.errors import RUN_PLACEHOLDER, PermanentError
 
 W, H = 832, 480
 PROMPT = "Nataraja dancing in a ring of fire, cosmic dust, volumetric light, 35mm film"

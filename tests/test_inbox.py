@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from structlog.testing import LogCapture
 from watchdog.observers.api import BaseObserver
 
-from daemon.inbox import (
+from daemon.intake.watcher import (
     InboxWatcher,
     can_open_exclusively,
     is_network_path,

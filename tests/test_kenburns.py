@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from daemon import media
-from daemon.backends import Job, VideoBackend, noop_progress
+from daemon.backends.base import Job, VideoBackend, noop_progress
+from daemon.backends.kenburns import KenBurnsBackend, parse_motion
 from daemon.errors import RUN_PLACEHOLDER, PermanentError, TransientError
-from daemon.kenburns import KenBurnsBackend, parse_motion
+from daemon.video import media
 
 W, H = 416, 240
 SQUARE = 60  # side of the white square at the centre of the test still

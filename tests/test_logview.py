@@ -10,7 +10,7 @@ from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from daemon.logview import follow, last_events, log_files, render, show_logs
+from daemon.host.logview import follow, last_events, log_files, render, show_logs
 
 RUN = "20261121-101500_shiva-tandav_1a2b3c4d"
 OTHER = "20261121-111500_other-song_9f9f9f9f"

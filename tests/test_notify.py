@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine import Engine
-from daemon.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
-from daemon.store import RunStore
+from daemon.host.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
+from daemon.runs.engine import Engine
+from daemon.runs.store import RunStore
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or getattr(socket, "AF_UNIX", None) is None, reason="no AF_UNIX datagrams"

@@ -1,4 +1,4 @@
-"""The Ollama prompt writer against a fake Ollama (daemon.ollama)."""
+"""The Ollama prompt writer against a fake Ollama (daemon.writers.ollama)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from comfy_helpers import FLUX, WAN, image_job, models_for
 from fakecomfy import FakeComfy
 from fakeollama import GB, MODEL, FakeOllama
 
-from daemon.analysis import Analysis, analyze_signal
-from daemon.backends import noop_progress
-from daemon.comfy.backend import ComfyBackends
+from daemon.backends.base import noop_progress
+from daemon.app import open_comfy
 from daemon.config import OllamaConfig, Settings
-from daemon.doctor import check_writers
-from daemon.ollama import OllamaWriter, context_tokens, doctor_checks, has_model, unload
-from daemon.plan import plan_segments
-from daemon.synth import synth_song
-from daemon.writers import load_theme
-from daemon.writing import Brief, PlanIdeas, WriterFailed, brief_text
+from daemon.host.doctor import check_writers
+from daemon.music.analysis import Analysis, analyze_signal
+from daemon.music.plan import plan_segments
+from daemon.music.synth import synth_song
+from daemon.writers.brief import Brief, PlanIdeas, WriterFailed, brief_text
+from daemon.writers.chain import load_theme
+from daemon.writers.ollama import OllamaWriter, context_tokens, doctor_checks, has_model, unload
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_short_vram_unloads_the_writer_model_before_a_gpu_job(tmp_path: Path, se
         settings.ollama.url = ollama.url
         OllamaWriter(settings.ollama).propose(brief)
         assert comfy.vram_free == 7 * GB  # too little for Flux (14 GB + margin)
-        backends = ComfyBackends.open(settings)
+        backends = open_comfy(settings)
         try:
             job = image_job(0, tmp_path)
             backends.image.submit(job)
@@ -146,7 +146,7 @@ def test_short_vram_unloads_the_writer_model_before_a_gpu_job(tmp_path: Path, se
 
 def test_a_remote_ollama_is_left_alone_by_vram_admission(settings: Settings) -> None:
     """Admission only unloads an Ollama on this machine (or a ComfyUI server's), and only when it writes."""
-    from daemon.ollama import ollama_to_unload
+    from daemon.writers.ollama import ollama_to_unload
 
     settings.images.backend = "comfyui"
     settings.ollama.url = "http://127.0.0.1:11434"

@@ -1,4 +1,4 @@
-"""Cutting songs into segments (daemon.plan)."""
+"""Cutting songs into segments (daemon.music.plan)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.analysis import Analysis, Section, analyze_signal
-from daemon.plan import CLIP_SECONDS, MOODS, Segment, mood_for, plan_segments
-from daemon.synth import synth_song
+from daemon.music.analysis import Analysis, Section, analyze_signal
+from daemon.music.plan import CLIP_SECONDS, MOODS, Segment, mood_for, plan_segments
+from daemon.music.synth import synth_song
 
 
 def _analysis(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.comfy.preflight import (
+from daemon.backends.comfy.preflight import (
     Problem,
     check,
     check_workflow,
@@ -18,7 +18,7 @@ from daemon.comfy.preflight import (
     node_pack,
     raise_for,
 )
-from daemon.comfy.workflows import builtin_dir, find_workflow
+from daemon.backends.comfy.workflows import builtin_dir, find_workflow
 from daemon.errors import WorkflowError
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "comfyui"

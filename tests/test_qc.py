@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon import qc
 from daemon.errors import PermanentError, QCFailed
+from daemon.video import qc
 
 W, H = 208, 120  # a quarter of Wan's 832x480: same grid figures, 16x less to encode
 FRAMES, FPS = 81, 16

@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon import media
 from daemon.app import run
-from daemon.approval import ApprovalStore
-from daemon.backends import Job, Progress
+from daemon.approval.store import ApprovalStore
+from daemon.backends.base import Job, Progress
 from daemon.config import Settings
-from daemon.engine import Engine, Stage
-from daemon.render import Render
-from daemon.segments_file import read_segments
-from daemon.states import Event, State
-from daemon.store import RunStore
-from daemon.synth import write_song
+from daemon.music.segments_file import read_segments
+from daemon.music.synth import write_song
+from daemon.runs.engine import Engine, Stage
+from daemon.runs.states import Event, State
+from daemon.runs.store import RunStore
+from daemon.stages.render import Render
+from daemon.video import media
 
 
 def drop_song(settings: Settings, name: str = "tandav.wav", seconds: float = 20.0, bpm: float = 120.0) -> Path:
@@ -147,12 +147,12 @@ def test_broken_clips_are_remade_then_the_run_fails_clearly(auto: Settings) -> N
     auto.engine.attempts = 3
     drop_song(auto, seconds=8.0)
     garbage = Garbage()
-    stages = [s for s in __import__("daemon.pipeline", fromlist=["build_stages"]).build_stages(auto)
+    stages = [s for s in __import__("daemon.stages.pipeline", fromlist=["build_stages"]).build_stages(auto)
               if s.name != "render"]
     stages.append(Stage("render", State.APPROVED, Event.RENDER_DONE, Render(auto, lambda s: garbage)))
     store = RunStore(auto.paths.state_root)
     store.ensure_layout()
-    from daemon.intake import Intake
+    from daemon.intake.intake import Intake
 
     for path in auto.paths.inbox.iterdir():
         Intake(store, auto.paths.inbox).accept(path)

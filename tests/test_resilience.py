@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.synth import write_long_silence, write_song
+from daemon.music.synth import write_long_silence, write_song
 
 SONGS = [("kailash.wav", 100.0), ("nataraja.flac", 120.0), ("ganga.ogg", 90.0),
          ("damaru.wav", 140.0), ("शिव तांडव 🔱.flac", 128.0), ("trishula.wav", 110.0)]

@@ -18,7 +18,7 @@ import pytest
 
 from daemon.config import Settings
 from daemon.errors import ConfigError
-from daemon.service import (
+from daemon.host.service import (
     install_systemd,
     install_windows,
     mapped_drive_warnings,

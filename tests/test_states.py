@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from daemon.errors import IllegalTransition
-from daemon.states import PIPELINE, TRANSITIONS, WORKING, Event, State, can_move, next_state
+from daemon.runs.states import PIPELINE, TRANSITIONS, WORKING, Event, State, can_move, next_state
 
 ALLOWED = {
     (State.INCOMING, Event.ANALYSIS_DONE): State.ANALYZED,

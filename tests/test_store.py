@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import fsutil
 from daemon.errors import BadInput, IllegalTransition, RunNotFound, StoreError, StoreLocked
-from daemon.runs import slugify
-from daemon.states import Event, State
-from daemon.store import INGEST_PREFIX, RunStore
+from daemon.runs import fsutil
+from daemon.runs.manifest import slugify
+from daemon.runs.states import Event, State
+from daemon.runs.store import INGEST_PREFIX, RunStore
 
 
 def drop(inbox: Path, name: str = "song.mp3", data: bytes = b"ID3 fake audio") -> Path:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.comfy.supervisor import (
+from daemon.backends.comfy.supervisor import (
     ComfyProcess,
     Owner,
     PortTaken,

@@ -21,15 +21,15 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 from test_approval import gate_once, new_pending_run
 
-from daemon import decisions
-from daemon.approval import ApprovalStore
+from daemon.approval import decisions
+from daemon.approval.store import ApprovalStore
+from daemon.channels.telegram.bot import TelegramBot, doctor_checks
+from daemon.channels.telegram.media import PREVIEW_NAME, photo_payload
 from daemon.config import Settings
 from daemon.errors import BadInput
-from daemon.runs import utcnow
-from daemon.states import Event, State
-from daemon.store import RunRef, RunStore
-from daemon.telegram import TelegramBot, doctor_checks
-from daemon.telegram_media import PREVIEW_NAME, photo_payload
+from daemon.runs.manifest import utcnow
+from daemon.runs.states import Event, State
+from daemon.runs.store import RunRef, RunStore
 
 USER = TELEGRAM_USER
 STRANGER = 999

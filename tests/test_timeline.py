@@ -1,4 +1,4 @@
-"""Frame timeline math (daemon.timeline): exact coverage, chains, slow-downs, transitions."""
+"""Frame timeline math (daemon.video.timeline): exact coverage, chains, slow-downs, transitions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.errors import PermanentError
-from daemon.plan import Segment
-from daemon.timeline import (
+from daemon.music.plan import Segment
+from daemon.video.timeline import (
     InvalidPlan,
     Timeline,
     build_timeline,

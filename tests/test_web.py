@@ -17,13 +17,13 @@ import requests
 from PIL import Image
 from test_approval import new_pending_run
 
-from daemon import decisions
-from daemon.approval import ApprovalStore
+from daemon.approval import decisions
+from daemon.approval.store import ApprovalStore
+from daemon.channels.web.server import WebPanel, doctor_checks, url_for
 from daemon.config import Settings
 from daemon.errors import ConfigError, PermanentError
-from daemon.states import Event, State
-from daemon.store import RunRef, RunStore
-from daemon.web import WebPanel, doctor_checks, url_for
+from daemon.runs.states import Event, State
+from daemon.runs.store import RunRef, RunStore
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 SONG = "शिव तांडव 🔱 & 'Rudra'.flac"
@@ -388,7 +388,7 @@ def test_a_long_state_shows_its_newest_and_pages_the_rest(panel: WebPanel, store
                                                           tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the per-state limit the index links to /states/<state>, which pages every run."""
-    from daemon import web_app
+    from daemon.channels.web import app as web_app
 
     monkeypatch.setattr(web_app, "INDEX_PER_STATE", 1)
     monkeypatch.setattr(web_app, "PAGE_SIZE", 2)

@@ -17,13 +17,13 @@ from playwright.sync_api import Browser, sync_playwright  # noqa: E402
 from test_approval import new_pending_run  # noqa: E402
 from test_web import TOKEN, new_failed_run, new_rendered_run  # noqa: E402
 
-from daemon.approval import ApprovalStore  # noqa: E402
+from daemon.approval.store import ApprovalStore  # noqa: E402
+from daemon.channels.web.server import WebPanel  # noqa: E402
 from daemon.config import Settings  # noqa: E402
-from daemon.engine import Engine, Stage  # noqa: E402
-from daemon.gate import Gate  # noqa: E402
-from daemon.states import Event, State  # noqa: E402
-from daemon.store import RunStore  # noqa: E402
-from daemon.web import WebPanel  # noqa: E402
+from daemon.runs.engine import Engine, Stage  # noqa: E402
+from daemon.runs.states import Event, State  # noqa: E402
+from daemon.runs.store import RunStore  # noqa: E402
+from daemon.stages.gate import Gate  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

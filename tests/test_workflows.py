@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.comfy.workflows import (
+from daemon.backends.comfy.workflows import (
     REQUIRED_SLOTS,
     Workflow,
     builtin_dir,

@@ -1,4 +1,4 @@
-"""The writer chain (daemon.writers.write_plan), plan fitting (daemon.plan.fit_ideas), and the Analyze stage."""
+"""The writer chain (daemon.writers.chain.write_plan), plan fitting (daemon.music.plan.fit_ideas), and the Analyze stage."""
 
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from daemon.analysis import Analysis, analyze_signal
 from daemon.app import run
 from daemon.config import Settings
 from daemon.errors import Unavailable
-from daemon.plan import CLIP_SECONDS, MOODS, Segment, fit_ideas, plan_segments
-from daemon.report import show_lines
-from daemon.states import State
-from daemon.store import RunStore
-from daemon.synth import synth_song, write_song
-from daemon.writers import ThemeWriter, load_theme, write_plan, writer_chain
-from daemon.writing import Brief, PlanIdeas, RemoteWriter, SegmentIdea, WriterFailed
+from daemon.host.report import show_lines
+from daemon.music.analysis import Analysis, analyze_signal
+from daemon.music.plan import CLIP_SECONDS, MOODS, Segment, fit_ideas, plan_segments
+from daemon.music.synth import synth_song, write_song
+from daemon.runs.states import State
+from daemon.runs.store import RunStore
+from daemon.writers.brief import Brief, PlanIdeas, RemoteWriter, SegmentIdea, WriterFailed
+from daemon.writers.chain import ThemeWriter, load_theme, write_plan, writer_chain
 
 THEME = load_theme("shiva")
 FLOOR = 0.5 * CLIP_SECONDS  # the shortest piece the local planner makes from a longer span
@@ -106,7 +106,7 @@ def test_chain_is_writer_then_fallbacks_then_theme(settings: Settings) -> None:
 
 def test_falls_through_gemini_then_ollama_to_theme(settings: Settings) -> None:
     """Gemini out of quota, Ollama's model talking prose: the theme writes, and both reasons are recorded."""
-    from daemon.ollama import OllamaWriter
+    from daemon.writers.ollama import OllamaWriter
 
     analysis = analyses()[0]
     settings.analysis.writer = "gemini"

@@ -1,4 +1,4 @@
-"""Prompt writers and themes (daemon.writers)."""
+"""Prompt writers and themes (daemon.writers.chain)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.analysis import Analysis, Section
 from daemon.errors import ConfigError
-from daemon.plan import MOODS, Segment, plan_segments
-from daemon.writers import (
+from daemon.music.analysis import Analysis, Section
+from daemon.music.plan import MOODS, Segment, plan_segments
+from daemon.writers.chain import (
     BUILTIN_THEMES,
     PromptWriter,
     Theme,

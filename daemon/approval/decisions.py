@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from daemon.approval import ApprovalStore, Decision, Verdict, candidates_of, statuses
+from daemon.approval.store import ApprovalStore, Decision, Verdict, candidates_of, statuses
 from daemon.errors import StoreError
-from daemon.segments_file import read_segments
-from daemon.states import State
-from daemon.store import RunRef, RunStore
+from daemon.music.segments_file import read_segments
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
 
 CandidateStatus = Literal["approved", "rejected", "open"]
 

@@ -26,12 +26,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from daemon import fsutil
-from daemon.backends import Job
 from daemon.errors import StoreError
-from daemon.runs import Manifest, utcnow
-from daemon.states import State
-from daemon.store import RunRef, RunStore
+from daemon.runs import fsutil
+from daemon.runs.job import Job
+from daemon.runs.manifest import Manifest, utcnow
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
 
 APPROVALS_FILE = "approvals.json"
 LOCKS_DIR = ".locks"

@@ -1,4 +1,4 @@
-"""What makes candidates and clips: the backend interfaces and the job record.
+"""What makes candidates and clips: the backend interfaces (the job record is ``runs.job``).
 
 How this works: every unit of backend work is a ``Job`` whose id is chosen by
 us and written into the run's manifest *before* the backend hears of it. The
@@ -19,44 +19,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from daemon.runs.job import Job, JobKind, JobStatus, job_id
 
-JobKind = Literal["image", "clip"]
-JobStatus = Literal["submitted", "done", "failed"]
+__all__ = ["ImageBackend", "Job", "JobKind", "JobStatus", "Progress", "VideoBackend", "job_id",
+           "noop_progress"]
 
 
 class Progress(Protocol):
     """Told how far a job is (0..1) and, optionally, where it is ("queued on …")."""
 
     def __call__(self, fraction: float, where: str = "") -> None: ...
-
-
-
-class Job(BaseModel):
-    """One unit of backend work, as recorded in ``run.json`` under ``jobs``."""
-
-    id: str
-    kind: JobKind
-    backend: str
-    segment: int
-    seed: int
-    # image: candidate number within the segment; clip: part number in a chain.
-    index: int = 0
-    prompt: str = ""
-    negative_prompt: str = ""
-    width: int
-    height: int
-    # clip only: frames to make, at fps, from the image at ``source``.
-    frames: int = 0
-    fps: int = 0
-    source: str = ""
-    # Where the backend writes its result (a path inside the run folder).
-    output: str
-    status: JobStatus = "submitted"
-    attempts: int = 0
-    detail: dict[str, str | int | float] = Field(default_factory=dict)
 
 
 def noop_progress(fraction: float, where: str = "") -> None:
@@ -102,12 +76,3 @@ class VideoBackend(Protocol):
     def can_resume(self, job: Job) -> bool:
         """Whether a job submitted before a restart can still be collected."""
         ...
-
-
-def job_id(run_id: str, kind: JobKind, segment: int, index: int, seed: int) -> str:
-    """Our own job id: unique per run, segment, index and seed (a new seed is a new job).
-
-    ComfyUI caches identical prompts and writes no new file for them, so the
-    id also becomes the unique output prefix there.
-    """
-    return f"{run_id}-{kind}-s{segment:03d}-i{index:02d}-{seed}"

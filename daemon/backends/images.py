@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from daemon import fsutil
-from daemon.backends import ImageBackend, Job, Progress
+from daemon.backends.base import ImageBackend, Job, Progress
 from daemon.config import Settings
 from daemon.errors import RUN_PLACEHOLDER, PermanentError
+from daemon.runs import fsutil
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 

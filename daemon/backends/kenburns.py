@@ -25,10 +25,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import fsutil
-from daemon.backends import Job, Progress
+from daemon.backends.base import Job, Progress
 from daemon.errors import RUN_PLACEHOLDER, PermanentError, TransientError
-from daemon.media import probe, run_ffmpeg
+from daemon.runs import fsutil
+from daemon.video.media import probe, run_ffmpeg
 
 # zoompan's crop granularity becomes 1/UPSCALE output pixel. CPU time for
 # an 81-frame 832x480 clip, measured: 0.41 s at 1, 0.48 at 2, 0.61 at 3,

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import fsutil
-from daemon.config import Settings
+from daemon.checks import Check
+from daemon.config import Settings, comfy_urls, uses_comfy
 from daemon.errors import PermanentError
-from daemon.media import find_ffmpeg
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the doctor's report."""
-
-    name: str
-    ok: bool
-    detail: str
+from daemon.runs import fsutil
+from daemon.video.media import find_ffmpeg
 
 
 def check_writable(name: str, folder: Path) -> Check:
@@ -75,7 +66,7 @@ def check_paths(settings: Settings) -> Iterator[Check]:
 
 def check_theme(settings: Settings) -> Check:
     from daemon.errors import ConfigError
-    from daemon.writers import load_theme
+    from daemon.writers.chain import load_theme
 
     extra = [settings.paths.themes] if settings.paths.themes else []
     try:
@@ -87,13 +78,11 @@ def check_theme(settings: Settings) -> Check:
 
 def check_comfy(settings: Settings) -> Iterator[Check]:
     """Each ComfyUI server answers, and each workflow in use fits it (nodes, inputs, models) before any GPU time."""
-    from daemon.comfy.backend import server_urls
-    from daemon.comfy.client import ComfyClient
-    from daemon.comfy.preflight import check_workflow
-    from daemon.comfy.vram import GB, stats_line
-    from daemon.comfy.workflows import find_workflow
+    from daemon.backends.comfy.client import ComfyClient
+    from daemon.backends.comfy.preflight import check_workflow
+    from daemon.backends.comfy.vram import GB, stats_line
+    from daemon.backends.comfy.workflows import find_workflow
     from daemon.errors import StageError
-    from daemon.pipeline import uses_comfy
 
     if not uses_comfy(settings):
         return
@@ -109,13 +98,13 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
     if managed is not None and not (managed.folder / "main.py").is_file():
         yield Check("managed ComfyUI", False, f"{managed.folder} holds no main.py; set [comfy.managed] folder "
                     "to the ComfyUI folder")
-    for url in server_urls(settings):
+    for url in comfy_urls(settings):
         client = ComfyClient(url, client_id="tandava-doctor", timeout=cfg.health_timeout_seconds)
         try:
             stats = client.system_stats()
             info = client.object_info()
         except StageError as exc:
-            if managed is not None and url == server_urls(settings)[0]:
+            if managed is not None and url == comfy_urls(settings)[0]:
                 # Not running is expected before the daemon starts: it launches this one.
                 yield Check(f"ComfyUI {url}", True, f"not running now; `tandava run` launches it from "
                             f"{managed.folder / 'main.py'} (workflows are checked once it is up)")
@@ -140,8 +129,8 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
 
 def check_writers(settings: Settings) -> Iterator[Check]:
     """The remote prompt writers in the chain (``[analysis] writer`` and ``fallback``) can write."""
-    from daemon.gemini import doctor_checks as gemini_checks
-    from daemon.ollama import doctor_checks as ollama_checks
+    from daemon.writers.gemini import doctor_checks as gemini_checks
+    from daemon.writers.ollama import doctor_checks as ollama_checks
 
     yield from gemini_checks(settings)
     yield from ollama_checks(settings)
@@ -149,7 +138,7 @@ def check_writers(settings: Settings) -> Iterator[Check]:
 
 def check_service(settings: Settings) -> Check:
     """A service definition written earlier still runs this installation (or none is installed)."""
-    from daemon.service import definition_problem, installed_definitions
+    from daemon.host.service import definition_problem, installed_definitions
 
     paths = installed_definitions(settings)
     if not paths:
@@ -173,9 +162,9 @@ def run_checks(settings: Settings) -> Iterator[Check]:
         yield check(settings)
     yield from check_comfy(settings)
     yield from check_writers(settings)
-    from daemon.web import doctor_checks as web_checks
+    from daemon.channels.web.server import doctor_checks as web_checks
 
     yield from web_checks(settings)
-    from daemon.telegram import doctor_checks as telegram_checks
+    from daemon.channels.telegram.bot import doctor_checks as telegram_checks
 
     yield from telegram_checks(settings)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from daemon.store import RunStore
+from daemon.runs.store import RunStore
 
 log = structlog.get_logger("tandava.notify")
 

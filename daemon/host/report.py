@@ -11,9 +11,9 @@ from pathlib import Path
 
 from daemon import defaults
 from daemon.errors import StoreError
-from daemon.runs import Manifest
-from daemon.states import State
-from daemon.store import RunRef, RunStore
+from daemon.runs.manifest import Manifest
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
 
 
 def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
@@ -24,7 +24,7 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
     for ref in refs:
         counts[ref.state] += 1
     yield f"state root: {root}"
-    from daemon.health import health_lines
+    from daemon.runs.health import health_lines
 
     yield from health_lines(root)
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
@@ -116,7 +116,7 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
 
 def _writing_lines(run_dir: Path) -> Iterator[str]:
     """Who wrote the plan, and why each writer tried before it fell through."""
-    from daemon.segments_file import SEGMENTS_FILE, read_writing
+    from daemon.music.segments_file import SEGMENTS_FILE, read_writing
 
     if not (run_dir / SEGMENTS_FILE).is_file():
         return
@@ -243,8 +243,8 @@ max_age_days = {defaults.LOG_MAX_AGE_DAYS}           # also roll a log this old 
 
 def pending_lines(root: Path) -> Iterator[str]:
     """Runs waiting for approval, per segment: status and candidate images."""
-    from daemon.approval import ApprovalStore, candidates_of, statuses
-    from daemon.segments_file import read_segments
+    from daemon.approval.store import ApprovalStore, candidates_of, statuses
+    from daemon.music.segments_file import read_segments
 
     store = RunStore(root)
     approvals = ApprovalStore(store)

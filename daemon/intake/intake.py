@@ -17,8 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from daemon import fsutil
-from daemon.store import RunRef, RunStore
+from daemon.runs import fsutil
+from daemon.runs.store import RunRef, RunStore
 
 log = structlog.get_logger("tandava.intake")
 

@@ -4,7 +4,7 @@ How this works
 --------------
 1. One pass of a short-time Fourier transform (2048-sample Hann window,
    512-sample hop, ~23 ms frames) yields, chunk by chunk, a log-mel
-   spectrogram, a chromagram and the frame power (daemon.features).
+   spectrogram, a chromagram and the frame power (daemon.music.features).
 2. The onset envelope is the positive spectral flux of the log-mel spectrum.
 3. Tempo: the envelope's autocorrelation, weighted by a log-normal prior
    around 120 BPM, proposes a tempo. Autocorrelation peaks are known to lock
@@ -39,8 +39,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import defaults
-from daemon.audio import load_mono
-from daemon.features import (
+from daemon.music.audio import load_mono
+from daemon.music.features import (
     ENERGY_HOP,
     energy_curve,
     energy_slice,

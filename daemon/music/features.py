@@ -1,4 +1,4 @@
-"""The spectral front end of the music analysis (daemon.analysis).
+"""The spectral front end of the music analysis (daemon.music.analysis).
 
 How this works
 --------------

@@ -41,10 +41,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import defaults
-from daemon.analysis import Analysis
+from daemon.music.analysis import Analysis
 
 if TYPE_CHECKING:
-    from daemon.writing import PlanIdeas, SegmentIdea
+    from daemon.music.ideas import PlanIdeas, SegmentIdea
 
 _T = TypeVar("_T")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from daemon import fsutil
-from daemon.plan import Segment
+from daemon.music.plan import Segment
+from daemon.runs import fsutil
 
 SEGMENTS_FILE = "segments.json"
 _SEGMENTS = TypeAdapter(list[Segment])

@@ -40,9 +40,9 @@ from daemon.errors import (
     TransientError,
     Unavailable,
 )
-from daemon.runs import Manifest
-from daemon.states import Event, State
-from daemon.store import RunRef, RunStore
+from daemon.runs.manifest import Manifest
+from daemon.runs.states import Event, State
+from daemon.runs.store import RunRef, RunStore
 
 log = structlog.get_logger("tandava.engine")
 

@@ -31,12 +31,12 @@ from typing import Any
 
 import structlog
 
-from daemon import fsutil
 from daemon.config import Settings
 from daemon.errors import StoreError
-from daemon.runs import ERROR_FILE, utcnow
-from daemon.states import WORKING, State
-from daemon.store import RunRef, RunStore
+from daemon.runs import fsutil
+from daemon.runs.manifest import ERROR_FILE, utcnow
+from daemon.runs.states import WORKING, State
+from daemon.runs.store import RunRef, RunStore
 
 log = structlog.get_logger("tandava.health")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from daemon.backends import Job
-from daemon.states import State
+from daemon.runs.job import Job
+from daemon.runs.states import State
 
 SCHEMA_VERSION = 1
 MANIFEST = "run.json"

@@ -29,9 +29,9 @@ from pathlib import Path
 import psutil
 from pydantic import ValidationError
 
-from daemon import fsutil
 from daemon.errors import RunNotFound, StageError, StoreError, StoreLocked
-from daemon.runs import (
+from daemon.runs import fsutil
+from daemon.runs.manifest import (
     ERROR_FILE,
     MANIFEST,
     SCHEMA_VERSION,
@@ -43,7 +43,7 @@ from daemon.runs import (
     new_run_id,
     utcnow,
 )
-from daemon.states import Event, State, next_state
+from daemon.runs.states import Event, State, next_state
 
 INGEST_PREFIX = ".ingest-"
 LOCK_FILE = ".tandava.lock"

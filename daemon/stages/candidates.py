@@ -15,14 +15,14 @@ from pathlib import Path
 
 import structlog
 
-from daemon import qc
-from daemon.approval import candidates_of
-from daemon.backends import ImageBackend, Job, job_id
+from daemon.approval.store import candidates_of
+from daemon.backends.base import ImageBackend, Job, job_id
 from daemon.config import Settings
-from daemon.engine import StageRun
-from daemon.jobs import Attempt, ensure_checked, ensure_job, start_job
-from daemon.plan import Segment
-from daemon.segments_file import read_segments
+from daemon.music.plan import Segment
+from daemon.music.segments_file import read_segments
+from daemon.runs.engine import StageRun
+from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
+from daemon.video import qc
 
 log = structlog.get_logger("tandava.candidates")
 
@@ -37,7 +37,7 @@ def seed_for(song_sha: str, segment: int, index: int, base: int) -> int:
 
 def image_backend_for(settings: Settings, job: StageRun) -> ImageBackend:
     """The configured image backend, for this run's song (the folder backend looks beside it)."""
-    from daemon.images import make_image_backend
+    from daemon.backends.images import make_image_backend
 
     return make_image_backend(settings, song_name=job.manifest.song.original_name, inbox=settings.paths.inbox)
 
@@ -150,7 +150,7 @@ class Offer:
         self.settings = settings
 
     def __call__(self, job: StageRun) -> None:
-        from daemon.approval import APPROVALS_FILE, Approvals, ApprovalStore
+        from daemon.approval.store import APPROVALS_FILE, Approvals, ApprovalStore
 
         if not (job.ref.path / APPROVALS_FILE).is_file():
             ApprovalStore(job.store).save(job.ref, Approvals())

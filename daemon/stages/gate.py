@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
-from daemon.approval import (
+from daemon.approval.store import (
     Approvals,
     ApprovalStore,
     Decision,
@@ -25,14 +25,14 @@ from daemon.approval import (
     candidates_of,
     statuses,
 )
-from daemon.backends import ImageBackend
-from daemon.candidates import ensure_candidate, image_backend_for
+from daemon.backends.base import ImageBackend
 from daemon.config import Settings
-from daemon.engine import Moved, Outcome, StageRun, Waiting
-from daemon.plan import Segment
-from daemon.runs import utcnow
-from daemon.segments_file import read_segments
-from daemon.states import Event
+from daemon.music.plan import Segment
+from daemon.music.segments_file import read_segments
+from daemon.runs.engine import Moved, Outcome, StageRun, Waiting
+from daemon.runs.manifest import utcnow
+from daemon.runs.states import Event
+from daemon.stages.candidates import ensure_candidate, image_backend_for
 
 log = structlog.get_logger("tandava.approval")
 

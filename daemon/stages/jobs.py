@@ -24,9 +24,9 @@ from pathlib import Path
 
 import structlog
 
-from daemon.backends import ImageBackend, Job, VideoBackend
-from daemon.engine import StageRun
+from daemon.backends.base import ImageBackend, Job, VideoBackend
 from daemon.errors import QCFailed, QCGaveUp
+from daemon.runs.engine import StageRun
 
 log = structlog.get_logger("tandava.jobs")
 

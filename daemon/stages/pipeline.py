@@ -16,23 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon import fsutil
 from daemon.config import Settings
-from daemon.engine import Stage, StageRun
 from daemon.errors import BadInput
-from daemon.segments_file import SEGMENTS_FILE, write_segments
-from daemon.states import Event, State
+from daemon.music.segments_file import SEGMENTS_FILE, write_segments
+from daemon.runs import fsutil
+from daemon.runs.engine import Stage, StageRun
+from daemon.runs.states import Event, State
 
 if TYPE_CHECKING:
-    from daemon.backends import ImageBackend, VideoBackend
-    from daemon.comfy.backend import ComfyBackends
+    from daemon.backends.base import ImageBackend, VideoBackend
+    from daemon.backends.comfy.backend import ComfyBackends
 
 ANALYSIS_FILE = "analysis.json"
-
-
-def uses_comfy(settings: Settings) -> bool:
-    """Whether images or clips come from ComfyUI (then the daemon opens a server pool)."""
-    return settings.images.backend == "comfyui" or settings.clips.backend == "comfyui"
 
 
 def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list[Stage]:
@@ -41,9 +36,9 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
     With ``comfy`` (see ``uses_comfy``), the stages that make images or clips
     on ComfyUI share its pool and run on the ``gpu`` resource.
     """
-    from daemon.candidates import MakeCandidates, Offer, image_backend_for
-    from daemon.gate import Gate
-    from daemon.render import Render, make_video_backend
+    from daemon.stages.candidates import MakeCandidates, Offer, image_backend_for
+    from daemon.stages.gate import Gate
+    from daemon.stages.render import Render, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
     video_for: Callable[[Settings], VideoBackend] = make_video_backend
@@ -78,7 +73,7 @@ class Analyze:
             self._plan(job)
 
     def _analyse(self, job: StageRun, song: Path) -> None:
-        from daemon.analysis import analyze
+        from daemon.music.analysis import analyze
 
         cfg = self.settings.analysis
         try:
@@ -95,8 +90,8 @@ class Analyze:
         job.done("analysis", duration=round(result.duration, 3), tempo=round(result.tempo, 2))
 
     def _plan(self, job: StageRun) -> None:
-        from daemon.analysis import Analysis
-        from daemon.writers import write_plan
+        from daemon.music.analysis import Analysis
+        from daemon.writers.chain import write_plan
 
         cfg = self.settings.analysis
         analysis = Analysis.model_validate_json((job.ref.path / ANALYSIS_FILE).read_bytes())

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import structlog
 
-from daemon import media, qc
-from daemon.approval import ApprovalStore, approved_images
-from daemon.backends import Job, VideoBackend, job_id
-from daemon.candidates import seed_for
+from daemon.approval.store import ApprovalStore, approved_images
+from daemon.backends.base import Job, VideoBackend, job_id
 from daemon.config import Settings
-from daemon.engine import StageRun
 from daemon.errors import PermanentError, TransientError
-from daemon.jobs import Attempt, ensure_checked, ensure_job, start_job
-from daemon.plan import Segment
-from daemon.segments_file import read_segments
-from daemon.timeline import ClipRequest, Timeline, build_timeline
+from daemon.music.plan import Segment
+from daemon.music.segments_file import read_segments
+from daemon.runs.engine import StageRun
+from daemon.stages.candidates import seed_for
+from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
+from daemon.video import media, qc
+from daemon.video.timeline import ClipRequest, Timeline, build_timeline
 
 log = structlog.get_logger("tandava.render")
 
@@ -40,7 +40,7 @@ ASSEMBLY_TIMEOUT_BASE = 120.0
 
 def make_video_backend(settings: Settings) -> VideoBackend:
     """The configured video backend."""
-    from daemon.kenburns import KenBurnsBackend
+    from daemon.backends.kenburns import KenBurnsBackend
 
     return KenBurnsBackend(media.find_ffmpeg(settings.assembly.ffmpeg))
 
@@ -70,7 +70,12 @@ class Render:
         self.backend_for = backend_for
 
     def __call__(self, job: StageRun) -> None:
-        from daemon.assembly import assemble, thumbnail_time, write_contact_sheet, write_thumbnail
+        from daemon.video.assembly import (
+            assemble,
+            thumbnail_time,
+            write_contact_sheet,
+            write_thumbnail,
+        )
 
         ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING
 
 from daemon.config import AssemblyConfig
 from daemon.errors import PermanentError, StageError, TransientError
-from daemon.fsutil import fsync_dir, replacing, temp_path_for
-from daemon.media import FFMPEG_TIMEOUT_SECONDS, MediaInfo, probe, run_ffmpeg
-from daemon.plan import Segment
-from daemon.timeline import Timeline
+from daemon.music.plan import Segment
+from daemon.runs.fsutil import fsync_dir, replacing, temp_path_for
+from daemon.video.media import FFMPEG_TIMEOUT_SECONDS, MediaInfo, probe, run_ffmpeg
+from daemon.video.timeline import Timeline
 
 if TYPE_CHECKING:
     from PIL import Image

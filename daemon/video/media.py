@@ -131,7 +131,7 @@ def extract_frame(exe: str, video: Path, frame: int, out: Path) -> Path:
 
     A chained clip starts from the last frame shown of the clip before it.
     """
-    from daemon.fsutil import temp_path_for
+    from daemon.runs.fsutil import temp_path_for
 
     tmp = temp_path_for(out)
     try:

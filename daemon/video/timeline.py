@@ -52,7 +52,7 @@ from typing import Literal
 
 from daemon import defaults
 from daemon.errors import PermanentError
-from daemon.plan import Segment
+from daemon.music.plan import Segment
 
 TransitionKind = Literal["none", "fade", "crossfade"]
 _KINDS = ("none", "fade", "crossfade")

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from daemon.analysis import Analysis
+from daemon.config import Settings
 from daemon.errors import TransientError
-from daemon.plan import Segment
+from daemon.music.analysis import Analysis
+from daemon.music.ideas import PlanIdeas, SegmentIdea
+from daemon.music.plan import Segment
+
+__all__ = ["Brief", "PlanIdeas", "RemoteWriter", "SegmentIdea", "WriterFailed", "brief_text", "writer_chain"]
 
 
 class WriterFailed(TransientError):
@@ -30,28 +32,6 @@ class WriterFailed(TransientError):
 
     The run falls back to the next writer in the chain and records why.
     """
-
-
-class SegmentIdea(BaseModel):
-    """One segment as a model proposes it; times are approximate and get snapped."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    index: int = Field(ge=0, description="the local segment this describes, 0-based")
-    start: float | None = Field(None, description="seconds; optional, snapped to a beat")
-    end: float | None = Field(None, description="seconds; optional, snapped to a beat")
-    visual_prompt: str = Field(min_length=1, max_length=2000)
-    motion_prompt: str = Field(min_length=1, max_length=1000)
-    mood: str | None = None
-    theme: str | None = Field(None, description="a short title for what the segment shows")
-
-
-class PlanIdeas(BaseModel):
-    """A remote writer's whole answer (this is the JSON schema sent as structured output)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    segments: list[SegmentIdea] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -150,3 +130,14 @@ def _clock(seconds: float) -> str:
 
 def _letter(label: int) -> str:
     return chr(ord("A") + label) if 0 <= label < 26 else f"L{label}"
+
+
+def writer_chain(settings: Settings) -> list[str]:
+    """The writers tried in order: the configured one, the fallbacks, then ``theme`` (never past it)."""
+    chain: list[str] = []
+    for name in [settings.analysis.writer, *settings.analysis.fallback, "theme"]:
+        if name not in chain:
+            chain.append(name)
+        if name == "theme":
+            break
+    return chain

@@ -49,11 +49,11 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from daemon.analysis import Analysis
 from daemon.config import Settings
 from daemon.errors import ConfigError, StageError, TandavaError
-from daemon.plan import MOODS, Segment, fit_ideas, plan_segments
-from daemon.writing import Brief, RemoteWriter
+from daemon.music.analysis import Analysis
+from daemon.music.plan import MOODS, Segment, fit_ideas, plan_segments
+from daemon.writers.brief import Brief, RemoteWriter, writer_chain
 
 log = structlog.get_logger("tandava.writers")
 
@@ -231,25 +231,14 @@ class WritingRecord:
 RemoteFactory = Callable[[str, Settings], RemoteWriter]
 
 
-def writer_chain(settings: Settings) -> list[str]:
-    """The writers tried in order: the configured one, the fallbacks, then ``theme`` (never past it)."""
-    chain: list[str] = []
-    for name in [settings.analysis.writer, *settings.analysis.fallback, "theme"]:
-        if name not in chain:
-            chain.append(name)
-        if name == "theme":
-            break
-    return chain
-
-
 def make_remote_writer(name: str, settings: Settings) -> RemoteWriter:
     """The remote writer called ``name`` (``gemini`` or ``ollama``), configured from ``settings``."""
     if name == "ollama":
-        from daemon.ollama import OllamaWriter, shares_gpu_with_comfy
+        from daemon.writers.ollama import OllamaWriter, shares_gpu_with_comfy
 
         return OllamaWriter(settings.ollama, unload_after=shares_gpu_with_comfy(settings))
     if name == "gemini":
-        from daemon.gemini import make_gemini_writer
+        from daemon.writers.gemini import make_gemini_writer
 
         return make_gemini_writer(settings)
     raise ValueError(f"no remote writer called {name!r}")

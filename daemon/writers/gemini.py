@@ -56,10 +56,10 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import ValidationError
 
+from daemon.checks import Check
 from daemon.config import GeminiConfig, Settings
-from daemon.doctor import Check
 from daemon.logs import MASK, scrub
-from daemon.writing import Brief, PlanIdeas, WriterFailed, brief_text
+from daemon.writers.brief import Brief, PlanIdeas, WriterFailed, brief_text
 
 log = structlog.get_logger(__name__)
 

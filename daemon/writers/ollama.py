@@ -33,9 +33,12 @@ import requests
 import structlog
 from pydantic import ValidationError
 
-from daemon.config import OllamaConfig, Settings
-from daemon.doctor import Check
-from daemon.writing import Brief, PlanIdeas, WriterFailed, brief_text
+from daemon.checks import Check
+from daemon.config import OllamaConfig, Settings, comfy_urls, uses_comfy
+from daemon.writers.brief import Brief, PlanIdeas, WriterFailed, brief_text, writer_chain
+
+# Addresses that mean "this machine": an Ollama there shares the GPU with a local ComfyUI.
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 log = structlog.get_logger("tandava.ollama")
 
@@ -213,21 +216,15 @@ def _first_problem(exc: ValidationError) -> str:
 
 def writes_for(settings: Settings) -> bool:
     """Whether the Ollama writer is in this installation's writer chain."""
-    from daemon.writers import writer_chain
-
     return "ollama" in writer_chain(settings)
 
 
 def shares_gpu_with_comfy(settings: Settings) -> bool:
     """Whether Ollama runs on this machine or a ComfyUI server's, so its models hold memory ComfyUI needs."""
-    from daemon.comfy.backend import server_urls
-    from daemon.comfy.vram import LOOPBACK
-    from daemon.pipeline import uses_comfy
-
     if not uses_comfy(settings):
         return False
     host = urlsplit(settings.ollama.url).hostname
-    return host in LOOPBACK or host in {urlsplit(u).hostname for u in server_urls(settings)}
+    return host in _LOOPBACK or host in {urlsplit(u).hostname for u in comfy_urls(settings)}
 
 
 def ollama_to_unload(settings: Settings) -> str | None:
@@ -237,8 +234,6 @@ def ollama_to_unload(settings: Settings) -> str | None:
 
 def doctor_checks(settings: Settings) -> Iterator[Check]:
     """When Ollama writes prompts: the server answers, and the model is pulled (else the pull command)."""
-    from daemon.writers import writer_chain
-
     chain = writer_chain(settings)
     if "ollama" not in chain:
         return

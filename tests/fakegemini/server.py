@@ -32,7 +32,7 @@ inside, the upload's ``{"file": {"display_name": ...}}``, and URL-safe
 base64. Its answers come from a queue that tests fill with ``script(...)`` (``good_plan()``, ``wild_plan()``,
 ``text(...)``, ``error(...)``, ``slow(...)``); an empty queue answers a good
 plan. Plans are built from the local plan in the prompt (lines like
-``#3 12.34-17.50 s ...``, as ``daemon.gemini.brief_text`` writes them).
+``#3 12.34-17.50 s ...``, as ``daemon.writers.gemini.brief_text`` writes them).
 
 Everything that arrives is recorded in ``calls``; the loop appends, tests read.
 """

@@ -18,15 +18,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from daemon.backends import Job, Progress
-from daemon.comfy.client import ComfyClient, client_id_for
-from daemon.comfy.pool import Pool, Server
-from daemon.comfy.supervisor import ComfyProcess, RemoteComfy, managed_url
-from daemon.comfy.vram import Admission, Ollama
-from daemon.comfy.workflows import Workflow, find_workflow
-from daemon.config import Settings
-
-DEFAULT_URL = "http://127.0.0.1:8188"
+from daemon.backends.base import Job, Progress
+from daemon.backends.comfy.client import ComfyClient, client_id_for
+from daemon.backends.comfy.pool import Pool, Server
+from daemon.backends.comfy.supervisor import ComfyProcess, RemoteComfy
+from daemon.backends.comfy.vram import Admission, Ollama
+from daemon.backends.comfy.workflows import Workflow, find_workflow
+from daemon.config import Settings, comfy_urls
 
 
 def job_values(job: Job, workflow: Workflow) -> dict[str, Any]:
@@ -82,17 +80,6 @@ class ComfyVideoBackend(ComfyImageBackend):
         return Path(job.source)
 
 
-def server_urls(settings: Settings) -> list[str]:
-    """Every ComfyUI URL in use: the managed server first, then ``[comfy] servers``, without repeats."""
-    cfg = settings.comfy
-    # The same URL the keeper watches: a managed ComfyUI bound to 0.0.0.0 is reached on loopback.
-    urls = [managed_url(cfg.managed)] if cfg.managed is not None else []
-    for url in cfg.servers or ([] if urls else [DEFAULT_URL]):
-        if url.rstrip("/") not in urls:
-            urls.append(url.rstrip("/"))
-    return urls
-
-
 class ComfyBackends:
     """The pool and both backends for one daemon; ``close`` stops threads and an owned server."""
 
@@ -103,14 +90,17 @@ class ComfyBackends:
         self._keepers = keepers
 
     @classmethod
-    def open(cls, settings: Settings) -> ComfyBackends:
+    def open(cls, settings: Settings, *, ollama_url: str | None = None) -> ComfyBackends:
+        """The pool over every configured server. ``ollama_url``: an Ollama whose models VRAM
+        admission unloads before a GPU job (``[comfy] ollama_url`` wins; the wiring in
+        ``daemon.app`` passes the prompt writer's when it shares the GPU)."""
         cfg = settings.comfy
         folder = cfg.workflows
         image, video = find_workflow(cfg.image_workflow, folder), find_workflow(cfg.video_workflow, folder)
         client_id = client_id_for(settings.paths.state_root)
         servers: list[Server] = []
         keepers: list[Any] = []
-        for url in server_urls(settings):
+        for url in comfy_urls(settings):
             client = ComfyClient(url, client_id=client_id, timeout=cfg.request_timeout_seconds)
             keeper: Any
             if cfg.managed is not None and not servers:
@@ -120,10 +110,7 @@ class ComfyBackends:
             else:
                 keeper = RemoteComfy(url, health_timeout=cfg.health_timeout_seconds)
             servers.append(Server(client, keeper, name=url))
-        from daemon.ollama import ollama_to_unload
-
-        # A local Ollama that writes the prompts holds VRAM the images need: admission unloads it too.
-        ollama_url = cfg.ollama_url or ollama_to_unload(settings)
+        ollama_url = cfg.ollama_url or ollama_url
         ollama = Ollama(ollama_url) if ollama_url else None
         admission = Admission(margin_gb=cfg.vram_margin_gb, ollama=ollama)
         pool = Pool(servers, admission=admission, silence_seconds=cfg.silence_seconds)

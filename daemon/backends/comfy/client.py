@@ -32,8 +32,7 @@ import requests
 import structlog
 import websocket
 
-from daemon import fsutil
-from daemon.comfy.events import (
+from daemon.backends.comfy.events import (
     Event,
     HistoryOutcome,
     OutputFile,
@@ -43,6 +42,7 @@ from daemon.comfy.events import (
     parse_text,
 )
 from daemon.errors import TransientError, Unavailable, WorkflowError
+from daemon.runs import fsutil
 
 log = structlog.get_logger("tandava.comfy")
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import structlog
 
-from daemon.comfy.client import Listener
-from daemon.comfy.events import (
+from daemon.backends.comfy.client import Listener
+from daemon.backends.comfy.events import (
     Event,
     Executing,
     ExecutionStart,
@@ -45,10 +45,10 @@ from daemon.comfy.events import (
     JobWatch,
     OutputFile,
 )
-from daemon.comfy.preflight import check_workflow, raise_for
-from daemon.comfy.tickets import Server, Ticket, job_error
-from daemon.comfy.vram import Admission
-from daemon.comfy.workflows import Workflow
+from daemon.backends.comfy.preflight import check_workflow, raise_for
+from daemon.backends.comfy.tickets import Server, Ticket, job_error
+from daemon.backends.comfy.vram import Admission
+from daemon.backends.comfy.workflows import Workflow
 from daemon.errors import StageError, TransientError, Unavailable
 
 log = structlog.get_logger("tandava.comfy")

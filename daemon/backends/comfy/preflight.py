@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.comfy.workflows import Workflow, is_link, node_order
+from daemon.backends.comfy.workflows import Workflow, is_link, node_order
 from daemon.errors import WorkflowError
 
 # Which folder a model combo lists, by (class, input) first, then by input

@@ -35,7 +35,7 @@ import psutil
 import requests
 import structlog
 
-from daemon.config import ManagedComfyConfig
+from daemon.config import ManagedComfyConfig, managed_comfy_url
 from daemon.errors import Unavailable
 from daemon.logs import roll_file
 
@@ -214,10 +214,8 @@ class _LaunchFailed(Exception):
 
 
 def managed_url(cfg: ManagedComfyConfig) -> str:
-    """Where a managed ComfyUI answers: a server on every address is reached through loopback
-    (Windows cannot connect to 0.0.0.0)."""
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{cfg.port}"
+    """Where a managed ComfyUI answers (see ``config.managed_comfy_url``)."""
+    return managed_comfy_url(cfg)
 
 
 class ComfyProcess:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from daemon.comfy.client import ComfyClient, Listener
-from daemon.comfy.events import HistoryOutcome, JobWatch
-from daemon.comfy.vram import Ledger
-from daemon.comfy.workflows import Workflow
+from daemon.backends.comfy.client import ComfyClient, Listener
+from daemon.backends.comfy.events import HistoryOutcome, JobWatch
+from daemon.backends.comfy.vram import Ledger
+from daemon.backends.comfy.workflows import Workflow
 from daemon.errors import StageError, TransientError, Unavailable
 
 Health = Literal["ok", "busy", "crashed", "hung"]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 
-from daemon.comfy.client import ComfyClient, Stats
+from daemon.backends.comfy.client import ComfyClient, Stats
 
 log = structlog.get_logger("tandava.vram")
 

@@ -13,14 +13,14 @@ How this works:
   messages this way instead of 201. A regeneration round gets its own album
   and control message once its candidates are all there.
 - Buttons carry a 12-character random token; ``telegram.json`` in the run
-  folder (``daemon.telegram_state``) maps tokens to (segment, candidate,
+  folder (``daemon.channels.telegram.state``) maps tokens to (segment, candidate,
   action) and records every message sent and the digest of what it shows.
   After a restart the bot carries on from that file and resends nothing.
 - A tap is checked against ``telegram.allowed_users`` inside the handler
   (CallbackQueryHandler has no filters), turned into ``decisions.decide`` or
   ``decisions.approve_all`` (the calls the CLI and the web panel make),
   always answered, and the message is edited to show the decision. Every
-  ``sync_seconds`` a pass (``daemon.telegram_sync``) compares each run's
+  ``sync_seconds`` a pass (``daemon.channels.telegram.sync``) compares each run's
   decisions with the digests recorded and edits what changed, so decisions
   from other channels show here too; it also sends new rounds of candidates,
   reminders, and the rendered video (a preview above 50 MB).
@@ -53,18 +53,18 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Te
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler
 from telegram.request import HTTPXRequest
 
-from daemon import decisions
-from daemon import telegram_views as views
-from daemon.approval import DecisionRefused
+from daemon.approval import decisions
+from daemon.approval.store import DecisionRefused
+from daemon.channels.telegram import views
+from daemon.channels.telegram.media import UPLOAD_LIMIT_BYTES
+from daemon.channels.telegram.state import Button
+from daemon.channels.telegram.sync import ChatSync, Stopping, safe_text
+from daemon.checks import Check
 from daemon.config import Settings, TelegramConfig
-from daemon.doctor import Check
 from daemon.logs import quiet, scrub
-from daemon.runs import utcnow
-from daemon.states import State
-from daemon.store import RunRef, RunStore
-from daemon.telegram_media import UPLOAD_LIMIT_BYTES
-from daemon.telegram_state import Button
-from daemon.telegram_sync import ChatSync, Stopping, safe_text
+from daemon.runs.manifest import utcnow
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
 
 log = structlog.get_logger("tandava.telegram")
 

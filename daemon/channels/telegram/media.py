@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from daemon.errors import PermanentError
-from daemon.fsutil import temp_path_for
+from daemon.runs.fsutil import temp_path_for
 
 PHOTO_MAX_BYTES = 10 * 1000 * 1000
 PHOTO_MAX_SIDES = 10000

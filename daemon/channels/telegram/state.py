@@ -11,7 +11,7 @@ in another channel is noticed with one comparison), whether the rendered
 video went out, and when the last reminder was sent.
 
 Decisions themselves are never stored here: they go to ``approvals.json``
-through ``daemon.decisions``, the one decision store every channel shares.
+through ``daemon.approval.decisions``, the one decision store every channel shares.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from daemon import fsutil
 from daemon.errors import StoreError
-from daemon.store import RunRef
+from daemon.runs import fsutil
+from daemon.runs.store import RunRef
 
 TELEGRAM_FILE = "telegram.json"
 Action = Literal["approve", "reject", "regenerate", "approve_all"]

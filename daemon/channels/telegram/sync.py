@@ -34,18 +34,19 @@ import structlog
 from telegram import Bot, InlineKeyboardMarkup, InputFile, InputMediaPhoto, ReplyParameters
 from telegram.error import BadRequest
 
-from daemon import decisions, media
-from daemon import telegram_state as tgstate
-from daemon import telegram_views as views
-from daemon.approval import ApprovalStore
+from daemon.approval import decisions
+from daemon.approval.decisions import CandidateView, RunView
+from daemon.approval.store import ApprovalStore
+from daemon.channels.telegram import state as tgstate
+from daemon.channels.telegram import views
+from daemon.channels.telegram.media import PREVIEW_NAME, make_preview, photo_payload, thumbnail_jpeg
+from daemon.channels.telegram.state import Button, Post, TelegramRecord
 from daemon.config import Settings
-from daemon.decisions import CandidateView, RunView
 from daemon.errors import PermanentError, TandavaError
 from daemon.logs import MASK, scrub
-from daemon.states import State
-from daemon.store import RunRef, RunStore
-from daemon.telegram_media import PREVIEW_NAME, make_preview, photo_payload, thumbnail_jpeg
-from daemon.telegram_state import Button, Post, TelegramRecord
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
+from daemon.video import media
 
 # Bytes of a sendVideo request that are not the video: caption, fields, multipart boundaries.
 UPLOAD_OVERHEAD = 16 * 1024

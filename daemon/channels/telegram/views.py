@@ -1,7 +1,7 @@
 """What the Telegram bot shows: message texts, keyboards and their digests, from a ``RunView``.
 
 How this works: every function here is pure: a ``RunView`` (from
-``daemon.decisions``) and the run's ``TelegramRecord`` in, text and an inline
+``daemon.approval.decisions``) and the run's ``TelegramRecord`` in, text and an inline
 keyboard out. The bot compares ``digest(text, keyboard)`` with the digest it
 recorded when it last sent or edited a message, and edits only when they
 differ: that is how a decision made in the CLI or the web panel reaches the
@@ -20,9 +20,9 @@ from datetime import timedelta
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from daemon.decisions import CandidateView, RunView, SegmentView
-from daemon.states import State
-from daemon.telegram_state import Post, TelegramRecord
+from daemon.approval.decisions import CandidateView, RunView, SegmentView
+from daemon.channels.telegram.state import Post, TelegramRecord
+from daemon.runs.states import State
 
 # Telegram: message text up to 4096 characters, captions 1024, callback answers 200.
 _PROMPT_CHARS = 1500

@@ -53,15 +53,16 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon import decisions, web_pages
-from daemon.approval import DecisionRefused, Verdict, candidates_of
-from daemon.assembly import EXPORT_NAMES, FINAL_NAME
+from daemon.approval import decisions
+from daemon.approval.store import DecisionRefused, Verdict, candidates_of
+from daemon.channels.web import pages as web_pages
+from daemon.channels.web.assets import CSS, ICON, JS
+from daemon.channels.web.views import ViewCache
 from daemon.errors import RunNotFound, TandavaError
-from daemon.health import health_json
-from daemon.states import State
-from daemon.store import RunRef, RunStore
-from daemon.web_assets import CSS, ICON, JS
-from daemon.web_views import ViewCache
+from daemon.runs.health import health_json
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
+from daemon.video.assembly import EXPORT_NAMES, FINAL_NAME
 
 log = structlog.get_logger("tandava.web")
 
@@ -73,7 +74,7 @@ FETCH_HEADER = "x-tandava-fetch"
 INDEX_PER_STATE = 48
 PAGE_SIZE = 96
 _MAX_FORM_BYTES = 16 * 1024
-# Files of a run the panel serves, by name (rendering writes them; see daemon.render).
+# Files of a run the panel serves, by name (rendering writes them; see daemon.stages.render).
 SERVED_FILES: dict[str, str] = {
     FINAL_NAME: "video/mp4",
     "thumbnail.jpg": "image/jpeg",

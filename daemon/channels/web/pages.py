@@ -17,9 +17,9 @@ import html
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
-from daemon.decisions import SegmentView
-from daemon.states import State
-from daemon.web_views import Summary
+from daemon.approval.decisions import SegmentView
+from daemon.channels.web.views import Summary
+from daemon.runs.states import State
 
 # The order a person reads the index in: what needs them first, finished work last.
 INDEX_ORDER: tuple[State, ...] = (

@@ -1,6 +1,6 @@
 """The local web control panel: runs by state, the approval gallery, retry, the finished video.
 
-How this works: ``WebPanel`` serves the Starlette app of ``daemon.web_app``
+How this works: ``WebPanel`` serves the Starlette app of ``daemon.channels.web.app``
 with uvicorn on a thread of its own, inside the daemon process, over the same
 ``RunStore`` the engine works on. Every page is built from
 ``decisions.run_view`` and every action calls ``decisions.*``, so the panel,
@@ -49,11 +49,11 @@ from types import TracebackType
 import structlog
 import uvicorn
 
+from daemon.channels.web.app import LOOPBACK_HOSTS, PanelApp
+from daemon.checks import Check
 from daemon.config import Settings
-from daemon.doctor import Check
 from daemon.errors import ConfigError
-from daemon.store import RunStore
-from daemon.web_app import LOOPBACK_HOSTS, PanelApp
+from daemon.runs.store import RunStore
 
 log = structlog.get_logger("tandava.web")
 

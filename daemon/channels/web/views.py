@@ -19,13 +19,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import decisions
-from daemon.approval import APPROVALS_FILE, candidates_of
-from daemon.decisions import RunView
+from daemon.approval import decisions
+from daemon.approval.decisions import RunView
+from daemon.approval.store import APPROVALS_FILE, candidates_of
 from daemon.errors import StoreError
-from daemon.runs import MANIFEST, Manifest
-from daemon.states import State
-from daemon.store import RunRef, RunStore
+from daemon.runs.manifest import MANIFEST, Manifest
+from daemon.runs.states import State
+from daemon.runs.store import RunRef, RunStore
 
 _Stamp = tuple[object, ...]
 

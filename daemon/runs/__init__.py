@@ -1,0 +1,9 @@
+"""The run model and how it moves: states, the manifest, the store, the engine.
+
+How this works: ``states`` is the pure, table-driven state model; ``manifest``
+the ``run.json`` schema; ``store`` the folders (one atomic rename per state
+change); ``engine`` the loop that hands runs to stages; ``health`` the
+heartbeat file. Everything here knows runs, never what a stage makes.
+
+May import: ``daemon.config``, ``daemon.errors``, ``daemon.defaults``, ``daemon.logs``.
+"""
