@@ -96,12 +96,14 @@ def figure(run_id: str, seg: SegmentView, cand: CandidateView, csrf: str, *, wid
     height = round(width * 9 / 16)
     # The figure is the keyboard's "chosen candidate" (roving tabindex): one tab stop per segment.
     focus = ' tabindex="0"' if chosen else ' tabindex="-1"'
+    # The grid of every segment loads pictures as they scroll into view; review mode shows few, at once.
+    lazy = ' loading="lazy"' if width < REVIEW_WIDTH else ""
     return (f'<figure class="cand c-{cand.status}" id="c-{seg.index}-{cand.index}"{focus} '
             f'data-segment="{seg.index}" data-candidate="{cand.index}" data-status="{cand.status}" '
             f'data-channel="{e(cand.channel)}" aria-label="{e(candidate_name(seg, cand).capitalize())}, '
             f'{e(cand.status if cand.status != "open" else "not decided")}">'
             f'<a class="full" href="{full}" target="_blank" rel="noopener">'
-            f'<img src="{src}" width="{width}" height="{height}" alt="{e(alt_text(seg, cand))}">'
+            f'<img src="{src}" width="{width}" height="{height}"{lazy} alt="{e(alt_text(seg, cand))}">'
             f'<span class="sr-only"> (full size, opens in a new tab)</span></a>'
             f'<figcaption>{status_badge(cand)} <span class="meta">#{cand.index} · seed {cand.seed}</span>'
             f'{decision_buttons(run_id, seg, cand, csrf)}</figcaption></figure>')
@@ -168,13 +170,23 @@ def review_main(s: Summary, csrf: str, *, segment: int | None) -> str:
         f'<a class="btn" href="{run_href(v.run_id)}?view=all">Every segment at once</a>'
         f'{approve_all_form(v, csrf) if left else ""}</div>',
     ]
-    if current is None:
-        head.append('<p id="review" tabindex="-1">Every segment is approved: the run moves on in a '
+    if not left:
+        head.append('<p id="done" tabindex="-1">Every segment is approved: the run moves on in a '
                     'few seconds.</p>')
+    if current is None:
         return "\n".join(head)
     head.append(segment_review(v, current, csrf, total=total))
     head.append(keys_help())
+    head.append(decided_states(v))
     return "\n".join(head)
+
+
+def decided_states(v: RunView) -> str:
+    """Every candidate's state, hidden: the script compares them between refreshes to announce
+    what another channel decided, also on segments the page is not showing."""
+    spans = "".join(f'<span data-cand="{seg.index}-{c.index}" data-status="{c.status}" '
+                    f'data-channel="{e(c.channel)}"></span>' for seg in v.segments for c in seg.candidates)
+    return f'<div id="states" hidden>{spans}</div>'
 
 
 def segment_review(v: RunView, seg: SegmentView, csrf: str, *, total: int) -> str:

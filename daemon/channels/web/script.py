@@ -79,6 +79,10 @@ JS = """\
     root.querySelectorAll("figure.cand").forEach((f) => {
       found.set(f.dataset.segment + "-" + f.dataset.candidate, [f.dataset.status, f.dataset.channel]);
     });
+    // Review mode also lists the candidates of segments it is not showing.
+    root.querySelectorAll("[data-cand]").forEach((s) => {
+      found.set(s.dataset.cand, [s.dataset.status, s.dataset.channel]);
+    });
     return found;
   }
   function patch(html) {
@@ -151,7 +155,8 @@ JS = """\
   }
   function focusReview() {
     const first = figures().find((f) => f.tabIndex === 0) || figures()[0];
-    const target = first || review() || document.querySelector("#live h1");
+    const done = document.getElementById("done");
+    const target = done || first || review() || document.querySelector("#live h1");
     if (target) target.focus();
   }
   function submitVerdict(figure, verdict) {
