@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.approval import decisions
+from daemon.approval.decisions import SegmentView
 from daemon.approval.store import DecisionRefused, Verdict, candidates_of
 from daemon.channels.web import pages as web_pages
 from daemon.channels.web import review
@@ -265,8 +267,12 @@ class PanelApp:
             if request.query_params.get("view") == "all":
                 main = review.grid_main(summary, self.csrf)
             else:
-                main = review.review_main(summary, self.csrf,
-                                          segment=_int(request.query_params.get("segment")))
+                segment = _int(request.query_params.get("segment"))
+                main = review.review_main(summary, self.csrf, segment=segment)
+                # Scale the next open segment's pictures now, while the person looks at this one.
+                upcoming = review.next_open(summary.view.segments, segment)
+                following = review.next_open(summary.view.segments, upcoming)
+                self._warm(ref, [s for s in summary.view.segments if s.index in (upcoming, following)])
             return self._page(request, summary.view.song, main)
         files = [name for name in SERVED_FILES if (ref.path / name).is_file()]
         main = web_pages.run_main(summary, self.csrf, files=files)
@@ -333,6 +339,14 @@ class PanelApp:
             small = self._thumbnail(ref, found[0], width)
             return self._send(ref, small, "image/jpeg") if small else self._send(ref, None)
         return self._send(ref, found[0] if found else None)
+
+    def _warm(self, ref: RunRef, segments: list[SegmentView]) -> None:
+        """Make the review-size pictures of ``segments`` in the background (cached for the next page)."""
+        sources = [c.image for s in segments for c in s.candidates]
+        if sources:
+            threading.Thread(target=lambda: [self._thumbnail(ref, source, review.REVIEW_WIDTH)
+                                             for source in sources],
+                             name="web-thumbs", daemon=True).start()
 
     def _thumbnail(self, ref: RunRef, source: Path, width: int) -> Path | None:
         try:
