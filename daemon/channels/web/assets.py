@@ -97,7 +97,7 @@ video { display: block; width: 100%; max-height: 80vh; background: #000; border-
 .cands.big { display: grid; gap: 1rem;
   grid-template-columns: repeat(auto-fit, minmax(min(100%, 18rem), 1fr)); }
 .cand[tabindex="0"] { box-shadow: 0 0 0 2px var(--control); }
-.moves { display: flex; flex-wrap: wrap; gap: .5rem; margin: 1rem 0; }
+.moves { display: flex; flex-wrap: wrap; gap: .5rem; margin: 1rem 0; align-items: center; }
 .keys { margin: 1rem 0; }
 .keys dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; }
 .keys dt, .keys dd { margin: 0; }
