@@ -117,15 +117,15 @@ def test_index_lists_runs_by_state(panel: WebPanel, store: RunStore, tmp_path: P
 
 def test_gallery_shows_candidates_and_serves_their_images(panel: WebPanel, store: RunStore,
                                                           tmp_path: Path, settings: Settings) -> None:
-    """A waiting run's page shows every segment's candidates with approve/reject and regenerate."""
+    """A waiting run's every-segment view shows each candidate with approve/reject and regenerate."""
     ref, _ = new_pending_run(store, tmp_path, settings, segments=2)
-    page = requests.get(f"{panel.url}runs/{ref.run_id}", timeout=10).text
+    page = requests.get(f"{panel.url}runs/{ref.run_id}?view=all", timeout=10).text
     for seg in (0, 1):
         assert f'id="seg-{seg}"' in page and f"prompt {seg}" in page
         for cand in range(settings.images.candidates):
             assert f'id="c-{seg}-{cand}"' in page
     assert page.count('value="approve"') == 2 * settings.images.candidates
-    assert page.count('value="regenerate"') == 2 and "Approve all" in page
+    assert page.count('value="regenerate"') == 2 and "/approve-all" in page
     image = requests.get(f"{panel.url}runs/{ref.run_id}/candidates/1/0", timeout=10)
     view = decisions.run_view(store, ref)
     assert image.status_code == 200 and image.content == view.segments[1].candidates[0].image.read_bytes()
@@ -148,7 +148,8 @@ def test_actions_land_in_approvals_through_decisions(panel: WebPanel, store: Run
         view = decisions.run_view(store, store.find(ref.run_id))
         assert view.segments[0].approved == 1
         assert [c.status for c in view.segments[1].candidates][0] == "rejected"
-        assert post(s, panel.url, f"/runs/{ref.run_id}/approve-all").status_code == 303
+        assert post(s, panel.url, f"/runs/{ref.run_id}/approve-all",
+                    confirmed="yes").status_code == 303
     view = decisions.run_view(store, store.find(ref.run_id))
     assert [seg.approved for seg in view.segments] == [1, 1, 0]
     log = ApprovalStore(store).load(store.find(ref.run_id)).decisions
@@ -252,8 +253,8 @@ def test_beyond_loopback_every_request_needs_the_token(settings: Settings, store
             foreign = s.post(target, data={"csrf": csrf_of(page.text)}, timeout=10,
                              headers={"Origin": "http://evil.example"})
             assert foreign.status_code == 403
-            assert s.post(target, data={"csrf": csrf_of(page.text)}, allow_redirects=False,
-                          timeout=10).status_code == 303
+            assert s.post(target, data={"csrf": csrf_of(page.text), "confirmed": "yes"},
+                          allow_redirects=False, timeout=10).status_code == 303
         scripted = requests.post(f"{panel.url}runs/{ref.run_id}/decide", timeout=10,
                                  headers={"Authorization": f"Bearer {TOKEN}"},
                                  data={"verdict": "reject", "segment": "0", "candidate": "1"},
@@ -305,14 +306,14 @@ def test_a_decision_from_the_cli_shows_in_the_panel(panel: WebPanel, store: RunS
     from daemon.cli import main
 
     ref, _ = new_pending_run(store, tmp_path, settings, segments=2)
-    url = f"{panel.url}runs/{ref.run_id}"
+    url = f"{panel.url}runs/{ref.run_id}?view=all"
     before = requests.get(url, headers={"X-Tandava-Fetch": "1"}, timeout=10)
     assert "<main" not in before.text and 'id="c-0-1"' in before.text
     assert main(["--config", str(settings.config_file), "approve", ref.run_id, "0:1"]) == 0
     after = requests.get(url, headers={"X-Tandava-Fetch": "1"}, timeout=10)
     assert after.headers["x-tandava-version"] != before.headers["x-tandava-version"]
-    assert '<figure class="cand c-approved" id="c-0-1">' in after.text
-    assert '<span class="badge s-approved">approved #1</span>' in after.text
+    assert '<figure class="cand c-approved" id="c-0-1"' in after.text
+    assert '<span class="badge s-approved">approved: candidate 1</span>' in after.text
     assert decisions.run_view(store, store.find(ref.run_id)).segments[0].approved == 1
 
 

@@ -32,6 +32,9 @@ class CandidateView:
     image: Path
     seed: int
     status: CandidateStatus
+    # The channel of the latest decision on this candidate ("" when none): a page that did not
+    # make a change can say where it came from ("rejected on Telegram").
+    channel: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,16 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
         return replace(base, jobs=jobs)
     plan = read_segments(ref.path)
     by_segment = candidates_of(manifest)
+    approvals = ApprovalStore(store).load(ref)
+    channel_of = {(d.segment, d.candidate): d.channel for d in approvals.decisions}
     views = []
-    for status in statuses(manifest, ApprovalStore(store).load(ref), len(plan)):
+    for status in statuses(manifest, approvals, len(plan)):
         seg = plan[status.segment]
         cands = tuple(
             CandidateView(j.index, ref.path / j.output, j.seed,
                           "approved" if j.index == status.approved
-                          else "rejected" if j.index in status.rejected else "open")
+                          else "rejected" if j.index in status.rejected else "open",
+                          channel_of.get((status.segment, j.index), ""))
             for j in by_segment.get(status.segment, []))
         views.append(SegmentView(status.segment, seg.start, seg.end, seg.mood, seg.visual_prompt, cands,
                                  status.approved, status.all_rejected, status.rounds))

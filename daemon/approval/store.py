@@ -1,8 +1,10 @@
 """The approval gate: one decision store per run, shared by every channel.
 
 How this works: ``approvals.json`` in the run folder is an append-only log of
-decisions (approve, reject, regenerate), each with who, when and through which
-channel. What a segment's status *is* (approved with candidate 4, every
+decisions (approve, reject, regenerate, undo), each with who, when and through
+which channel. An ``undo`` takes back the latest approve or reject of one
+candidate (within ``UNDO_SECONDS``): it is a new entry, so the log still says
+what happened and who changed their mind. What a segment's status *is* (approved with candidate 4, every
 candidate rejected, waiting) is derived from the log and the candidates the
 run's manifest records, never stored twice. The CLI, the auto policy, and
 later Telegram and the web panel all call ``decide``: it takes the run's lock,
@@ -35,7 +37,10 @@ from daemon.runs.store import RunRef, RunStore
 
 APPROVALS_FILE = "approvals.json"
 LOCKS_DIR = ".locks"
-Verdict = Literal["approve", "reject", "regenerate"]
+Verdict = Literal["approve", "reject", "regenerate", "undo"]
+# How long after a decision it can be taken back: a person who pressed the wrong key notices at once.
+# The panel offers 10 s; the store allows a little more for the round trip.
+UNDO_SECONDS = 15.0
 # A lock older than this was left by a process that died holding it.
 _STALE_LOCK_SECONDS = 30.0
 
@@ -111,6 +116,7 @@ def statuses(manifest: Manifest, approvals: Approvals, segments: int) -> list[Se
                 status.extra_rounds += 1
             elif d.candidate is not None:
                 latest[d.candidate] = d
+        # An undo leaves its candidate undecided again (its latest word is the undo itself).
         status.rejected = sorted(c for c, d in latest.items() if d.verdict == "reject")
         approvals_in_order = sorted(
             (d for d in latest.values() if d.verdict == "approve"), key=lambda d: d.at
@@ -193,11 +199,26 @@ class ApprovalStore:
                 segment=segment, candidate=candidate, verdict=verdict, by=by, channel=channel, at=utcnow()
             )
             last = _latest(approvals, segment, candidate)
-            if last is not None and last.verdict == verdict and verdict != "regenerate":
+            if verdict == "undo":
+                _check_undo(ref.run_id, segment, candidate, last, decision.at)
+            elif last is not None and last.verdict == verdict and verdict != "regenerate":
                 return last  # a second tap on the same button changes nothing
             approvals.decisions.append(decision)
             self.save(ref, approvals)
             return decision
+
+
+def _check_undo(run_id: str, segment: int, candidate: int | None, last: Decision | None,
+                now: datetime) -> None:
+    """Refuse an undo that has nothing recent to take back."""
+    if candidate is None:
+        raise DecisionRefused("an undo names the candidate whose decision it takes back")
+    if last is None or last.verdict not in ("approve", "reject"):
+        raise DecisionRefused(f"segment {segment} candidate {candidate} of {run_id} has no "
+                              f"decision to undo")
+    if (now - last.at).total_seconds() > UNDO_SECONDS:
+        raise DecisionRefused(f"the {last.verdict} of segment {segment} candidate {candidate} is "
+                              f"older than {UNDO_SECONDS:.0f} s: decide again instead of undoing it")
 
 
 def _latest(approvals: Approvals, segment: int, candidate: int | None) -> Decision | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.approval import decisions
+from daemon.approval.decisions import SegmentView
 from daemon.approval.store import DecisionRefused, Verdict, candidates_of
 from daemon.channels.web import pages as web_pages
-from daemon.channels.web.assets import CSS, ICON, JS
+from daemon.channels.web import review
+from daemon.channels.web.assets import CSS, ICON
+from daemon.channels.web.script import JS
+from daemon.channels.web.thumbs import WIDTHS, cache_dir, thumbnail
 from daemon.channels.web.views import ViewCache
 from daemon.errors import RunNotFound, TandavaError
 from daemon.runs.health import health_json
@@ -83,6 +88,9 @@ SERVED_FILES: dict[str, str] = {
     EXPORT_NAMES["mov"]: "video/quicktime",
 }
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+_AUDIO_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg",
+                ".m4a": "audio/mp4"}
+_VERDICTS = ("approve", "reject", "regenerate", "undo")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self'; media-src 'self'; "
@@ -192,6 +200,7 @@ class PanelApp:
             Route("/states/{state}", self.state_page),
             Route("/runs/{run_id}", self.run_page),
             Route("/runs/{run_id}/thumb", self.thumb),
+            Route("/runs/{run_id}/song", self.song),
             Route("/runs/{run_id}/files/{name}", self.file),
             Route("/runs/{run_id}/candidates/{segment:int}/{index:int}", self.candidate),
             Route("/runs/{run_id}/decide", self.decide, methods=["POST"]),
@@ -253,6 +262,18 @@ class PanelApp:
     def run_page(self, request: Request) -> Response:
         ref = self._ref(request)
         summary = self.views.summary(ref)
+        if ref.state is State.PENDING_APPROVAL and summary.view.segments:
+            # A run waiting for a person opens in review mode; ?view=all shows every segment.
+            if request.query_params.get("view") == "all":
+                main = review.grid_main(summary, self.csrf)
+            else:
+                segment = _int(request.query_params.get("segment"))
+                main = review.review_main(summary, self.csrf, segment=segment)
+                # Scale the next open segment's pictures now, while the person looks at this one.
+                upcoming = review.next_open(summary.view.segments, segment)
+                following = review.next_open(summary.view.segments, upcoming)
+                self._warm(ref, [s for s in summary.view.segments if s.index in (upcoming, following)])
+            return self._page(request, summary.view.song, main)
         files = [name for name in SERVED_FILES if (ref.path / name).is_file()]
         main = web_pages.run_main(summary, self.csrf, files=files)
         # A finished run does not change, and swapping its page would stop the video.
@@ -274,7 +295,9 @@ class PanelApp:
             resolved = path.resolve(strict=True)
         except OSError:
             raise HTTPException(404, "This run has no such file (yet).") from None
-        if not resolved.is_relative_to(ref.path.resolve()) or not resolved.is_file():
+        inside = resolved.is_relative_to(ref.path.resolve()) or \
+            resolved.is_relative_to(cache_dir(self.store.root).resolve())
+        if not inside or not resolved.is_file():
             raise HTTPException(404, "This run has no such file.")
         media = media_type or _IMAGE_TYPES.get(resolved.suffix.lower(), "application/octet-stream")
         # Pictures change only when a run moves on (a new URL state): a minute of caching
@@ -293,6 +316,13 @@ class PanelApp:
         ref = self._ref(request)
         return self._send(ref, self.views.summary(ref).thumb)
 
+    def song(self, request: Request) -> Response:
+        """The run's song, so review mode can play a segment's slice of it (Range requests)."""
+        ref = self._ref(request)
+        name = self.store.load(ref).song.file_name
+        path = ref.path / name
+        return self._send(ref, path, _AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+
     def candidate(self, request: Request) -> Response:
         ref = self._ref(request)
         segment, index = request.path_params["segment"], request.path_params["index"]
@@ -302,7 +332,34 @@ class PanelApp:
         if not found and ref.state is not State.PENDING_APPROVAL:
             jobs = candidates_of(self.store.load(ref)).get(segment, [])
             found = [ref.path / j.output for j in jobs if j.index == index]
+        width = _int(request.query_params.get("w"))
+        if found and width is not None:
+            if width not in WIDTHS:
+                raise HTTPException(400, f"w must be one of {sorted(WIDTHS)}.")
+            small = self._thumbnail(ref, found[0], width)
+            return self._send(ref, small, "image/jpeg") if small else self._send(ref, None)
         return self._send(ref, found[0] if found else None)
+
+    def _warm(self, ref: RunRef, segments: list[SegmentView]) -> None:
+        """Make the review-size pictures of ``segments`` in the background (cached for the next page)."""
+        sources = [c.image for s in segments for c in s.candidates]
+        if sources:
+            threading.Thread(target=lambda: [self._thumbnail(ref, source, review.REVIEW_WIDTH)
+                                             for source in sources],
+                             name="web-thumbs", daemon=True).start()
+
+    def _thumbnail(self, ref: RunRef, source: Path, width: int) -> Path | None:
+        try:
+            resolved = source.resolve(strict=True)
+        except OSError:
+            return None
+        if not resolved.is_relative_to(ref.path.resolve()):
+            return None
+        try:
+            return thumbnail(resolved, cache_dir(self.store.root), width)
+        except (OSError, ValueError) as exc:  # an unreadable picture: send the original instead
+            log.warning("web.thumbnail_failed", run_id=ref.run_id, error=str(exc))
+            return resolved
 
     # -- actions --------------------------------------------------------------
 
@@ -320,19 +377,39 @@ class PanelApp:
                                 "reload the page and try again.")
         return form
 
-    async def _act(self, request: Request, work: Callable[[], str]) -> Response:
+    async def _act(self, request: Request, work: Callable[[], str], *,
+                   segment: int | None = None) -> Response:
         message = await run_in_threadpool(work)
         run_id = request.path_params["run_id"]
         log.info("web.action", run_id=run_id, what=message)
+        # Review mode moves on to the next open segment after a decision (and says how many are left).
+        after = await run_in_threadpool(self._after, run_id, segment) if segment is not None else {}
         if request.headers.get(FETCH_HEADER):
-            return JSONResponse({"message": message})
-        return RedirectResponse(web_pages.run_href(run_id), status_code=303)
+            return JSONResponse({"message": message, **after})
+        target = web_pages.run_href(run_id)
+        if after.get("next") is not None:
+            target += f"?segment={after['next']}"
+        return RedirectResponse(target, status_code=303)
+
+    def _after(self, run_id: str, segment: int | None) -> dict[str, Any]:
+        try:
+            view = self.views.summary(self.store.find(run_id)).view
+        except TandavaError:
+            return {}
+        if view.state is not State.PENDING_APPROVAL or not view.segments:
+            return {"next": None, "left": 0, "total": len(view.segments)}
+        by_index = {s.index: s for s in view.segments}
+        here = by_index.get(segment) if segment is not None else None
+        # Stay on a segment that is still open (a reject, a regeneration); else the next open one.
+        nxt = segment if here is not None and here.approved is None and not here.all_rejected \
+            else review.next_open(view.segments, segment)
+        return {"next": nxt, "left": len(view.open_segments), "total": len(view.segments)}
 
     async def decide(self, request: Request) -> Response:
         form = await self._form(request)
         verdict = form.get("verdict", "")
-        if verdict not in ("approve", "reject", "regenerate"):
-            raise HTTPException(400, "verdict must be approve, reject or regenerate.")
+        if verdict not in _VERDICTS:
+            raise HTTPException(400, "verdict must be approve, reject, regenerate or undo.")
         segment, candidate = _int(form.get("segment")), _int(form.get("candidate"))
         if segment is None or (candidate is None and verdict != "regenerate"):
             raise HTTPException(400, "Say which segment (and candidate) this is about.")
@@ -343,14 +420,19 @@ class PanelApp:
         def work() -> str:
             decisions.decide(self.store, run_id, checked, segment, cand, by=by, channel="web")
             what = f"segment {segment}" + (f" candidate {cand}" if cand is not None else "")
-            return {"approve": "Approved", "reject": "Rejected",
+            return {"approve": "Approved", "reject": "Rejected", "undo": "Took back the decision on",
                     "regenerate": "Asked for new candidates for"}[checked] + f" {what}."
 
-        return await self._act(request, work)
+        return await self._act(request, work, segment=segment)
 
     async def approve_all(self, request: Request) -> Response:
-        await self._form(request)
+        form = await self._form(request)
         run_id, by = request.path_params["run_id"], _who(request)
+        if form.get("confirmed") != "yes" and not request.state.bearer:
+            # "Approve all" skips the review: a browser asks once (the script with a dialog,
+            # without a script this page) before anything is decided.
+            view = self.views.summary(self._ref(request)).view
+            return self._page(request, "Approve all?", review.confirm_main(view, self.csrf), poll=False)
 
         def work() -> str:
             made = decisions.approve_all(self.store, run_id, by=by, channel="web")

@@ -17,7 +17,6 @@ import html
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
-from daemon.approval.decisions import SegmentView
 from daemon.channels.web.views import Summary
 from daemon.runs.states import State
 
@@ -64,6 +63,7 @@ def document(title: str, main: str, *, version: str = "", poll_ms: int = 0, csrf
 <body>
 <header class="top"><a class="brand" href="/">Tandava</a><span class="sub">music videos from songs</span></header>
 <p id="flash" class="flash" role="status" hidden></p>
+<p id="announce" class="sr-only" aria-live="polite"></p>
 <main id="live" data-poll-ms="{poll_ms}" data-version="{e(version)}">
 {main}
 </main>
@@ -84,18 +84,21 @@ def _hidden(csrf: str, **fields: object) -> str:
 
 
 def action(run_id: str, what: str, label: str, csrf: str, *, primary: bool = False,
-           **fields: object) -> str:
-    """A one-button form that POSTs one action for a run."""
+           name: str = "", **fields: object) -> str:
+    """A one-button form that POSTs one action for a run (``name``: its accessible name,
+    when the visible label alone does not say which run it acts on)."""
     cls = ' class="primary"' if primary else ""
+    aria = f' aria-label="{e(name)}"' if name else ""
     return (f'<form class="act" method="post" action="{run_href(run_id, what)}">'
-            f'{_hidden(csrf, **fields)}<button type="submit"{cls}>{e(label)}</button></form>')
+            f'{_hidden(csrf, **fields)}<button type="submit"{cls}{aria}>{e(label)}</button></form>')
 
 
 def counts_nav(counts: dict[State, int]) -> str:
-    """Runs per state, each linking to its section."""
+    """Runs per state, each linking to its section (a state with no runs has no section to go to)."""
     chips = "".join(
         f'<a class="chip s-{state.value}" href="#{state.value}">{e(LABELS[state])} '
-        f'<b>{counts.get(state, 0)}</b></a>' for state in INDEX_ORDER)
+        f'<b>{counts.get(state, 0)}</b></a>' if counts.get(state, 0) else
+        f'<span class="chip empty-chip">{e(LABELS[state])} <b>0</b></span>' for state in INDEX_ORDER)
     return f'<nav class="counts" aria-label="runs per state">{chips}</nav>'
 
 
@@ -103,7 +106,7 @@ def index_main(groups: Sequence[tuple[State, Sequence[Summary], int]], csrf: str
                inbox_hint: str = "") -> str:
     """Every state with its runs (newest first); a long state shows its newest and links to all."""
     counts = {state: total for state, _, total in groups}
-    parts = [counts_nav(counts)]
+    parts = ['<h1>Runs</h1>', counts_nav(counts)]
     if not any(counts.values()):
         parts.append(f'<p class="empty">No runs yet: drop a song into the inbox{e(inbox_hint)}.</p>')
     for state, summaries, total in groups:
@@ -161,14 +164,15 @@ def card(s: Summary, csrf: str) -> str:
     buttons = ""
     if v.state is State.PENDING_APPROVAL and v.segments:
         body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> segments to decide</p>')
-        buttons = f'<a class="btn primary" href="{href}">Review</a>'
+        buttons = f'<a class="btn primary" href="{href}" aria-label="Review {e(v.song)}">Review</a>'
     elif v.state is State.FAILED:
-        buttons = action(v.run_id, "retry", "Retry", csrf, primary=True) + \
-            f'<a class="btn" href="{href}">Details</a>'
+        buttons = action(v.run_id, "retry", "Retry", csrf, primary=True, name=f"Retry {v.song}") + \
+            f'<a class="btn" href="{href}" aria-label="Details of {e(v.song)}">Details</a>'
     elif v.state is State.RENDERED and v.video is not None:
-        buttons = f'<a class="btn primary" href="{href}">Play</a>'
+        buttons = f'<a class="btn primary" href="{href}" aria-label="Play {e(v.song)}">Play</a>'
     return (f'<article class="card s-{v.state.value}" id="run-{e(v.run_id)}">'
-            f'<a class="pic" href="{href}" tabindex="-1">{picture(s)}</a>'
+            # The picture repeats the title link: out of the tab order and the accessibility tree.
+            f'<a class="pic" href="{href}" tabindex="-1" aria-hidden="true">{picture(s)}</a>'
             f'<div class="body">{"".join(body)}<div class="actions">{buttons}</div></div></article>')
 
 
@@ -201,7 +205,8 @@ def run_main(s: Summary, csrf: str, *, files: Sequence[str] = ()) -> str:
     elif v.state is State.RENDERED:
         parts.append(player(s, files))
     elif v.state is State.PENDING_APPROVAL:
-        parts.append(gallery(s, csrf))
+        # The panel shows a waiting run in review mode (daemon.channels.web.review).
+        parts.append(f'<p><a class="btn primary" href="{run_href(v.run_id)}">Review</a></p>')
     elif v.state is State.APPROVED:
         parts.append('<p>Every segment is approved: clips and the video are being made.</p>')
     return "\n".join(p for p in parts if p)
@@ -217,54 +222,6 @@ def player(s: Summary, files: Sequence[str]) -> str:
         f'<a class="btn" href="{run_href(v.run_id, "files", name)}" download>Download {e(name)}</a>'
         for name in files if not name.endswith((".jpg", ".png")))
     return (f'<video controls playsinline preload="metadata"{poster} '
+            f'aria-label="The music video of {e(v.song)}" '
             f'src="{run_href(v.run_id, "files", "final.mp4")}"></video>'
             f'<div class="actions">{downloads}</div>')
-
-
-def gallery(s: Summary, csrf: str) -> str:
-    """Every segment with its candidates and the decisions a person can make on them."""
-    v = s.view
-    open_count = len(v.open_segments)
-    if open_count:
-        head = (f'<p><b>{open_count} of {len(v.segments)}</b> segments still need a decision.</p>'
-                + action(v.run_id, "approve-all", "Approve all", csrf, primary=True))
-    else:
-        head = "<p>Every segment is approved: the run moves on in a few seconds.</p>"
-    segments = "\n".join(segment(v.run_id, seg, csrf) for seg in v.segments)
-    return f'<div class="bar">{head}</div>\n{segments}'
-
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds // 60):02d}:{seconds % 60:04.1f}"
-
-
-def segment(run_id: str, seg: SegmentView, csrf: str) -> str:
-    """One segment: its time, mood, prompt, candidates, and a request for new ones."""
-    if seg.approved is not None:
-        status = f'<span class="badge s-approved">approved #{seg.approved}</span>'
-    elif seg.all_rejected:
-        status = '<span class="badge s-failed">all rejected</span>'
-    else:
-        status = '<span class="badge">open</span>'
-    figures = []
-    for cand in seg.candidates:
-        buttons = (f'<form class="act pick" method="post" action="{run_href(run_id, "decide")}">'
-                   f'{_hidden(csrf, segment=seg.index, candidate=cand.index)}'
-                   f'<button type="submit" name="verdict" value="approve" class="primary">Approve</button>'
-                   f'<button type="submit" name="verdict" value="reject">Reject</button></form>')
-        src = run_href(run_id, "candidates", seg.index, cand.index)
-        figures.append(
-            f'<figure class="cand c-{cand.status}" id="c-{seg.index}-{cand.index}">'
-            f'<a href="{src}" target="_blank" rel="noopener"><img src="{src}" loading="lazy" '
-            f'width="320" height="180" alt="segment {seg.index} candidate {cand.index}"></a>'
-            f'<figcaption><span class="badge c-{cand.status}">{cand.status}</span> '
-            f'#{cand.index} · seed {cand.seed}{buttons}</figcaption></figure>')
-    regen_note = ("" if seg.all_rejected else
-                  '<small>new candidates are made once every candidate here is rejected</small>')
-    regen = (f'<div class="regen">'
-             f'{action(run_id, "decide", "Ask for new candidates", csrf, segment=seg.index, verdict="regenerate")}'
-             f'{regen_note}</div>')
-    return (f'<section class="segment" id="seg-{seg.index}"><h2>Segment {seg.index} '
-            f'<small>{_clock(seg.start)}–{_clock(seg.end)} · {e(seg.mood)}</small> {status}</h2>'
-            f'<p class="prompt wrap">{e(seg.prompt)}</p>'
-            f'<div class="grid cands">{"".join(figures)}</div>{regen}</section>')
