@@ -154,32 +154,25 @@ def test_newer_schema_is_refused(store: RunStore, inbox: Path) -> None:
         store.load(ref)
 
 
-def test_lock_excludes_a_live_owner_and_takes_over_a_dead_one(tmp_path: Path) -> None:
-    """A state root is owned by one live daemon; a lock left by a dead pid is taken over."""
+def test_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> None:
+    """A state root has one owner; the refusal names its pid; after release it can be taken again."""
     store = RunStore(tmp_path / "state")
     release = store.lock()
     lock_file = tmp_path / "state" / ".tandava.lock"
-    lock_file.write_text("999999999", encoding="utf-8")  # as if left by a process killed with -9
-    release2 = store.lock()
     assert lock_file.read_text(encoding="utf-8") == str(os.getpid())
-    release2()
+    with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
+        RunStore(tmp_path / "state").lock()
     release()
+    release()  # twice is harmless
+    assert not lock_file.exists()
+    RunStore(tmp_path / "state").lock()()
 
 
-def test_lock_refuses_second_live_daemon(tmp_path: Path) -> None:
-    """Two live Tandava processes never share a state root."""
-    import subprocess
-    import sys
-    import time
-
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        root = tmp_path / "state"
-        root.mkdir()
-        (root / ".tandava.lock").write_text(str(child.pid), encoding="utf-8")
-        time.sleep(0.05)
-        with pytest.raises(StoreLocked, match=str(child.pid)):
-            RunStore(root).lock()
-    finally:
-        child.kill()
-        child.wait()
+def test_lock_file_left_by_a_dead_process_is_no_obstacle(tmp_path: Path) -> None:
+    """A lock file naming a pid that is gone (or alive but not holding it) is simply locked again."""
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / ".tandava.lock").write_text(str(os.getpid()), encoding="utf-8")
+    release = RunStore(root).lock()
+    assert (root / ".tandava.lock").read_text(encoding="utf-8") == str(os.getpid())
+    release()

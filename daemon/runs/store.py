@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import psutil
 from pydantic import ValidationError
 
 from daemon.errors import RunNotFound, StageError, StoreError, StoreLocked
-from daemon.runs import fsutil
+from daemon.runs import fsutil, oslock
 from daemon.runs.manifest import (
     ERROR_FILE,
     MANIFEST,
@@ -319,48 +318,25 @@ class RunStore:
     def lock(self) -> Callable[[], None]:
         """Take the state root for this process; returns the release function.
 
-        A lock left by a process that died (kill -9, power cut) is taken over:
-        the pid it names is not alive, or is alive but is not a Python process.
+        The lock is the operating system's (``oslock``): exactly one process
+        holds it, and it ends with the process, so a daemon killed with -9
+        leaves nothing to take over. The pid in the file only names the owner
+        in the refusal.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_FILE
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = _lock_owner(path)
-                if owner is not None and owner != os.getpid() and _is_live_python(owner):
-                    raise StoreLocked(
-                        f"another Tandava (pid {owner}) is running on {self.root}"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(str(os.getpid()))
-
-            def release() -> None:
-                if _lock_owner(path) == os.getpid():
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-
-            return release
-        raise StoreLocked(f"cannot take the lock {path}")
-
-
-def _lock_owner(path: Path) -> int | None:
-    try:
-        return int(path.read_text(encoding="utf-8").strip() or "0") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _is_live_python(pid: int) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        name = proc.name().lower()
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and (
-            "python" in name or "tandava" in name
-        )
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            held = oslock.try_lock(path, str(os.getpid()))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot lock {path}: {exc.strerror or exc}; put the state root on a local disk "
+                "(some network filesystems refuse file locks)"
+            ) from exc
+        if held is None:
+            owner = oslock.read_note(path)
+            who = f" (pid {owner})" if owner.isdigit() else ""
+            raise StoreLocked(
+                f"another Tandava{who} is running on {self.root}; stop it first, "
+                "or give this one another state root"
+            )
+        return held.release
