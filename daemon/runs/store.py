@@ -86,7 +86,9 @@ class RunStore:
         for state in states if states is not None else State:
             folder = self.dir_for(state)
             try:
-                names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+                # A symlinked folder is not a run: following it would move, render or
+                # delete whatever it points at.
+                names = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
             except FileNotFoundError:
                 continue
             for name in names:
@@ -241,13 +243,34 @@ class RunStore:
             updated_at=now,
             history=[StateChange(state=State.INCOMING, at=now, note="song arrived")],
         )
-        staging.mkdir(parents=True)
-        staging_ref = RunRef(run_id, State.INCOMING, staging)
-        self.save(staging_ref, manifest)
-        fsutil.move_file(song_path, staging / song_path.name)
-        os.replace(staging, final)
+        try:
+            staging.mkdir(parents=True)
+            self.save(RunRef(run_id, State.INCOMING, staging), manifest)
+            fsutil.move_file(song_path, staging / song_path.name)
+            os.replace(staging, final)
+        except OSError as exc:
+            # A full disk fails here on every retry: leave no staging folder behind.
+            self._unwind_ingest(staging, song_path)
+            raise StoreError(
+                f"cannot take {song_path.name} into {final.parent}: {exc.strerror or exc}; "
+                "the song stays in the inbox and is tried again (free some space if the disk is full)"
+            ) from exc
         fsutil.fsync_dir(final.parent)
         return RunRef(run_id, State.INCOMING, final)
+
+    def _unwind_ingest(self, staging: Path, song_path: Path) -> None:
+        """Undo a failed ``create``: the song goes back to the inbox, then the staging folder goes.
+
+        If the song cannot go back, the folder stays: it holds the only copy,
+        and ``reconcile`` finishes the ingest on the next start.
+        """
+        moved_in = staging / song_path.name
+        if moved_in.exists() and not song_path.exists():
+            try:
+                fsutil.move_file(moved_in, song_path)
+            except OSError:
+                return
+        shutil.rmtree(staging, ignore_errors=True)
 
     # -- start-up -------------------------------------------------------------
 
