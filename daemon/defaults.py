@@ -36,6 +36,10 @@ POLL_SECONDS = 1.0
 # After a close-write, size and mtime must hold this long: some copiers and
 # taggers close and reopen at once, and half a second shows their next write.
 SETTLE_SECONDS = 0.5
+# `tandava run --once` waits up to the stable window plus this for songs still
+# arriving: enough for a copy that just finished to prove it, short enough that a
+# one-shot run never hangs on a copy that will take minutes (it says so instead).
+ONCE_MARGIN_SECONDS = 3.0
 # How often the inbox watcher checks its observer and folder: a dead observer
 # or a share that came back is noticed within a second, for one stat.
 WATCH_CHECK_SECONDS = 1.0

@@ -102,6 +102,23 @@ def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
     assert len(runs_in(settings, State.PENDING_APPROVAL)) == 1  # manual approval: waits for a person
 
 
+def test_run_once_right_after_a_copy_waits_for_the_song_and_says_so(settings: Settings) -> None:
+    """`run --once` started the instant a copy ends waits for the song to settle, takes it, and logs why it waited."""
+    from structlog.testing import capture_logs
+
+    settings.watch.stable_seconds = 2.0  # the default: longer than this test's start-up
+    settings.paths.inbox.mkdir(parents=True, exist_ok=True)
+    write_song(settings.paths.inbox / "just copied.wav", 6.0, 90.0)
+    (settings.paths.inbox / ".hidden.wav").write_bytes(b"RIFF")
+    with capture_logs() as logs:
+        assert run(settings, threading.Event(), once=True) == 0
+    assert len(runs_in(settings, State.PENDING_APPROVAL)) == 1
+    waited = [e for e in logs if e["event"] == "inbox.waited"]
+    assert [e["file"] for e in waited] == ["just copied.wav"]
+    skipped = {e["file"]: e["reason"] for e in logs if e["event"] == "inbox.skipped"}
+    assert skipped == {".hidden.wav": "dotfiles are never taken: rename it without the leading dot"}
+
+
 def test_cli_status_show_and_retry(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """status lists runs by state, show explains a failure, retry sends it back."""
     settings.paths.inbox.mkdir(parents=True, exist_ok=True)
