@@ -40,6 +40,12 @@ SETTLE_SECONDS = 0.5
 # arriving: enough for a copy that just finished to prove it, short enough that a
 # one-shot run never hangs on a copy that will take minutes (it says so instead).
 ONCE_MARGIN_SECONDS = 3.0
+# A song that fails to decode while its file changed within this long may still
+# be arriving (a copy paused past the stable window, then resumed through the
+# same handle): the run waits and looks again instead of failing.
+RECENT_CHANGE_SECONDS = 60.0
+# How often such a run looks again.
+RECENT_CHANGE_RECHECK_SECONDS = 5.0
 # How often the inbox watcher checks its observer and folder: a dead observer
 # or a share that came back is noticed within a second, for one stat.
 WATCH_CHECK_SECONDS = 1.0

@@ -90,6 +90,30 @@ def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settin
     assert error["retry"].startswith("tandava retry ")
 
 
+def test_song_caught_mid_copy_waits_instead_of_failing(daemon: Settings, tmp_path: Path) -> None:
+    """A copy that stalls past the stable window is taken half-written; its run waits, then analyses the whole song."""
+    whole = tmp_path / "whole.flac"  # FLAC states its length: half of one is "truncated"
+    write_song(whole, 6.0, 90.0)
+    data = whole.read_bytes()
+    store = RunStore(daemon.paths.state_root)
+
+    def analyze_waiting() -> bool:
+        refs = list(store.iter_runs([State.INCOMING]))
+        if not refs:
+            return False
+        detail = store.load(refs[0]).stages.get("analyze")
+        return detail is not None and "may still be arriving" in str(detail.detail.get("waiting", ""))
+
+    with (daemon.paths.inbox / "stalled.flac").open("wb", buffering=0) as f:
+        f.write(data[: len(data) // 2])
+        assert wait_for(analyze_waiting, timeout=20)  # taken, decoded as truncated, and waiting
+        f.write(data[len(data) // 2 :])
+    assert wait_for(lambda: bool(runs_in(daemon, State.PENDING_APPROVAL)), timeout=30)
+    assert runs_in(daemon, State.FAILED) == []
+    ref = next(store.iter_runs([State.PENDING_APPROVAL]))
+    assert store.load(ref).song.size == len(data)
+
+
 def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
     """`run --once` takes what is already in the inbox, takes it as far as it can go and returns."""
     settings.paths.inbox.mkdir(parents=True, exist_ok=True)
