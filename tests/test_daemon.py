@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,10 +78,15 @@ def test_same_song_twice_makes_one_run(daemon: Settings) -> None:
     assert len(list(RunStore(daemon.paths.state_root).iter_runs())) == 1
 
 
-def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settings) -> None:
+def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settings, tmp_path: Path) -> None:
     """A text file named .mp3 goes to failed/ with a reason; a real song beside it completes."""
     inbox = daemon.paths.inbox
-    (inbox / "notes.mp3").write_text("these are lyrics, not audio\n" * 50, encoding="utf-8")
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("these are lyrics, not audio\n" * 50, encoding="utf-8")
+    # Copied with its old mtime kept (cp -p): a file that changed within the last
+    # minute would wait that minute in case it is still arriving.
+    os.utime(notes, (time.time() - 120, time.time() - 120))
+    shutil.copy2(notes, inbox / "notes.mp3")
     write_song(inbox / "good.ogg", 8.0, 128.0)
     assert wait_for(lambda: runs_in(daemon, State.FAILED) and runs_in(daemon, State.PENDING_APPROVAL))
     failed_dir = daemon.paths.state_root / "failed" / runs_in(daemon, State.FAILED)[0]
