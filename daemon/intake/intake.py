@@ -24,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.errors import StoreError
 from daemon.intake.files import StillChanging, refusal
 from daemon.runs import fsutil
 from daemon.runs.store import RunRef, RunStore
@@ -79,7 +80,12 @@ class Intake:
             if existing is not None:
                 self._move_aside(path, existing)
                 return None
-        ref = self.store.create(path, digest, id_digest=id_digest)
+        try:
+            ref = self.store.create(path, digest, id_digest=id_digest)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, fsutil.FileChangedError):  # copied across disks while written
+                raise StillChanging(str(exc.__cause__)) from exc
+            raise
         log.info("run.created", run_id=ref.run_id, stage="intake", file=path.name, size=before.st_size, sha256=digest[:16])
         return ref
 
