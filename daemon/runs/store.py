@@ -350,6 +350,11 @@ class RunStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             held = oslock.try_lock(path, str(os.getpid()))
+        except PermissionError as exc:
+            raise StoreError(
+                f"cannot lock {path}: permission denied; run Tandava as the user that owns "
+                f"{self.root}, or give this user write access to it"
+            ) from exc
         except OSError as exc:
             raise StoreError(
                 f"cannot lock {path}: {exc.strerror or exc}; put the state root on a local disk "
