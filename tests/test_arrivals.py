@@ -8,6 +8,7 @@ run in seconds; ``bench/bench_arrivals.py`` runs the same patterns at full size.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,3 +123,32 @@ def test_file_changing_while_intake_reads_it_is_not_moved(
     with pytest.raises(StillChanging):
         Intake(store, inbox).accept(path)
     assert path.exists() and list(store.iter_runs()) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges on Windows")
+def test_song_swapped_for_a_symlink_while_it_is_read_is_not_moved(
+    store: RunStore, inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A song replaced by a link to another file while intake hashes it is left alone, and the link is never moved."""
+    from daemon.intake.files import StillChanging
+    from daemon.runs import fsutil
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not yours")
+    path = inbox / "swap.mp3"
+    path.write_bytes(os.urandom(CHUNK))
+    real_hash = fsutil.sha256_file
+
+    def hash_then_swap(p: Path) -> str:
+        digest = real_hash(p)
+        p.unlink()
+        p.symlink_to(secret)
+        return digest
+
+    monkeypatch.setattr(fsutil, "sha256_file", hash_then_swap)
+    with pytest.raises(StillChanging):
+        Intake(store, inbox).accept(path)
+    monkeypatch.undo()
+    assert list(store.iter_runs()) == []
+    assert Intake(store, inbox).accept(path) is None  # looked at again: a link, refused
+    assert path.is_symlink() and list(store.iter_runs()) == []

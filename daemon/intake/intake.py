@@ -73,7 +73,8 @@ class Intake:
             after = before
             id_digest = hashlib.sha256(f"{path.name}|{before.st_size}|{before.st_mtime_ns}".encode()).hexdigest()
             log.warning("intake.unreadable", file=path.name, error=str(exc))
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        # The inode too: a file swapped for a link (or another file) while we read is not what we read.
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
             raise StillChanging(f"{path.name} changed while it was being read")
         if digest:
             existing = self.store.find_by_hash(digest)
