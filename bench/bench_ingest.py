@@ -5,8 +5,9 @@
 Writes N songs one at a time (1 MiB each in 64 KiB writes, then close, a
 realistic local copy) with irregular gaps so polling phases are sampled evenly,
 once with native events and once with forced polling, and prints p50/p95/max
-per mode against its target: native p95 <= 1 s; polling p95 <= stable window +
-one poll interval. Then measures idle CPU of a watcher on an empty inbox
+per mode against its target: native p95 <= stable window + 0.5 s (a close-write
+is a hint, not proof of arrival: issue 11); polling p95 <= stable window + one
+poll interval. Then measures idle CPU of a watcher on an empty inbox
 (target <= 0.5 % of one core). Bounded: about 40 s with the defaults.
 """
 
@@ -100,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
 
-    targets = {"native": 1.0, "polling": args.stable + args.poll}
+    targets = {"native": args.stable + 0.5, "polling": args.stable + args.poll}
     print(f"{args.files} songs of {SONG_BYTES // 1024} KiB; stable={args.stable}s poll={args.poll}s")
     print(f"{'mode':8} {'p50':>7} {'p95':>7} {'max':>7} {'target p95':>11} {'p95/target':>11}")
     for mode, target in targets.items():

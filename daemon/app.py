@@ -90,9 +90,12 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             in_flight=engine.in_flight,
         )
         if once:
-            for path in watcher.scan_once():
-                intake.accept(path)
-            log.info("daemon.once", inbox=str(settings.paths.inbox))
+            from daemon.intake.settle import take_settled
+
+            # Right after a copy, songs may still be settling: wait for them, or say why not.
+            settled = take_settled(intake, settings.paths.inbox, stable_seconds=watch.stable_seconds)
+            log.info("daemon.once", inbox=str(settings.paths.inbox), taken=len(settled.ready),
+                     waited_for=sorted(settled.waited), skipped=sorted(settled.skipped))
             engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()

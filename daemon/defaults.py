@@ -33,9 +33,21 @@ STABLE_SECONDS = 2.0
 RESCAN_SECONDS = 30.0
 # Polling interval on network shares, where inotify sees nothing.
 POLL_SECONDS = 1.0
-# After a close-write, size and mtime must hold this long: some copiers and
-# taggers close and reopen at once, and half a second shows their next write.
+# The shortest re-check of a file: `run --once` looks twice at least this far
+# apart before trusting an old mtime, and a file Windows still holds open is
+# looked at again after this. (A close-write no longer shortens the stable
+# window: chunked copies close after every chunk.)
 SETTLE_SECONDS = 0.5
+# `tandava run --once` waits up to the stable window plus this for songs still
+# arriving: enough for a copy that just finished to prove it, short enough that a
+# one-shot run never hangs on a copy that will take minutes (it says so instead).
+ONCE_MARGIN_SECONDS = 3.0
+# A song that fails to decode while its file changed within this long may still
+# be arriving (a copy paused past the stable window, then resumed through the
+# same handle): the run waits and looks again instead of failing.
+RECENT_CHANGE_SECONDS = 60.0
+# How often such a run looks again.
+RECENT_CHANGE_RECHECK_SECONDS = 5.0
 # How often the inbox watcher checks its observer and folder: a dead observer
 # or a share that came back is noticed within a second, for one stat.
 WATCH_CHECK_SECONDS = 1.0

@@ -27,6 +27,7 @@ store lock) only appends to it, never rolls it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 import os
@@ -353,5 +354,24 @@ def quiet(names: Iterable[str], level: int = logging.WARNING) -> None:
 
 
 def default_console() -> TextIO | None:
-    """stderr, or None where there is none (pythonservice.exe sets it to None)."""
-    return sys.stderr if sys.stderr is not None else None
+    """stderr, or None where there is none (pythonservice.exe sets it to None).
+
+    When stderr is file descriptor 2, the stream writes to a duplicate of it:
+    decoding points fd 2 at a temp file for a moment to catch native decoders'
+    noise (``music.native_stderr``), and our own log lines must not be caught
+    with it.
+    """
+    stream = sys.stderr
+    if stream is None:
+        return None
+    try:
+        is_fd2 = stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        is_fd2 = False  # not backed by fd 2 (a test's capture): nothing to protect
+    return _stderr_duplicate(stream.encoding or "utf-8") if is_fd2 else stream
+
+
+@functools.cache
+def _stderr_duplicate(encoding: str) -> TextIO:
+    """One duplicate of fd 2 for the process's life (so it is never closed under a handler)."""
+    return os.fdopen(os.dup(2), "w", encoding=encoding, errors="backslashreplace", buffering=1)

@@ -149,3 +149,104 @@ def test_unreadable_file_is_refused(
     assert info.value.cause == "unreadable"
     assert "not allowed to read" in info.value.reason
     assert "permission" in info.value.hint and "tandava retry" in info.value.hint
+
+
+def junk_mp3(path: Path) -> Path:
+    """An ID3 header followed by noise: libmpg123 searches it for frames and complains on stderr."""
+    rng = np.random.default_rng(7)
+    path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes())
+    return path
+
+
+def test_decoder_noise_is_logged_as_an_event_not_written_to_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """libmpg123's stderr lines during a decode become one audio.decoder_message event; fd 2 gets none of them."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs, pytest.raises(BadInput):
+        load_mono(junk_mp3(tmp_path / "noise.mp3"), 22050)
+    assert capfd.readouterr().err == ""
+    messages = [e for e in logs if e["event"] == "audio.decoder_message"]
+    assert messages and all(e["file"] == "noise.mp3" for e in messages)
+    assert any("MPEG" in line or "mpg123" in line for e in messages for line in e["lines"])
+
+
+def test_concurrent_decodes_share_the_capture_and_restore_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Four threads decoding bad files at once leave fd 2 as it was and print nothing raw."""
+    import os
+    import threading
+
+    before = os.fstat(2)
+    files = [junk_mp3(tmp_path / f"noise{i}.mp3") for i in range(4)]
+    errors: list[BaseException] = []
+
+    def decode(path: Path) -> None:
+        for _ in range(3):
+            try:
+                load_mono(path, 22050)
+            except BadInput:
+                pass
+            except BaseException as exc:  # anything but the refusal is a failure of the test
+                errors.append(exc)
+
+    threads = [threading.Thread(target=decode, args=(f,)) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = os.fstat(2)
+    assert errors == []
+    assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)
+    assert capfd.readouterr().err == ""
+
+
+def test_json_console_stays_json_lines_while_a_bad_mp3_is_decoded(tmp_path: Path) -> None:
+    """The daemon's JSON console (stderr) carries only JSON lines while decoders complain and other threads log."""
+    import json
+    import subprocess
+    import sys
+
+    song = junk_mp3(tmp_path / "noise.mp3")
+    script = (
+        "import threading, structlog\n"
+        "from pathlib import Path\n"
+        "from daemon.logs import configure_logging, default_console\n"
+        "from daemon.music.audio import load_mono\n"
+        "configure_logging(console=default_console(), console_mode='json')\n"
+        "log = structlog.get_logger('t')\n"
+        "stop = threading.Event()\n"
+        "def chatter():\n"
+        "    while not stop.is_set():\n"
+        "        log.info('other.thread')\n"
+        "t = threading.Thread(target=chatter); t.start()\n"
+        "for _ in range(5):\n"
+        "    try:\n"
+        f"        load_mono(Path({str(song)!r}), 22050)\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "stop.set(); t.join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    lines = done.stderr.splitlines()
+    parsed = [json.loads(line) for line in lines]  # raises on any raw decoder line
+    assert any(e["event"] == "audio.decoder_message" for e in parsed)
+    assert any(e["event"] == "other.thread" for e in parsed)
+    caught = [line for e in parsed if e["event"] == "audio.decoder_message" for line in e["lines"]]
+    assert not any("other.thread" in line for line in caught)  # our own lines are never swallowed
+
+
+def test_not_audio_reason_has_no_raw_errno(tmp_path: Path) -> None:
+    """A file FFmpeg cannot read is 'not an audio file (the decoder found no audio stream)'; the raw text is logged only."""
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "voice memo.m4a"
+    path.write_bytes(b"\x00\x01not audio at all" * 500)
+    with capture_logs() as logs, pytest.raises(BadInput) as info:
+        load_mono(path, 22050)
+    assert info.value.cause == "not_audio"
+    assert "voice memo.m4a is not an audio file (the decoder found no audio stream)" in info.value.reason
+    assert "Errno" not in info.value.reason and "Errno" not in info.value.hint
+    assert any("Invalid data" in e.get("error", "") for e in logs if e["event"] == "audio.decode_error")

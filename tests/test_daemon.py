@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,10 +78,15 @@ def test_same_song_twice_makes_one_run(daemon: Settings) -> None:
     assert len(list(RunStore(daemon.paths.state_root).iter_runs())) == 1
 
 
-def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settings) -> None:
+def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settings, tmp_path: Path) -> None:
     """A text file named .mp3 goes to failed/ with a reason; a real song beside it completes."""
     inbox = daemon.paths.inbox
-    (inbox / "notes.mp3").write_text("these are lyrics, not audio\n" * 50, encoding="utf-8")
+    notes = tmp_path / "notes.mp3"
+    notes.write_text("these are lyrics, not audio\n" * 50, encoding="utf-8")
+    # Copied with its old mtime kept (cp -p): a file that changed within the last
+    # minute would wait that minute in case it is still arriving.
+    os.utime(notes, (time.time() - 120, time.time() - 120))
+    shutil.copy2(notes, inbox / "notes.mp3")
     write_song(inbox / "good.ogg", 8.0, 128.0)
     assert wait_for(lambda: runs_in(daemon, State.FAILED) and runs_in(daemon, State.PENDING_APPROVAL))
     failed_dir = daemon.paths.state_root / "failed" / runs_in(daemon, State.FAILED)[0]
@@ -88,6 +94,30 @@ def test_bad_song_fails_with_reason_and_good_song_still_completes(daemon: Settin
     assert "notes.mp3" in error["reason"]
     assert error["hint"]
     assert error["retry"].startswith("tandava retry ")
+
+
+def test_song_caught_mid_copy_waits_instead_of_failing(daemon: Settings, tmp_path: Path) -> None:
+    """A copy that stalls past the stable window is taken half-written; its run waits, then analyses the whole song."""
+    whole = tmp_path / "whole.flac"  # FLAC states its length: half of one is "truncated"
+    write_song(whole, 6.0, 90.0)
+    data = whole.read_bytes()
+    store = RunStore(daemon.paths.state_root)
+
+    def analyze_waiting() -> bool:
+        refs = list(store.iter_runs([State.INCOMING]))
+        if not refs:
+            return False
+        detail = store.load(refs[0]).stages.get("analyze")
+        return detail is not None and "may still be arriving" in str(detail.detail.get("waiting", ""))
+
+    with (daemon.paths.inbox / "stalled.flac").open("wb", buffering=0) as f:
+        f.write(data[: len(data) // 2])
+        assert wait_for(analyze_waiting, timeout=20)  # taken, decoded as truncated, and waiting
+        f.write(data[len(data) // 2 :])
+    assert wait_for(lambda: bool(runs_in(daemon, State.PENDING_APPROVAL)), timeout=30)
+    assert runs_in(daemon, State.FAILED) == []
+    ref = next(store.iter_runs([State.PENDING_APPROVAL]))
+    assert store.load(ref).song.size == len(data)
 
 
 def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
@@ -100,6 +130,23 @@ def test_run_once_processes_waiting_songs_and_exits(settings: Settings) -> None:
     os.utime(settings.paths.inbox / "waiting.wav", (old, old))
     assert run(settings, threading.Event(), once=True) == 0
     assert len(runs_in(settings, State.PENDING_APPROVAL)) == 1  # manual approval: waits for a person
+
+
+def test_run_once_right_after_a_copy_waits_for_the_song_and_says_so(settings: Settings) -> None:
+    """`run --once` started the instant a copy ends waits for the song to settle, takes it, and logs why it waited."""
+    from structlog.testing import capture_logs
+
+    settings.watch.stable_seconds = 2.0  # the default: longer than this test's start-up
+    settings.paths.inbox.mkdir(parents=True, exist_ok=True)
+    write_song(settings.paths.inbox / "just copied.wav", 6.0, 90.0)
+    (settings.paths.inbox / ".hidden.wav").write_bytes(b"RIFF")
+    with capture_logs() as logs:
+        assert run(settings, threading.Event(), once=True) == 0
+    assert len(runs_in(settings, State.PENDING_APPROVAL)) == 1
+    waited = [e for e in logs if e["event"] == "inbox.waited"]
+    assert [e["file"] for e in waited] == ["just copied.wav"]
+    skipped = {e["file"]: e["reason"] for e in logs if e["event"] == "inbox.skipped"}
+    assert skipped == {".hidden.wav": "dotfiles are never taken: rename it without the leading dot"}
 
 
 def test_cli_status_show_and_retry(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:

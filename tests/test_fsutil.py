@@ -70,3 +70,27 @@ def test_move_across_filesystems_copies_then_removes_source(tmp_path: Path, othe
     assert dst.read_bytes() == data
     assert not src.exists()
     assert [p.name for p in dst.parent.iterdir()] == ["song.mp3"]
+
+
+def test_move_across_filesystems_keeps_a_source_that_changes_during_the_copy(
+    tmp_path: Path, other_device: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source still being written while it is copied stays where it is, and no copy is left."""
+    import shutil
+
+    src = other_device / "song.mp3"
+    src.write_bytes(os.urandom(1024 * 1024))
+    real_copy = shutil.copyfileobj
+
+    def copy_while_the_writer_appends(fin: object, fout: object, length: int = 0) -> None:
+        real_copy(fin, fout, length)  # type: ignore[arg-type]
+        with src.open("ab") as f:
+            f.write(b"the rest of the song")
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_while_the_writer_appends)
+    dst = tmp_path / "run" / "song.mp3"
+    dst.parent.mkdir()
+    with pytest.raises(fsutil.FileChangedError, match="changed while it was copied"):
+        fsutil.move_file(src, dst)
+    assert src.stat().st_size == 1024 * 1024 + len(b"the rest of the song")
+    assert list(dst.parent.iterdir()) == []

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from structlog.testing import LogCapture
 from watchdog.observers.api import BaseObserver
 
+from daemon.intake.settle import settle_once
 from daemon.intake.watcher import (
     InboxWatcher,
     can_open_exclusively,
@@ -102,14 +103,55 @@ def test_slow_copy_is_handed_over_once_when_complete(inbox: Path, make_watcher: 
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="close-write events come from inotify")
-def test_closed_file_is_taken_after_settle_not_stable_window(
-    inbox: Path, make_watcher: Callable[..., InboxWatcher]
-) -> None:
-    """A writer closing the file hands it over after the short settle, long before the stable window."""
+def test_closed_file_waits_for_the_stable_window(inbox: Path, make_watcher: Callable[..., InboxWatcher]) -> None:
+    """A close-write is a hint, not proof: a closed file is handed over only after the stable window."""
     got = Recorder()
-    make_watcher(got, stable_seconds=30.0, rescan_seconds=60.0)
+    make_watcher(got, stable_seconds=1.5, rescan_seconds=60.0)
     drop(inbox / "closed.mp3")
+    time.sleep(1.0)  # twice the half second a close-write used to be trusted after
+    assert got.calls == []
     assert wait_until(lambda: got.calls, timeout=3.0)
+    assert got.names == ["closed.mp3"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges on Windows")
+def test_song_like_entries_that_are_not_taken_are_logged_once_with_the_reason(
+    tmp_path: Path, inbox: Path, make_watcher: Callable[..., InboxWatcher], cap: LogCapture
+) -> None:
+    """A folder named x.mp3, a symlink loop, a link to a file elsewhere and a dotfile song: each logged once, none taken."""
+    (inbox / "x.mp3").mkdir()
+    (inbox / "loop.mp3").symlink_to(inbox / "loop.mp3")
+    secret = drop(tmp_path / "passwd")
+    (inbox / "p.mp3").symlink_to(secret)
+    drop(inbox / ".hidden song.mp3")
+    drop(inbox / "._mac fork.mp3")  # macOS metadata beside a copied file: not worth a word
+    got = Recorder()
+    make_watcher(got, rescan_seconds=0.3)
+    drop(inbox / "sentinel.mp3")
+    assert wait_until(lambda: got.calls)
+    time.sleep(1.0)  # three more rescans: still one line each
+    assert got.names == ["sentinel.mp3"]
+    reasons = {Path(e["path"]).name: e["reason"] for e in events(cap, "inbox.ignored")}
+    assert len(events(cap, "inbox.ignored")) == len(reasons) == 4
+    assert reasons[".hidden song.mp3"] == "dotfiles are never taken: rename it without the leading dot"
+    assert "is a folder, not a song" in reasons["x.mp3"]
+    assert "points back at itself" in reasons["loop.mp3"]
+    assert "symbolic links are never followed" in reasons["p.mp3"]
+    assert secret.exists()
+
+
+def test_ignored_entry_is_logged_again_after_it_comes_back(
+    inbox: Path, make_watcher: Callable[..., InboxWatcher], cap: LogCapture
+) -> None:
+    """Once an ignored entry is gone, its return is a new fact worth one more line."""
+    got = Recorder()
+    make_watcher(got, rescan_seconds=0.3)
+    hidden = drop(inbox / ".again.mp3")
+    assert wait_until(lambda: len(events(cap, "inbox.ignored")) == 1)
+    hidden.unlink()
+    time.sleep(0.7)
+    drop(hidden)
+    assert wait_until(lambda: len(events(cap, "inbox.ignored")) == 2)
 
 
 def test_replaced_inbox_folder_is_watched_again(
@@ -283,17 +325,43 @@ def test_song_present_at_start_is_taken(inbox: Path, make_watcher: Callable[...,
     assert got.names == ["waiting.ogg"]
 
 
-def test_scan_once_returns_complete_songs_only(inbox: Path) -> None:
-    """scan_once lists settled songs, skips one written just now and temp names, and calls nothing."""
-    got = Recorder()
+def test_settle_once_waits_for_a_fresh_song_and_names_what_it_skips(inbox: Path) -> None:
+    """--once takes settled songs at once, waits for one written just now, and gives a reason for each skip."""
     old = time.time() - 60
     for name in ["b.mp3", "a.m4a", "c.mp3.part"]:
         os.utime(drop(inbox / name), (old, old))
     drop(inbox / "fresh.mp3")
-    watcher = InboxWatcher(inbox, got, stable_seconds=2.0)
-    assert watcher.scan_once() == [inbox / "a.m4a", inbox / "b.mp3"]
-    assert got.calls == []
-    assert InboxWatcher(inbox / "gone", got).scan_once() == []
+    drop(inbox / ".dot.mp3")
+    (inbox / "folder.mp3").mkdir()
+    started = time.monotonic()
+    settled = settle_once(inbox, stable_seconds=0.6, max_wait=3.0)
+    assert 0.5 <= time.monotonic() - started < 2.5
+    assert settled.ready == [inbox / "a.m4a", inbox / "b.mp3", inbox / "fresh.mp3"]
+    assert list(settled.waited) == ["fresh.mp3"]
+    assert settled.skipped.keys() == {".dot.mp3", "folder.mp3"}
+    assert settle_once(inbox / "gone", stable_seconds=0.6, max_wait=1.0).ready == []
+
+
+def test_settle_once_gives_up_on_a_copy_still_running_and_says_so(inbox: Path) -> None:
+    """A song still growing when the wait is over is skipped with a reason that says what to do."""
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        while not stop.wait(0.1):
+            with (inbox / "long copy.mp3").open("ab") as f:
+                f.write(b"x" * 1024)
+
+    drop(inbox / "long copy.mp3", size=1024)
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        settled = settle_once(inbox, stable_seconds=0.5, max_wait=1.2)
+    finally:
+        stop.set()
+        writer.join()
+    assert settled.ready == []
+    assert "still being written" in settled.skipped["long copy.mp3"]
+    assert "tandava run --once" in settled.skipped["long copy.mp3"]
 
 
 def test_stop_is_idempotent_and_joins_threads(inbox: Path, make_watcher: Callable[..., InboxWatcher]) -> None:

@@ -7,16 +7,25 @@ never deleted, and the log names the run that already holds it. A file the
 daemon cannot read still becomes a run, so the analysis stage can fail it with
 a reason a person sees in ``failed/`` instead of a file silently stuck in the
 inbox.
+
+A file that is still growing is never moved: its size and mtime are taken
+before and after hashing, and a change in between raises ``StillChanging``
+(the watcher waits for it again). Only regular files are taken; a symbolic
+link is refused without being followed, so a link to ``/etc/passwd`` is never
+read, hashed or moved.
 """
 
 from __future__ import annotations
 
 import hashlib
+import stat
 import threading
 from pathlib import Path
 
 import structlog
 
+from daemon.errors import StoreError
+from daemon.intake.files import StillChanging, refusal
 from daemon.runs import fsutil
 from daemon.runs.store import RunRef, RunStore
 
@@ -46,26 +55,39 @@ class Intake:
 
     def _accept(self, path: Path) -> RunRef | None:
         try:
-            stat = path.stat()
+            before = path.lstat()
         except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(before.st_mode):
+            log.warning("intake.refused", file=path.name, reason=refusal(path, before))
             return None
         digest, id_digest = "", None
         try:
             digest = fsutil.sha256_file(path)
+            after = path.lstat()
         except FileNotFoundError:
             return None
         except OSError as exc:
             # Unreadable (permissions, a locked file): name the run by what we
             # can see, and let the analysis stage explain the problem.
-            id_digest = hashlib.sha256(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+            after = before
+            id_digest = hashlib.sha256(f"{path.name}|{before.st_size}|{before.st_mtime_ns}".encode()).hexdigest()
             log.warning("intake.unreadable", file=path.name, error=str(exc))
+        # The inode too: a file swapped for a link (or another file) while we read is not what we read.
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+            raise StillChanging(f"{path.name} changed while it was being read")
         if digest:
             existing = self.store.find_by_hash(digest)
             if existing is not None:
                 self._move_aside(path, existing)
                 return None
-        ref = self.store.create(path, digest, id_digest=id_digest)
-        log.info("run.created", run_id=ref.run_id, stage="intake", file=path.name, size=stat.st_size, sha256=digest[:16])
+        try:
+            ref = self.store.create(path, digest, id_digest=id_digest)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, fsutil.FileChangedError):  # copied across disks while written
+                raise StillChanging(str(exc.__cause__)) from exc
+            raise
+        log.info("run.created", run_id=ref.run_id, stage="intake", file=path.name, size=before.st_size, sha256=digest[:16])
         return ref
 
     def _move_aside(self, path: Path, existing: RunRef) -> None:

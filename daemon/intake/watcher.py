@@ -3,13 +3,19 @@
 How this works. Watchdog events only say *which name* to look at; the worker
 thread decides from ``stat`` and its own clock, so a lost, late or repeated
 event costs latency, never correctness. A song is ready when its (size, mtime)
-has held still for ``stable_seconds``, or for ``SETTLE_SECONDS`` after a
-close-write or a rename into the inbox. On Windows it must also open
-exclusively: Explorer holds a file it is still copying, whose size may be final early.
+has held still for ``stable_seconds`` since its *last* change. A close-write is
+only a hint to look: chunked copies (``dd`` a chunk a second, SMB clients, sync
+tools, appending downloads) open, append and close many times, and a tagger
+reopens a file it just closed. On Windows it must also open exclusively:
+Explorer holds a file it is still copying, whose size may be final early.
+Entries that look like songs but are never taken (dotfiles, folders, symbolic
+links, which are never followed) are logged once each, with the reason
+(``files.refusal``).
 
 Each (name, size, mtime) goes to ``on_ready`` once. Returning means the owner
-dealt with it (moved it, or chose to leave it); raising means "again later",
-after a backoff. A changed file is a new arrival. The same thread rescans every
+dealt with it (moved it, or chose to leave it); raising ``StillChanging`` means
+it changed under the owner's hands (a new arrival, waited for again); raising
+anything else means "again later", after a backoff. A changed file is a new arrival. The same thread rescans every
 ``rescan_seconds`` (events get lost) and supervises the observer: it rebuilds
 one that died (watchdog's polling observer dies silently after a share outage,
 watchdog#1065) or that watches a replaced folder, and rides out the folder
@@ -23,7 +29,6 @@ import contextlib
 import os
 import queue
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +53,14 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from daemon import defaults
+from daemon.intake.files import (
+    Signature,
+    StillChanging,
+    can_open_exclusively,
+    is_song_name,
+    looks_like_song,
+    refusal,
+)
 
 # Filesystems whose changes can come from elsewhere (another machine, the VM
 # host, Windows under WSL), which inotify never hears about: poll them.
@@ -57,27 +70,12 @@ NETWORK_FSTYPES = frozenset({
     "fuse.sshfs", "sshfs", "fuse.rclone", "fuse.davfs2", "fuse.s3fs", "ceph",
     "fuse.ceph", "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "beegfs",
 })  # fmt: skip
-# Hidden files (rsync and Syncthing temps, macOS "._" forks) and Office lock files.
-_EXCLUDED_PREFIXES = (".", "~$")
 # Only these reach the worker; in particular no open/close-nowrite events, which
 # the owner's own reads (hashing a song) would otherwise trigger in bulk.
 _EVENT_TYPES: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
 ]  # fmt: skip
-_ERROR_SHARING_VIOLATION, _ERROR_LOCK_VIOLATION = 32, 33
-
-Signature = tuple[int, int]  # (size, mtime_ns): what "unchanged" means
-
-
-def is_song_name(name: str) -> bool:
-    """True for an audio file a person dropped; False for temp, partial, hidden and backup names."""
-    if not name or name.startswith(_EXCLUDED_PREFIXES) or name.endswith("~"):
-        return False
-    if "/" in name or "\\" in name:
-        return False
-    lower = name.lower()
-    # ".part", ".crdownload", ".tmp" and friends fail here because they are not audio suffixes.
-    return any(lower.endswith(s) and len(lower) > len(s) for s in defaults.AUDIO_SUFFIXES)
+__all__ = ["InboxWatcher", "StillChanging", "can_open_exclusively", "is_network_path", "is_song_name"]
 
 
 def is_network_path(
@@ -104,29 +102,6 @@ def is_network_path(
         return False
 
 
-def can_open_exclusively(path: Path) -> bool:
-    """False while another program holds the file open for writing (Windows only; True elsewhere)."""
-    if sys.platform != "win32":
-        # POSIX has no mandatory sharing modes, so an open proves nothing; and an
-        # unreadable song must still reach the owner, which moves it aside with a reason.
-        return True
-    import ctypes
-    from ctypes import wintypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.CreateFileW.restype = wintypes.HANDLE
-    kernel32.CreateFileW.argtypes = [
-        wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, wintypes.LPVOID,
-        wintypes.DWORD, wintypes.DWORD, wintypes.HANDLE,
-    ]  # fmt: skip
-    generic_read, share_none, open_existing = 0x80000000, 0, 3
-    handle = kernel32.CreateFileW(str(path), generic_read, share_none, None, open_existing, 0, None)
-    if handle == wintypes.HANDLE(-1).value:
-        return ctypes.get_last_error() not in (_ERROR_SHARING_VIOLATION, _ERROR_LOCK_VIOLATION)
-    kernel32.CloseHandle(handle)
-    return True
-
-
 def new_observer(polling: bool, poll_seconds: float) -> BaseObserver:
     """A watchdog observer: the platform's native one, or one that polls every ``poll_seconds``."""
     return PollingObserver(timeout=poll_seconds) if polling else Observer()
@@ -142,8 +117,7 @@ class _Arrival:
     """What the worker knows about one name in the inbox."""
 
     sig: Signature
-    since: float  # clock time ``sig`` was first seen
-    closed_at: float | None = None  # writer closed (or renamed in) with ``sig`` unchanged since
+    since: float  # clock time ``sig`` was first seen: the last change we know of
     handed: Signature | None = None
     failures: int = 0
     retry_at: float = 0.0
@@ -151,25 +125,22 @@ class _Arrival:
 
 
 class _EventSink(FileSystemEventHandler):
-    """Turns watchdog events into (name, writer_done) hints for the worker; no I/O here."""
+    """Turns watchdog events into names for the worker to look at; no I/O here."""
 
-    def __init__(self, folder: Path, hints: queue.SimpleQueue[tuple[str, bool]], wake: threading.Event) -> None:
+    def __init__(self, folder: Path, hints: queue.SimpleQueue[str], wake: threading.Event) -> None:
         self._folder, self._hints, self._wake = folder, hints, wake
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            return
+        # Folders too: one named like a song is refused aloud, not ignored.
+        self._hint(event.src_path)
         if isinstance(event, FileMovedEvent):
-            self._hint(event.src_path, False)
-            self._hint(event.dest_path, True)
-        else:
-            self._hint(event.src_path, isinstance(event, FileClosedEvent))
+            self._hint(event.dest_path)
 
-    def _hint(self, raw: bytes | str, writer_done: bool) -> None:
+    def _hint(self, raw: bytes | str) -> None:
         path = Path(os.fsdecode(raw))
         # Non-recursive: inbox/duplicates/ and other subfolders are not ours.
-        if path.parent == self._folder and is_song_name(path.name):
-            self._hints.put((path.name, writer_done))
+        if path.parent == self._folder and looks_like_song(path.name):
+            self._hints.put(path.name)
             self._wake.set()
 
 
@@ -196,11 +167,12 @@ class InboxWatcher:
         self._clock = clock
         self._log = log if log is not None else structlog.get_logger("tandava.inbox")
         self._new_observer = observer_factory
-        self._hints: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
+        self._hints: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._sink = _EventSink(self._folder, self._hints, self._wake)
         self._arrivals: dict[str, _Arrival] = {}
+        self._refused: dict[str, str] = {}  # name -> the reason already logged
         self._observer: BaseObserver | None = None
         self._observer_lock = threading.Lock()
         self._observed_id: tuple[int, int] | None = None
@@ -234,21 +206,6 @@ class InboxWatcher:
             worker.join(timeout)
         self._stop_observer(timeout)
 
-    def scan_once(self) -> list[Path]:
-        """Songs complete right now: old enough, unchanged across a short settle, openable. Calls nothing."""
-        try:
-            entries = sorted(p for p in self._folder.iterdir() if is_song_name(p.name))
-        except OSError:
-            return []
-        first = {p: sig for p in entries if (sig := _signature(p)) is not None}
-        wall = time.time()
-        # A future mtime (a share's clock ahead of ours) proves nothing; the re-stat decides.
-        candidates = [p for p, sig in first.items() if not 0 <= wall - sig[1] / 1e9 < self._stable]
-        if not candidates:
-            return []
-        time.sleep(defaults.SETTLE_SECONDS)
-        return [p for p in candidates if _signature(p) == first[p] and can_open_exclusively(p)]
-
     # --- worker thread -------------------------------------------------------------
 
     def _run(self) -> None:
@@ -273,65 +230,67 @@ class InboxWatcher:
         if now >= self._next_watch_check:
             self._next_watch_check = now + defaults.WATCH_CHECK_SECONDS
             self._supervise()
-        hinted: dict[str, bool] = {}
+        hinted: set[str] = set()
         while True:
             try:
-                name, writer_done = self._hints.get_nowait()
+                hinted.add(self._hints.get_nowait())
             except queue.Empty:
                 break
-            hinted[name] = hinted.get(name, False) or writer_done
         if self._clock() >= self._next_rescan:
             self._next_rescan = self._clock() + self._rescan_every
             if self._folder_present:
                 self._rescan()
-        for name, writer_done in hinted.items():
-            self._check(name, writer_done=writer_done)
+        for name in sorted(hinted):
+            self._check(name)
         for name, arrival in list(self._arrivals.items()):
             if arrival.due is not None and arrival.due <= self._clock() and name not in hinted:
                 self._check(name)
 
     def _rescan(self) -> None:
         try:
-            present = {p.name for p in self._folder.iterdir() if is_song_name(p.name)}
+            present = {p.name for p in self._folder.iterdir() if looks_like_song(p.name)}
         except OSError:
             return  # the supervisor reports a missing folder, once
         for name in self._arrivals.keys() - present:
             del self._arrivals[name]
+        for name in self._refused.keys() - present:
+            del self._refused[name]  # gone: if it comes back, it is said again
         for name in sorted(present):
             self._check(name)
 
-    def _check(self, name: str, *, writer_done: bool = False) -> None:
+    def _check(self, name: str) -> None:
         path = self._folder / name
         now = self._clock()
         try:
-            st = path.stat()
+            st = path.lstat()  # a symbolic link is judged as a link, never followed
         except OSError as exc:
             arrival = self._arrivals.get(name)
             if isinstance(exc, FileNotFoundError) and self._folder.is_dir():
                 self._arrivals.pop(name, None)
+                self._refused.pop(name, None)
             elif arrival is not None:
                 # The share is away: keep what we know, and let its return trigger a rescan.
                 arrival.due = None
             return
-        if not stat.S_ISREG(st.st_mode):
+        reason = refusal(path, st)
+        if reason is not None:
             self._arrivals.pop(name, None)
+            if self._refused.get(name) != reason:
+                self._refused[name] = reason
+                self._log.warning("inbox.ignored", path=_shown(path), reason=reason)
             return
+        self._refused.pop(name, None)
         sig = (st.st_size, st.st_mtime_ns)
         arrival = self._arrivals.get(name)
         if arrival is None or arrival.sig != sig:
             if arrival is None or arrival.handed is not None:
                 self._log.info("inbox.file_seen", path=_shown(path), size=sig[0])
             arrival = self._arrivals[name] = _Arrival(sig, since=now)
-        # An empty file closed is often a placeholder its writer reopens: let stability decide.
-        if writer_done and sig[0] > 0:
-            arrival.closed_at = now
         if arrival.handed == sig:
             arrival.due = None
             return
-        ready_at = arrival.since + self._stable
-        if arrival.closed_at is not None:
-            ready_at = min(ready_at, arrival.closed_at + defaults.SETTLE_SECONDS)
-        ready_at = max(ready_at, arrival.retry_at)
+        # Stable since the last change, however many times its writer closed it meanwhile.
+        ready_at = max(arrival.since + self._stable, arrival.retry_at)
         if now < ready_at:
             arrival.due = ready_at
         elif not can_open_exclusively(path):
@@ -344,6 +303,12 @@ class InboxWatcher:
         self._log.info("inbox.file_ready", path=_shown(path), size=arrival.sig[0])
         try:
             self._on_ready(path)
+        except StillChanging:
+            # Not a failure: it is still arriving. Whatever it is now starts a new wait.
+            self._log.info("inbox.still_changing", path=_shown(path), waiting=self._stable)
+            arrival.since = self._clock()
+            arrival.due = arrival.since + self._stable
+            return
         except Exception as exc:
             arrival.failures += 1
             backoff = defaults.BACKOFF_INITIAL_SECONDS * 2 ** (arrival.failures - 1)
@@ -434,10 +399,3 @@ class InboxWatcher:
             if observer.is_alive() and observer is not threading.current_thread():
                 observer.join(timeout)
 
-
-def _signature(path: Path) -> Signature | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None

@@ -17,6 +17,12 @@ a ``hint`` a person can act on, and a short machine-readable ``cause``:
 
 The length checks use the header only (``probe_duration``), so a two-hour DJ
 mix is refused in milliseconds instead of being decoded first.
+
+A person reads ``reason``: never a raw decoder error such as ``[Errno
+1094995529] Invalid data found…``; that text goes to the log only
+(``audio.decode_error``). What the native decoders print to stderr is caught
+around every decode and logged as ``audio.decoder_message``
+(``native_stderr``), so it never breaks the JSON-lines console.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from daemon import defaults
 from daemon.errors import BadInput
+from daemon.music.native_stderr import captured
+
+log = structlog.get_logger("tandava.audio")
 
 # libsndfile reads these itself; everything else goes straight to PyAV.
 _SNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"})
@@ -62,10 +72,21 @@ def _unreadable(path: Path, err: OSError) -> BadInput:
 
 def _not_audio(path: Path, detail: str) -> BadInput:
     return BadInput(
-        f"{path.name} is not an audio file that can be decoded, or it is corrupt ({detail})",
+        f"{path.name} is not an audio file ({detail}), or it is corrupt",
         f"check that it plays in a music player; {_REPLACE_HINT}",
         cause="not_audio",
     )
+
+
+def _ffmpeg_detail(path: Path, err: Exception) -> str:
+    """Words for a person about an FFmpeg error; its raw text (errno and all) goes to the log only."""
+    import av
+
+    log.info("audio.decode_error", file=path.name, decoder="ffmpeg", error=str(err))
+    if isinstance(err, av.InvalidDataError):
+        return "the decoder found no audio stream"
+    strerror = getattr(err, "strerror", None)
+    return f"the decoder failed: {strerror.lower()}" if isinstance(strerror, str) and strerror else "the decoder failed"
 
 
 def _check_readable(path: Path) -> None:
@@ -106,12 +127,17 @@ def _probe_pyav(path: Path) -> float:
             if stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
     except av.FFmpegError as err:
-        raise _not_audio(path, str(err).split(":")[0]) from err
+        raise _not_audio(path, _ffmpeg_detail(path, err)) from err
     raise _not_audio(path, "its header states no duration")
 
 
 def probe_duration(path: Path) -> float:
     """Return the song's length in seconds from its header, without decoding it."""
+    with captured(path.name):
+        return _probe_duration(path)
+
+
+def _probe_duration(path: Path) -> float:
     _check_readable(path)
     seconds = None
     if path.suffix.lower() in _SNDFILE_SUFFIXES:
@@ -150,7 +176,12 @@ def load_mono(
     min_seconds: float = defaults.MIN_SONG_SECONDS,
 ) -> np.ndarray:
     """Decode ``path`` to float32 mono samples at ``sr`` Hz, refusing unusable songs."""
-    promised = probe_duration(path)
+    with captured(path.name):
+        return _load_mono(path, sr, max_seconds=max_seconds, min_seconds=min_seconds)
+
+
+def _load_mono(path: Path, sr: int, *, max_seconds: float, min_seconds: float) -> np.ndarray:
+    promised = _probe_duration(path)
     check_duration(path, promised, max_seconds=max_seconds, min_seconds=min_seconds)
     decoded = None
     if path.suffix.lower() in _SNDFILE_SUFFIXES:
@@ -227,7 +258,8 @@ def _decode_pyav(path: Path) -> tuple[np.ndarray, int]:
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as err:
         if not chunks:
-            raise _not_audio(path, str(err).split(":")[0]) from err
+            raise _not_audio(path, _ffmpeg_detail(path, err)) from err
+        log.info("audio.decode_error", file=path.name, decoder="ffmpeg", error=str(err), kept="the audio decoded before the error")
     except OSError as err:
         raise _unreadable(path, err) from err
     y = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)

@@ -115,7 +115,8 @@ def move_file(src: Path, dst: Path) -> None:
     Across filesystems (an inbox on a share, a state root on a local disk) the
     content is copied to a temp name beside ``dst``, synced and renamed, and
     only then is ``src`` removed: a crash in between leaves the source in
-    place, never a torn copy.
+    place, never a torn copy. A source that changed during the copy is kept
+    and the copy removed (``FileChangedError``): its writer is not done.
     """
     try:
         os.link(src, dst)
@@ -134,10 +135,21 @@ def move_file(src: Path, dst: Path) -> None:
         fsync_dir(dst.parent)
         src.unlink()
         return
+    before = src.stat()
     with src.open("rb") as fin, replacing(dst) as fout:
         shutil.copyfileobj(fin, fout, _HASH_CHUNK)
+    after = src.stat()
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        # A writer is still at work on the source (a stalled copy resumed): removing
+        # it would lose what it writes next. Keep the source; the caller tries later.
+        dst.unlink()
+        raise FileChangedError(f"{src.name} changed while it was copied; it stays where it was")
     shutil.copystat(src, dst)
     src.unlink()
+
+
+class FileChangedError(OSError):
+    """The source of a cross-device move changed while it was copied; it was left in place."""
 
 
 def _is_cross_device(exc: OSError) -> bool:

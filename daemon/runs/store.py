@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import psutil
 from pydantic import ValidationError
 
 from daemon.errors import RunNotFound, StageError, StoreError, StoreLocked
-from daemon.runs import fsutil
+from daemon.runs import fsutil, oslock
 from daemon.runs.manifest import (
     ERROR_FILE,
     MANIFEST,
@@ -87,7 +86,9 @@ class RunStore:
         for state in states if states is not None else State:
             folder = self.dir_for(state)
             try:
-                names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+                # A symlinked folder is not a run: following it would move, render or
+                # delete whatever it points at.
+                names = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
             except FileNotFoundError:
                 continue
             for name in names:
@@ -242,13 +243,34 @@ class RunStore:
             updated_at=now,
             history=[StateChange(state=State.INCOMING, at=now, note="song arrived")],
         )
-        staging.mkdir(parents=True)
-        staging_ref = RunRef(run_id, State.INCOMING, staging)
-        self.save(staging_ref, manifest)
-        fsutil.move_file(song_path, staging / song_path.name)
-        os.replace(staging, final)
+        try:
+            staging.mkdir(parents=True)
+            self.save(RunRef(run_id, State.INCOMING, staging), manifest)
+            fsutil.move_file(song_path, staging / song_path.name)
+            os.replace(staging, final)
+        except OSError as exc:
+            # A full disk fails here on every retry: leave no staging folder behind.
+            self._unwind_ingest(staging, song_path)
+            raise StoreError(
+                f"cannot take {song_path.name} into {final.parent}: {exc.strerror or exc}; "
+                "the song stays in the inbox and is tried again (free some space if the disk is full)"
+            ) from exc
         fsutil.fsync_dir(final.parent)
         return RunRef(run_id, State.INCOMING, final)
+
+    def _unwind_ingest(self, staging: Path, song_path: Path) -> None:
+        """Undo a failed ``create``: the song goes back to the inbox, then the staging folder goes.
+
+        If the song cannot go back, the folder stays: it holds the only copy,
+        and ``reconcile`` finishes the ingest on the next start.
+        """
+        moved_in = staging / song_path.name
+        if moved_in.exists() and not song_path.exists():
+            try:
+                fsutil.move_file(moved_in, song_path)
+            except OSError:
+                return
+        shutil.rmtree(staging, ignore_errors=True)
 
     # -- start-up -------------------------------------------------------------
 
@@ -319,48 +341,30 @@ class RunStore:
     def lock(self) -> Callable[[], None]:
         """Take the state root for this process; returns the release function.
 
-        A lock left by a process that died (kill -9, power cut) is taken over:
-        the pid it names is not alive, or is alive but is not a Python process.
+        The lock is the operating system's (``oslock``): exactly one process
+        holds it, and it ends with the process, so a daemon killed with -9
+        leaves nothing to take over. The pid in the file only names the owner
+        in the refusal.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_FILE
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = _lock_owner(path)
-                if owner is not None and owner != os.getpid() and _is_live_python(owner):
-                    raise StoreLocked(
-                        f"another Tandava (pid {owner}) is running on {self.root}"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(str(os.getpid()))
-
-            def release() -> None:
-                if _lock_owner(path) == os.getpid():
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-
-            return release
-        raise StoreLocked(f"cannot take the lock {path}")
-
-
-def _lock_owner(path: Path) -> int | None:
-    try:
-        return int(path.read_text(encoding="utf-8").strip() or "0") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _is_live_python(pid: int) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        name = proc.name().lower()
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and (
-            "python" in name or "tandava" in name
-        )
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            held = oslock.try_lock(path, str(os.getpid()))
+        except PermissionError as exc:
+            raise StoreError(
+                f"cannot lock {path}: permission denied; run Tandava as the user that owns "
+                f"{self.root}, or give this user write access to it"
+            ) from exc
+        except OSError as exc:
+            raise StoreError(
+                f"cannot lock {path}: {exc.strerror or exc}; put the state root on a local disk "
+                "(some network filesystems refuse file locks)"
+            ) from exc
+        if held is None:
+            owner = oslock.read_note(path)
+            who = f" (pid {owner})" if owner.isdigit() else ""
+            raise StoreLocked(
+                f"another Tandava{who} is running on {self.root}; stop it first, "
+                "or give this one another state root"
+            )
+        return held.release

@@ -5,6 +5,11 @@ moment they finish and skipped when already done, so a run resumes after a
 crash from its last completed step. Outputs are written temp-then-rename, so a
 step is either done (file present, step recorded) or redone from scratch.
 
+A song that fails to decode while its file changed within the last minute is
+still arriving, not broken: ``analyze`` waits and looks again (never a
+permanent failure), and a song that grew after intake has its size and hash
+recorded again.
+
 Stages: ``analyze`` (incoming → analyzed), ``images`` (→ imaged), ``offer``
 (→ pending_approval), ``approval`` (→ approved, once every segment has an
 approved image) and ``render`` (→ rendered: clips, then the music video).
@@ -12,15 +17,17 @@ approved image) and ``render`` (→ rendered: clips, then the music video).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from daemon import defaults
 from daemon.config import Settings
 from daemon.errors import BadInput
 from daemon.music.segments_file import SEGMENTS_FILE, write_segments
 from daemon.runs import fsutil
-from daemon.runs.engine import Stage, StageRun
+from daemon.runs.engine import Outcome, Stage, StageRun, Waiting
 from daemon.runs.states import Event, State
 
 if TYPE_CHECKING:
@@ -62,17 +69,21 @@ class Analyze:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def __call__(self, job: StageRun) -> None:
+    def __call__(self, job: StageRun) -> Outcome:
         song = job.ref.path / job.manifest.song.file_name
         if not job.is_done("hash") and not job.manifest.song.sha256:
             job.manifest.song.sha256 = _hash_or_explain(song, job.ref.run_id)
             job.done("hash")
         if not job.is_done("analysis") or not (job.ref.path / ANALYSIS_FILE).is_file():
-            self._analyse(job, song)
+            _record_growth(job, song)
+            waiting = self._analyse(job, song)
+            if waiting is not None:
+                return waiting
         if not job.is_done("segments") or not (job.ref.path / SEGMENTS_FILE).is_file():
             self._plan(job)
+        return None
 
-    def _analyse(self, job: StageRun, song: Path) -> None:
+    def _analyse(self, job: StageRun, song: Path) -> Waiting | None:
         from daemon.music.analysis import analyze
 
         cfg = self.settings.analysis
@@ -84,10 +95,19 @@ class Analyze:
                 sr=cfg.sample_rate,
             )
         except BadInput as exc:
+            changed_ago = _changed_ago(song)
+            if exc.cause in _MAYBE_ARRIVING and changed_ago < defaults.RECENT_CHANGE_SECONDS:
+                return Waiting(
+                    f"{song.name} changed {changed_ago:.0f} s ago and may still be arriving "
+                    f"({exc.reason}); looking again until it has been still for "
+                    f"{defaults.RECENT_CHANGE_SECONDS:.0f} s",
+                    defaults.RECENT_CHANGE_RECHECK_SECONDS,
+                )
             exc.hint = exc.hint or _default_hint(job.ref.run_id)
             raise
         fsutil.atomic_write_text(job.ref.path / ANALYSIS_FILE, result.model_dump_json(indent=2) + "\n")
         job.done("analysis", duration=round(result.duration, 3), tempo=round(result.tempo, 2))
+        return None
 
     def _plan(self, job: StageRun) -> None:
         from daemon.music.analysis import Analysis
@@ -108,6 +128,31 @@ class Analyze:
         )
         job.done("segments", segments=len(segments), writer=record.writer,
                  fell_through=len(record.fell_through))
+
+
+# What a song caught mid-copy looks like; an unreadable, missing or overlong file is not that.
+_MAYBE_ARRIVING = frozenset({"truncated", "not_audio", "empty", "too_short", "silent"})
+
+
+def _changed_ago(song: Path) -> float:
+    """Seconds since the song's file last changed; infinite when it cannot be told."""
+    try:
+        age = time.time() - song.stat().st_mtime
+    except OSError:
+        return float("inf")
+    return max(age, 0.0)
+
+
+def _record_growth(job: StageRun, song: Path) -> None:
+    """A writer's open handle follows the file into its run: record the size and hash it ended with."""
+    try:
+        size = song.stat().st_size
+    except OSError:
+        return  # the analysis explains a missing song
+    if size != job.manifest.song.size and job.manifest.song.sha256:
+        job.manifest.song.size = size
+        job.manifest.song.sha256 = _hash_or_explain(song, job.ref.run_id)
+        job.store.save(job.ref, job.manifest)
 
 
 def _hash_or_explain(song: Path, run_id: str) -> str:
