@@ -18,6 +18,7 @@ import structlog
 from daemon.approval.store import candidates_of
 from daemon.backends.base import ImageBackend, Job, job_id
 from daemon.config import Settings
+from daemon.errors import StoreError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
 from daemon.runs.engine import StageRun
@@ -137,22 +138,64 @@ class MakeCandidates:
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
                     start_job(job, backend, jid, record)
+        early = EarlyRounds(self.settings, job, backend, segments)
         for segment in segments:
             for index in range(count):
                 ensure_candidate(job, backend, segment, index, settings=self.settings, segments=len(segments))
+            # Offered from now on: every channel shows it and takes decisions on it.
+            log.info("segment.offered", segment=segment.index, offered=segment.index + 1, of=len(segments))
+            early.queue_rejected()
+        early.collect()
         job.done("candidates", count=len(segments) * self.settings.images.candidates)
 
 
-class Offer:
-    """imaged → pending_approval: open the decision store for the run's channels."""
+class EarlyRounds:
+    """New candidates for segments a person rejected while the run's images are still being made.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    They are queued behind the images already handed to the backend, so a GPU
+    server makes them in the same batch, with the image model still loaded,
+    instead of after a model swap once the gate sees the rejection.
+    """
 
-    def __call__(self, job: StageRun) -> None:
-        from daemon.approval.store import APPROVALS_FILE, Approvals, ApprovalStore
+    def __init__(self, settings: Settings, job: StageRun, backend: ImageBackend,
+                 segments: list[Segment]) -> None:
+        self.settings, self.job, self.backend, self.segments = settings, job, backend, segments
+        self.queued: list[tuple[Segment, int, int]] = []  # (segment, candidate, round)
+        self._asked: set[tuple[int, int]] = set()
 
-        if not (job.ref.path / APPROVALS_FILE).is_file():
-            ApprovalStore(job.store).save(job.ref, Approvals())
-        log.info("approval.offered", mode=self.settings.approval.mode,
-                 hint=f"tandava pending; tandava approve {job.ref.run_id} --all")
+    def queue_rejected(self) -> None:
+        """Hand the next round of every fully rejected, offered segment to the backend."""
+        from daemon.approval.store import ApprovalStore, offered_segments, statuses
+
+        try:
+            approvals = ApprovalStore(self.job.store).load(self.job.ref)
+        except StoreError:
+            return  # a damaged log is the gate's to report; nothing to queue early
+        if not approvals.decisions:
+            return
+        offered = offered_segments(self.job.manifest)
+        limit = self.settings.images.max_rounds
+        existing = candidates_of(self.job.manifest)
+        for status in statuses(self.job.manifest, approvals, len(self.segments)):
+            round_ = status.rounds + 1
+            if (status.segment not in offered or not status.all_rejected
+                    or status.rounds >= limit + status.extra_rounds or (status.segment, round_) in self._asked):
+                continue
+            self._asked.add((status.segment, round_))
+            segment = self.segments[status.segment]
+            first = max(j.index for j in existing[status.segment]) + 1
+            for index in range(first, first + self.settings.images.candidates):
+                attempt = candidate_attempt(self.job, self.backend, segment, index, settings=self.settings,
+                                            segments=len(self.segments), round_=round_)
+                jid, record = attempt(0)
+                start_job(self.job, self.backend, jid, record)
+                self.queued.append((segment, index, round_))
+            log.info("approval.regenerated", segment=status.segment, round=round_, early=True)
+
+    def collect(self) -> None:
+        """Wait for every early round (each may reveal more rejections to queue)."""
+        while self.queued:
+            segment, index, round_ = self.queued.pop(0)
+            ensure_candidate(self.job, self.backend, segment, index, settings=self.settings,
+                             segments=len(self.segments), round_=round_)
+            self.queue_rejected()

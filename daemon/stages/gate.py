@@ -18,6 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.approval.store import (
+    APPROVALS_FILE,
     Approvals,
     ApprovalStore,
     Decision,
@@ -70,7 +71,7 @@ class Gate:
         with approvals.locked(job.ref.run_id):
             decisions = approvals.load(job.ref)
             current = statuses(job.manifest, decisions, len(segments))
-            if self.settings.approval.mode == "auto" and self._auto_approve(current, decisions):
+            if self.settings.approval.mode == "auto" and _auto_approve(current, decisions):
                 approvals.save(job.ref, decisions)
                 current = statuses(job.manifest, decisions, len(segments))
             if all(status.approved is not None for status in current):
@@ -85,17 +86,6 @@ class Gate:
             return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)
         return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=RECHECK_SECONDS)
 
-    def _auto_approve(self, current: list[SegmentStatus], decisions: Approvals) -> bool:
-        changed = False
-        for status in current:
-            if status.approved is None and status.undecided:
-                decisions.decisions.append(
-                    Decision(segment=status.segment, candidate=status.undecided[0], verdict="approve",
-                             by="policy", channel="auto", at=utcnow())
-                )
-                changed = True
-        return changed
-
     def _new_round(self, job: StageRun, fresh: list[SegmentStatus], segments: list[Segment]) -> None:
         backend: ImageBackend = self.backend_for(self.settings, job)
         existing = candidates_of(job.manifest)
@@ -106,6 +96,50 @@ class Gate:
                 ensure_candidate(job, backend, segment, index, settings=self.settings,
                                  segments=len(segments), round_=status.rounds + 1)
             log.info("approval.regenerated", segment=status.segment, round=status.rounds + 1)
+
+
+class Offer:
+    """imaged → pending_approval: open the decision store for the run's channels.
+
+    Segments were offered one by one while their candidates were made, and a
+    person (or the auto policy) may have decided every one already: then the
+    run goes on to approved in the same step, both moves in its history, with
+    no wait for the gate's next look.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, job: StageRun) -> Outcome:
+        segments = read_segments(job.ref.path)
+        approvals = ApprovalStore(job.store)
+        with approvals.locked(job.ref.run_id):
+            decisions = approvals.load(job.ref)
+            if not (job.ref.path / APPROVALS_FILE).is_file():
+                approvals.save(job.ref, decisions)
+            ref = job.store.move(job.ref, Event.OFFERED, note="offer finished")
+            log.info("approval.offered", mode=self.settings.approval.mode,
+                     hint=f"tandava pending; tandava approve {ref.run_id} --all")
+            current = statuses(job.manifest, decisions, len(segments))
+            if self.settings.approval.mode == "auto" and _auto_approve(current, decisions):
+                approvals.save(ref, decisions)
+                current = statuses(job.manifest, decisions, len(segments))
+            if current and all(status.approved is not None for status in current):
+                ref = job.store.move(ref, Event.ALL_APPROVED, note=_summary(decisions))
+        return Moved(ref)
+
+
+def _auto_approve(current: list[SegmentStatus], decisions: Approvals) -> bool:
+    """The auto policy: approve the first candidate nobody rejected, per open segment."""
+    changed = False
+    for status in current:
+        if status.approved is None and status.undecided:
+            decisions.decisions.append(
+                Decision(segment=status.segment, candidate=status.undecided[0], verdict="approve",
+                         by="policy", channel="auto", at=utcnow())
+            )
+            changed = True
+    return changed
 
 
 def _list(items: list[SegmentStatus]) -> str:

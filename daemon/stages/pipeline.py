@@ -36,8 +36,8 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
     With ``comfy`` (see ``uses_comfy``), the stages that make images or clips
     on ComfyUI share its pool and run on the ``gpu`` resource.
     """
-    from daemon.stages.candidates import MakeCandidates, Offer, image_backend_for
-    from daemon.stages.gate import Gate
+    from daemon.stages.candidates import MakeCandidates, image_backend_for
+    from daemon.stages.gate import Gate, Offer
     from daemon.stages.render import Render, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
