@@ -18,8 +18,9 @@ from daemon.runs.store import RunStore
 
 
 def panel_shows_approved(panel: WebPanel, run_id: str, segment: int, candidate: int) -> bool:
-    page = requests.get(f"{panel.url}runs/{run_id}", headers={"X-Tandava-Fetch": "1"}, timeout=10).text
-    return f'<figure class="cand c-approved" id="c-{segment}-{candidate}">' in page
+    page = requests.get(f"{panel.url}runs/{run_id}?view=all", headers={"X-Tandava-Fetch": "1"},
+                        timeout=10).text
+    return f'<figure class="cand c-approved" id="c-{segment}-{candidate}"' in page
 
 
 def cli_pending(settings: Settings) -> str:
