@@ -220,3 +220,50 @@ def test_auto_mode_passes_from_images_to_approved_without_waiting_for_a_tick(
     assert took < 5.0
     history = [h.state for h in store.load(store.find(ref.run_id)).history]
     assert history[-3:] == [State.IMAGED, State.PENDING_APPROVAL, State.APPROVED]
+
+
+class Clips:
+    """A video backend that records when each clip was handed to it (how many images existed then)."""
+
+    name = "clips"
+    resource = "gpu"
+    max_frames = None
+
+    def __init__(self, images: PacedImages) -> None:
+        self.images = images
+        self.submitted: dict[str, int] = {}
+
+    def submit(self, job: Job) -> None:
+        self.submitted.setdefault(job.id, len(self.images.made))
+
+    def collect(self, job: Job, *, progress: Progress, stop: threading.Event) -> Path:
+        raise AssertionError("not rendered in this test")
+
+    def can_resume(self, job: Job) -> bool:
+        return True
+
+
+def test_in_auto_mode_the_first_clips_are_queued_before_the_last_images_are_made(
+        store: RunStore, tmp_path: Path, settings: Settings) -> None:
+    """The images stage hands the render's first clips to the video backend before it waits for
+    its last segment, so a GPU server has them queued at the stage change; each segment is
+    approved by the policy the moment it is offered."""
+    from daemon.stages.render import HEAD_START_CLIPS, head_start
+
+    settings.approval.mode = "auto"
+    settings.images.candidates = 2
+    ref = analyzed_run(store, tmp_path, segments=4)
+    images = PacedImages(free=True)
+    clips = Clips(images)
+    stage = MakeCandidates(settings, lambda s, j: images,
+                           head_start=lambda job: head_start(settings, lambda s: clips, job))
+    engine = Engine(store, [Stage("images", State.ANALYZED, Event.IMAGES_DONE, stage, resource="gpu")],
+                    tick_seconds=0.05)
+    engine.run(threading.Event(), once=True)
+    assert len(clips.submitted) == HEAD_START_CLIPS
+    assert all(made < 8 for made in clips.submitted.values())  # before the last images existed
+    moved = store.find(ref.run_id)
+    jobs = store.load(moved).jobs
+    assert {j for j, rec in jobs.items() if rec.kind == "clip"} == set(clips.submitted)
+    log = ApprovalStore(store).load(moved).decisions
+    assert [(d.segment, d.channel) for d in log] == [(0, "auto"), (1, "auto"), (2, "auto"), (3, "auto")]

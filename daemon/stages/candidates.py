@@ -22,7 +22,7 @@ from daemon.errors import StoreError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
 from daemon.runs.engine import StageRun
-from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
+from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job, start_jobs
 from daemon.video import qc
 
 log = structlog.get_logger("tandava.candidates")
@@ -120,10 +120,14 @@ class MakeCandidates:
     """analyzed → imaged: the configured number of candidates for every segment."""
 
     def __init__(
-        self, settings: Settings, backend_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
+        self, settings: Settings, backend_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for,
+        *, head_start: Callable[[StageRun], object] | None = None,
     ) -> None:
         self.settings = settings
         self.backend_for = backend_for
+        # In auto mode: queues the render's first clips before the last images are done (wired by
+        # the pipeline; the render stage is not this module's to import).
+        self.head_start = head_start
 
     def __call__(self, job: StageRun) -> None:
         segments = read_segments(job.ref.path)
@@ -131,22 +135,40 @@ class MakeCandidates:
         count = self.settings.images.candidates
         # Hand every first attempt to the backend before waiting for one, so
         # a GPU server always has the next image queued.
+        batch = []
         for segment in segments:
             for index in range(count):
                 attempt = candidate_attempt(job, backend, segment, index, settings=self.settings, segments=len(segments))
                 jid, record = attempt(0)
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
-                    start_job(job, backend, jid, record)
+                    batch.append((jid, record))
+        start_jobs(job, backend, batch)
         early = EarlyRounds(self.settings, job, backend, segments)
+        auto = self.settings.approval.mode == "auto"
         for segment in segments:
+            if auto and self.head_start is not None and segment is segments[-1]:
+                self.head_start(job)
             for index in range(count):
                 ensure_candidate(job, backend, segment, index, settings=self.settings, segments=len(segments))
             # Offered from now on: every channel shows it and takes decisions on it.
             log.info("segment.offered", segment=segment.index, offered=segment.index + 1, of=len(segments))
+            if auto:
+                _approve_first(job, segment.index)
             early.queue_rejected()
         early.collect()
         job.done("candidates", count=len(segments) * self.settings.images.candidates)
+
+
+def _approve_first(job: StageRun, segment: int) -> None:
+    """The auto policy on a segment the moment it is offered: its first candidate nobody rejected."""
+    from daemon.approval.store import ApprovalStore, statuses
+
+    approvals = ApprovalStore(job.store)
+    status = statuses(job.manifest, approvals.load(job.ref), segment + 1)[segment]
+    if status.approved is None and status.undecided:
+        approvals.decide(job.ref.run_id, segment, status.undecided[0], "approve", by="policy",
+                         channel="auto")
 
 
 class EarlyRounds:

@@ -13,6 +13,7 @@ exactly what a person can do.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -39,6 +40,10 @@ log = structlog.get_logger("tandava.approval")
 
 # How often a run waiting for a person is looked at again.
 RECHECK_SECONDS = 2.0
+# While a person is deciding (a decision in the last minute), the gate looks this often, so the
+# last approval moves the run on at once; a run nobody touches costs one look every 2 s.
+ACTIVE_RECHECK_SECONDS = 0.2
+ACTIVE_SECONDS = 60.0
 
 
 class Gate:
@@ -84,7 +89,15 @@ class Gate:
         if fresh:
             self._new_round(job, fresh, segments)
             return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)
-        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=RECHECK_SECONDS)
+        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=self._recheck(job))
+
+    def _recheck(self, job: StageRun) -> float:
+        """Look again soon while a person is deciding (the log changed lately), else at ease."""
+        try:
+            age = time.time() - (job.ref.path / APPROVALS_FILE).stat().st_mtime
+        except OSError:
+            return RECHECK_SECONDS
+        return ACTIVE_RECHECK_SECONDS if age < ACTIVE_SECONDS else RECHECK_SECONDS
 
     def _new_round(self, job: StageRun, fresh: list[SegmentStatus], segments: list[Segment]) -> None:
         backend: ImageBackend = self.backend_for(self.settings, job)
