@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from faketelegram import FakeTelegram
 from PIL import Image
 from test_web import csrf_of
 
@@ -267,3 +268,39 @@ def test_in_auto_mode_the_first_clips_are_queued_before_the_last_images_are_made
     assert {j for j, rec in jobs.items() if rec.kind == "clip"} == set(clips.submitted)
     log = ApprovalStore(store).load(moved).decisions
     assert [(d.segment, d.channel) for d in log] == [(0, "auto"), (1, "auto"), (2, "auto"), (3, "auto")]
+
+
+def test_telegram_offers_each_segment_as_it_is_ready_and_takes_a_tap_on_it(
+        store: RunStore, tmp_path: Path, telegram_settings: Settings, telegram_api: FakeTelegram) -> None:
+    """While images are made, Telegram sends each offered segment's album and controls, says how
+    many are ready, and a tap on one decides it before the run's last image exists."""
+    from test_telegram import USER, button, running
+
+    tg, fake = telegram_settings, telegram_api
+    ref = analyzed_run(store, tmp_path, segments=3)
+    backend = PacedImages()
+    engine = engine_for(store, tg, backend)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run, args=(stop,))
+    worker.start()
+    try:
+        with running(tg, store):
+            backend.allow(2)
+            fake.wait_for(lambda: any("segment 0 of 3" in s.text for s in fake.sent("sendMessage")))
+            song = fake.sent("sendMessage")[0]
+            assert "first segments ready (1 of 3), more coming" in song.text
+            control = next(s for s in fake.sent("sendMessage") if "segment 0 of 3" in s.text)
+            fake.tap(USER, button(fake, control.message_ids[0], "✅1"), control.message_ids[0])
+            wait_until(lambda: decisions.run_view(store, store.find(ref.run_id)).segments[0].approved == 1,
+                       "the tap to be recorded")
+            assert store.find(ref.run_id).state is State.ANALYZED and len(backend.made) == 2
+            backend.allow(2)
+            fake.wait_for(lambda: any(e.message_id == song.message_ids[0] and "(2 of 3)" in e.text
+                                      for e in fake.edits))
+            backend.allow(2)
+            wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
+    finally:
+        stop.set()
+        worker.join(WAIT)
+    log = ApprovalStore(store).load(store.find(ref.run_id)).decisions
+    assert [(d.segment, d.candidate, d.channel) for d in log] == [(0, 1, "telegram")]

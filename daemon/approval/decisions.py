@@ -75,6 +75,10 @@ class RunView:
     # Segments in the plan; more than ``segments`` while candidates are still being made.
     planned: int = 0
 
+    def segment(self, index: int) -> SegmentView | None:
+        """The segment numbered ``index``, if it is shown (offered) yet."""
+        return next((s for s in self.segments if s.index == index), None)
+
     @property
     def more_coming(self) -> int:
         """Segments not offered yet (their candidates are being made)."""
