@@ -52,7 +52,8 @@ from daemon.music.segments_file import write_segments  # noqa: E402
 from daemon.runs.engine import Engine, Stage  # noqa: E402
 from daemon.runs.states import Event, State  # noqa: E402
 from daemon.runs.store import RunRef, RunStore  # noqa: E402
-from daemon.stages.candidates import MakeCandidates, Offer  # noqa: E402
+from daemon.stages.candidates import MakeCandidates  # noqa: E402
+from daemon.stages.gate import Offer  # noqa: E402
 
 
 class Grain:

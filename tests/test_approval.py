@@ -18,8 +18,8 @@ from daemon.music.segments_file import write_segments
 from daemon.runs.engine import Engine, Stage
 from daemon.runs.states import Event, State
 from daemon.runs.store import RunRef, RunStore
-from daemon.stages.candidates import MakeCandidates, Offer
-from daemon.stages.gate import Gate
+from daemon.stages.candidates import MakeCandidates
+from daemon.stages.gate import Gate, Offer
 
 
 class SolidColour:
@@ -107,9 +107,9 @@ def test_manual_run_waits_until_every_segment_is_approved(store: RunStore, tmp_p
 
 def test_auto_policy_approves_first_unrejected_candidate(store: RunStore, tmp_path: Path, manual: Settings) -> None:
     """In auto mode the policy approves the first candidate nobody rejected, recorded as channel auto."""
-    manual.approval.mode = "auto"
     ref, backend = new_pending_run(store, tmp_path, manual)
     ApprovalStore(store).decide(ref.run_id, 1, 0, "reject", by="me", channel="cli")
+    manual.approval.mode = "auto"
     gate_once(store, manual, backend)
     moved = store.find(ref.run_id)
     assert moved.state is State.APPROVED

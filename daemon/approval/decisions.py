@@ -17,7 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from daemon.approval.store import ApprovalStore, Decision, Verdict, candidates_of, statuses
+from daemon.approval.store import (
+    DECIDING_STATES,
+    ApprovalStore,
+    Decision,
+    Verdict,
+    candidates_of,
+    offered_segments,
+    statuses,
+)
 from daemon.errors import StoreError
 from daemon.music.segments_file import read_segments
 from daemon.runs.states import State
@@ -64,6 +72,17 @@ class RunView:
     video: Path | None = None
     thumbnail: Path | None = None
     jobs: tuple[str, ...] = field(default_factory=tuple)
+    # Segments in the plan; more than ``segments`` while candidates are still being made.
+    planned: int = 0
+
+    def segment(self, index: int) -> SegmentView | None:
+        """The segment numbered ``index``, if it is shown (offered) yet."""
+        return next((s for s in self.segments if s.index == index), None)
+
+    @property
+    def more_coming(self) -> int:
+        """Segments not offered yet (their candidates are being made)."""
+        return max(0, self.planned - len(self.segments))
 
     @property
     def open_segments(self) -> list[SegmentView]:
@@ -84,7 +103,11 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
     jobs = tuple(f"{j.kind} s{j.segment:03d}#{j.index} {float(j.detail.get('progress', 0.0)):.0%} "
                  f"{j.detail.get('where', '')}".rstrip()
                  for j in manifest.jobs.values() if j.status == "submitted")
-    if ref.state is not State.PENDING_APPROVAL:
+    if ref.state not in DECIDING_STATES:
+        return replace(base, jobs=jobs)
+    # While images are being made, the segments offered so far (each can be decided at once).
+    offered = None if ref.state is State.PENDING_APPROVAL else offered_segments(manifest)
+    if offered is not None and not offered:
         return replace(base, jobs=jobs)
     plan = read_segments(ref.path)
     by_segment = candidates_of(manifest)
@@ -92,6 +115,8 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
     channel_of = {(d.segment, d.candidate): d.channel for d in approvals.decisions}
     views = []
     for status in statuses(manifest, approvals, len(plan)):
+        if offered is not None and status.segment not in offered:
+            continue
         seg = plan[status.segment]
         cands = tuple(
             CandidateView(j.index, ref.path / j.output, j.seed,
@@ -101,7 +126,7 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
             for j in by_segment.get(status.segment, []))
         views.append(SegmentView(status.segment, seg.start, seg.end, seg.mood, seg.visual_prompt, cands,
                                  status.approved, status.all_rejected, status.rounds))
-    return replace(base, segments=tuple(views), jobs=jobs)
+    return replace(base, segments=tuple(views), jobs=jobs, planned=len(plan))
 
 
 def runs_by_state(store: RunStore, states: list[State] | None = None) -> dict[State, list[RunRef]]:

@@ -41,6 +41,8 @@ Verdict = Literal["approve", "reject", "regenerate", "undo"]
 # How long after a decision it can be taken back: a person who pressed the wrong key notices at once.
 # The panel offers 10 s; the store allows a little more for the round trip.
 UNDO_SECONDS = 15.0
+# Where decisions are taken: a waiting run, and (per offered segment) one whose images are being made.
+DECIDING_STATES = frozenset({State.ANALYZED, State.IMAGED, State.PENDING_APPROVAL})
 # A lock older than this was left by a process that died holding it.
 _STALE_LOCK_SECONDS = 30.0
 
@@ -95,6 +97,26 @@ def candidates_of(manifest: Manifest) -> dict[int, list[Job]]:
     for jobs in found.values():
         jobs.sort(key=lambda j: j.index)
     return found
+
+
+def offered_segments(manifest: Manifest) -> set[int]:
+    """Segments a person can decide on: at least one round of their candidates is complete.
+
+    A segment is offered the moment every candidate of one of its rounds is
+    made (and passed QC), even while the run's other segments are still being
+    made; the job records say how many candidates their round asked for.
+    """
+    wanted: dict[tuple[int, int], int] = {}
+    made: dict[tuple[int, int], set[int]] = {}
+    for job in manifest.jobs.values():
+        if job.kind != "image":
+            continue
+        key = (job.segment, int(job.detail.get("round", 1)))
+        wanted[key] = max(wanted.get(key, 1), int(job.detail.get("candidates", 1)))
+        if job.status == "done":
+            made.setdefault(key, set()).add(job.index)
+    return {segment for (segment, round_), need in wanted.items()
+            if len(made.get((segment, round_), ())) >= need}
 
 
 def statuses(manifest: Manifest, approvals: Approvals, segments: int) -> list[SegmentStatus]:
@@ -184,28 +206,47 @@ class ApprovalStore:
     ) -> Decision:
         """Record one decision for a run waiting for approval; idempotent for a repeated tap."""
         with self.locked(run_id):
-            ref = self.store.find(run_id)
-            if ref.state is not State.PENDING_APPROVAL:
-                raise DecisionRefused(f"{ref.run_id} is in {ref.state.value}/, not waiting for approval")
-            manifest = self.store.load(ref)
-            cands = candidates_of(manifest)
-            if segment not in cands:
-                raise DecisionRefused(f"{ref.run_id} has no segment {segment} with candidates")
-            if candidate is not None and candidate not in {j.index for j in cands[segment]}:
-                have = ", ".join(f"{segment}:{j.index}" for j in cands[segment])
-                raise DecisionRefused(f"segment {segment} has no candidate {candidate} (it has {have})")
-            approvals = self.load(ref)
-            decision = Decision(
-                segment=segment, candidate=candidate, verdict=verdict, by=by, channel=channel, at=utcnow()
-            )
-            last = _latest(approvals, segment, candidate)
-            if verdict == "undo":
-                _check_undo(ref.run_id, segment, candidate, last, decision.at)
-            elif last is not None and last.verdict == verdict and verdict != "regenerate":
-                return last  # a second tap on the same button changes nothing
-            approvals.decisions.append(decision)
-            self.save(ref, approvals)
-            return decision
+            # The images stage may move the folder (analyzed → imaged) while a decision on an
+            # offered segment is written: then the write finds no folder, and is made again there.
+            for tries_left in range(2, -1, -1):
+                try:
+                    return self._decide(run_id, segment, candidate, verdict, by=by, channel=channel)
+                except FileNotFoundError:
+                    if not tries_left:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _decide(self, run_id: str, segment: int, candidate: int | None, verdict: Verdict, *,
+                by: str, channel: str) -> Decision:
+        ref = self.store.find(run_id)
+        if ref.state not in DECIDING_STATES:
+            raise DecisionRefused(f"{ref.run_id} is in {ref.state.value}/, not waiting for approval")
+        manifest = self.store.load(ref)
+        if ref.state is not State.PENDING_APPROVAL:
+            offered = offered_segments(manifest)
+            if segment not in offered:
+                raise DecisionRefused(
+                    f"segment {segment} of {ref.run_id} is not offered yet: its candidates are "
+                    f"still being made ({len(offered)} segment{'s' if len(offered) != 1 else ''} "
+                    f"offered so far); decide on it once it is offered")
+        cands = candidates_of(manifest)
+        if segment not in cands:
+            raise DecisionRefused(f"{ref.run_id} has no segment {segment} with candidates")
+        if candidate is not None and candidate not in {j.index for j in cands[segment]}:
+            have = ", ".join(f"{segment}:{j.index}" for j in cands[segment])
+            raise DecisionRefused(f"segment {segment} has no candidate {candidate} (it has {have})")
+        approvals = self.load(ref)
+        decision = Decision(
+            segment=segment, candidate=candidate, verdict=verdict, by=by, channel=channel, at=utcnow()
+        )
+        last = _latest(approvals, segment, candidate)
+        if verdict == "undo":
+            _check_undo(ref.run_id, segment, candidate, last, decision.at)
+        elif last is not None and last.verdict == verdict and verdict != "regenerate":
+            return last  # a second tap on the same button changes nothing
+        approvals.decisions.append(decision)
+        self.save(ref, approvals)
+        return decision
 
 
 def _check_undo(run_id: str, segment: int, candidate: int | None, last: Decision | None,

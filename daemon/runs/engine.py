@@ -294,6 +294,7 @@ class Engine:
             self._not_before.pop(ref.run_id, None)
         if isinstance(outcome, Moved):
             log.info("run.moved", to=outcome.ref.state.value)
+            self._chain(outcome.ref)
             return
         progress.finished_at = self.store.clock()
         progress.detail.pop("transient_failures", None)
@@ -301,6 +302,24 @@ class Engine:
         self.store.save(ref, manifest)
         new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
         log.info("run.moved", to=new_ref.state.value, seconds=_elapsed(progress.started_at, progress.finished_at))
+        self._chain(new_ref)
+
+    def _chain(self, ref: RunRef) -> None:
+        """Hand a run that just moved to its next stage now, not at the next tick.
+
+        The next stage is queued on its resource's pool from this worker, so a
+        GPU that just made the last image of a run gets its first clip without
+        waiting for the loop's tick (which would leave it idle up to a tick).
+        """
+        stage = next((s for s in self.stages if s.input is ref.state), None)
+        if stage is None or self._stop.is_set():
+            return
+        with self._lock:
+            self._not_before.pop(ref.run_id, None)
+            try:
+                self._in_flight[ref.run_id] = self._pools[stage.resource].submit(self._process, stage, ref)
+            except RuntimeError:  # the pools are shutting down: the next start picks the run up
+                self._in_flight.pop(ref.run_id, None)
 
     def _sleep(self, seconds: float) -> None:
         # Backoff sleeps end early on stop, so a draining daemon never waits minutes.

@@ -18,10 +18,11 @@ import structlog
 from daemon.approval.store import candidates_of
 from daemon.backends.base import ImageBackend, Job, job_id
 from daemon.config import Settings
+from daemon.errors import StoreError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
 from daemon.runs.engine import StageRun
-from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
+from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job, start_jobs
 from daemon.video import qc
 
 log = structlog.get_logger("tandava.candidates")
@@ -119,10 +120,14 @@ class MakeCandidates:
     """analyzed → imaged: the configured number of candidates for every segment."""
 
     def __init__(
-        self, settings: Settings, backend_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
+        self, settings: Settings, backend_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for,
+        *, head_start: Callable[[StageRun], object] | None = None,
     ) -> None:
         self.settings = settings
         self.backend_for = backend_for
+        # In auto mode: queues the render's first clips before the last images are done (wired by
+        # the pipeline; the render stage is not this module's to import).
+        self.head_start = head_start
 
     def __call__(self, job: StageRun) -> None:
         segments = read_segments(job.ref.path)
@@ -130,29 +135,89 @@ class MakeCandidates:
         count = self.settings.images.candidates
         # Hand every first attempt to the backend before waiting for one, so
         # a GPU server always has the next image queued.
+        batch = []
         for segment in segments:
             for index in range(count):
                 attempt = candidate_attempt(job, backend, segment, index, settings=self.settings, segments=len(segments))
                 jid, record = attempt(0)
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
-                    start_job(job, backend, jid, record)
+                    batch.append((jid, record))
+        start_jobs(job, backend, batch)
+        early = EarlyRounds(self.settings, job, backend, segments)
+        auto = self.settings.approval.mode == "auto"
         for segment in segments:
+            if auto and self.head_start is not None and segment is segments[-1]:
+                self.head_start(job)
             for index in range(count):
                 ensure_candidate(job, backend, segment, index, settings=self.settings, segments=len(segments))
+            # Offered from now on: every channel shows it and takes decisions on it.
+            log.info("segment.offered", segment=segment.index, offered=segment.index + 1, of=len(segments))
+            if auto:
+                _approve_first(job, segment.index)
+            early.queue_rejected()
+        early.collect()
         job.done("candidates", count=len(segments) * self.settings.images.candidates)
 
 
-class Offer:
-    """imaged → pending_approval: open the decision store for the run's channels."""
+def _approve_first(job: StageRun, segment: int) -> None:
+    """The auto policy on a segment the moment it is offered: its first candidate nobody rejected."""
+    from daemon.approval.store import ApprovalStore, statuses
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    approvals = ApprovalStore(job.store)
+    status = statuses(job.manifest, approvals.load(job.ref), segment + 1)[segment]
+    if status.approved is None and status.undecided:
+        approvals.decide(job.ref.run_id, segment, status.undecided[0], "approve", by="policy",
+                         channel="auto")
 
-    def __call__(self, job: StageRun) -> None:
-        from daemon.approval.store import APPROVALS_FILE, Approvals, ApprovalStore
 
-        if not (job.ref.path / APPROVALS_FILE).is_file():
-            ApprovalStore(job.store).save(job.ref, Approvals())
-        log.info("approval.offered", mode=self.settings.approval.mode,
-                 hint=f"tandava pending; tandava approve {job.ref.run_id} --all")
+class EarlyRounds:
+    """New candidates for segments a person rejected while the run's images are still being made.
+
+    They are queued behind the images already handed to the backend, so a GPU
+    server makes them in the same batch, with the image model still loaded,
+    instead of after a model swap once the gate sees the rejection.
+    """
+
+    def __init__(self, settings: Settings, job: StageRun, backend: ImageBackend,
+                 segments: list[Segment]) -> None:
+        self.settings, self.job, self.backend, self.segments = settings, job, backend, segments
+        self.queued: list[tuple[Segment, int, int]] = []  # (segment, candidate, round)
+        self._asked: set[tuple[int, int]] = set()
+
+    def queue_rejected(self) -> None:
+        """Hand the next round of every fully rejected, offered segment to the backend."""
+        from daemon.approval.store import ApprovalStore, offered_segments, statuses
+
+        try:
+            approvals = ApprovalStore(self.job.store).load(self.job.ref)
+        except StoreError:
+            return  # a damaged log is the gate's to report; nothing to queue early
+        if not approvals.decisions:
+            return
+        offered = offered_segments(self.job.manifest)
+        limit = self.settings.images.max_rounds
+        existing = candidates_of(self.job.manifest)
+        for status in statuses(self.job.manifest, approvals, len(self.segments)):
+            round_ = status.rounds + 1
+            if (status.segment not in offered or not status.all_rejected
+                    or status.rounds >= limit + status.extra_rounds or (status.segment, round_) in self._asked):
+                continue
+            self._asked.add((status.segment, round_))
+            segment = self.segments[status.segment]
+            first = max(j.index for j in existing[status.segment]) + 1
+            for index in range(first, first + self.settings.images.candidates):
+                attempt = candidate_attempt(self.job, self.backend, segment, index, settings=self.settings,
+                                            segments=len(self.segments), round_=round_)
+                jid, record = attempt(0)
+                start_job(self.job, self.backend, jid, record)
+                self.queued.append((segment, index, round_))
+            log.info("approval.regenerated", segment=status.segment, round=round_, early=True)
+
+    def collect(self) -> None:
+        """Wait for every early round (each may reveal more rejections to queue)."""
+        while self.queued:
+            segment, index, round_ = self.queued.pop(0)
+            ensure_candidate(self.job, self.backend, segment, index, settings=self.settings,
+                             segments=len(self.segments), round_=round_)
+            self.queue_rejected()

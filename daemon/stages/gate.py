@@ -13,11 +13,13 @@ exactly what a person can do.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
 
 from daemon.approval.store import (
+    APPROVALS_FILE,
     Approvals,
     ApprovalStore,
     Decision,
@@ -38,6 +40,10 @@ log = structlog.get_logger("tandava.approval")
 
 # How often a run waiting for a person is looked at again.
 RECHECK_SECONDS = 2.0
+# While a person is deciding (a decision in the last minute), the gate looks this often, so the
+# last approval moves the run on at once; a run nobody touches costs one look every 2 s.
+ACTIVE_RECHECK_SECONDS = 0.2
+ACTIVE_SECONDS = 60.0
 
 
 class Gate:
@@ -70,7 +76,7 @@ class Gate:
         with approvals.locked(job.ref.run_id):
             decisions = approvals.load(job.ref)
             current = statuses(job.manifest, decisions, len(segments))
-            if self.settings.approval.mode == "auto" and self._auto_approve(current, decisions):
+            if self.settings.approval.mode == "auto" and _auto_approve(current, decisions):
                 approvals.save(job.ref, decisions)
                 current = statuses(job.manifest, decisions, len(segments))
             if all(status.approved is not None for status in current):
@@ -83,18 +89,15 @@ class Gate:
         if fresh:
             self._new_round(job, fresh, segments)
             return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)
-        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=RECHECK_SECONDS)
+        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=self._recheck(job))
 
-    def _auto_approve(self, current: list[SegmentStatus], decisions: Approvals) -> bool:
-        changed = False
-        for status in current:
-            if status.approved is None and status.undecided:
-                decisions.decisions.append(
-                    Decision(segment=status.segment, candidate=status.undecided[0], verdict="approve",
-                             by="policy", channel="auto", at=utcnow())
-                )
-                changed = True
-        return changed
+    def _recheck(self, job: StageRun) -> float:
+        """Look again soon while a person is deciding (the log changed lately), else at ease."""
+        try:
+            age = time.time() - (job.ref.path / APPROVALS_FILE).stat().st_mtime
+        except OSError:
+            return RECHECK_SECONDS
+        return ACTIVE_RECHECK_SECONDS if age < ACTIVE_SECONDS else RECHECK_SECONDS
 
     def _new_round(self, job: StageRun, fresh: list[SegmentStatus], segments: list[Segment]) -> None:
         backend: ImageBackend = self.backend_for(self.settings, job)
@@ -106,6 +109,50 @@ class Gate:
                 ensure_candidate(job, backend, segment, index, settings=self.settings,
                                  segments=len(segments), round_=status.rounds + 1)
             log.info("approval.regenerated", segment=status.segment, round=status.rounds + 1)
+
+
+class Offer:
+    """imaged → pending_approval: open the decision store for the run's channels.
+
+    Segments were offered one by one while their candidates were made, and a
+    person (or the auto policy) may have decided every one already: then the
+    run goes on to approved in the same step, both moves in its history, with
+    no wait for the gate's next look.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, job: StageRun) -> Outcome:
+        segments = read_segments(job.ref.path)
+        approvals = ApprovalStore(job.store)
+        with approvals.locked(job.ref.run_id):
+            decisions = approvals.load(job.ref)
+            if not (job.ref.path / APPROVALS_FILE).is_file():
+                approvals.save(job.ref, decisions)
+            ref = job.store.move(job.ref, Event.OFFERED, note="offer finished")
+            log.info("approval.offered", mode=self.settings.approval.mode,
+                     hint=f"tandava pending; tandava approve {ref.run_id} --all")
+            current = statuses(job.manifest, decisions, len(segments))
+            if self.settings.approval.mode == "auto" and _auto_approve(current, decisions):
+                approvals.save(ref, decisions)
+                current = statuses(job.manifest, decisions, len(segments))
+            if current and all(status.approved is not None for status in current):
+                ref = job.store.move(ref, Event.ALL_APPROVED, note=_summary(decisions))
+        return Moved(ref)
+
+
+def _auto_approve(current: list[SegmentStatus], decisions: Approvals) -> bool:
+    """The auto policy: approve the first candidate nobody rejected, per open segment."""
+    changed = False
+    for status in current:
+        if status.approved is None and status.undecided:
+            decisions.decisions.append(
+                Decision(segment=status.segment, candidate=status.undecided[0], verdict="approve",
+                         by="policy", channel="auto", at=utcnow())
+            )
+            changed = True
+    return changed
 
 
 def _list(items: list[SegmentStatus]) -> str:

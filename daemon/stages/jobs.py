@@ -62,8 +62,33 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
         backend.submit(located(record, job.ref.path))
     elif record.status == "failed" or not backend.can_resume(located(record, job.ref.path)):
         record.status = "submitted"
+        # Made again, perhaps by another backend than the one that recorded it first.
+        record.backend = backend.name
         backend.submit(located(record, job.ref.path))
     return record
+
+
+def start_jobs(job: StageRun, backend: Backend,
+               wanted: list[tuple[str, Callable[[], Job]]]) -> list[Job]:
+    """``start_job`` for many jobs with one manifest write: every new id is on disk before the
+    backend hears of any (a stage's whole batch would otherwise cost a synced write per job
+    before the first one even reaches the server)."""
+    manifest = job.manifest
+    new = [(jid, make()) for jid, make in wanted if jid not in manifest.jobs]
+    for jid, record in new:
+        manifest.jobs[jid] = record
+    if new:
+        job.store.save(job.ref, manifest)
+    fresh = {jid for jid, _ in new}
+    records = []
+    for jid, make in wanted:
+        if jid in fresh:
+            record = manifest.jobs[jid]
+            backend.submit(located(record, job.ref.path))
+        else:
+            record = start_job(job, backend, jid, make)
+        records.append(record)
+    return records
 
 
 def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | None = None) -> Job:

@@ -43,9 +43,9 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
     With ``comfy`` (see ``uses_comfy``), the stages that make images or clips
     on ComfyUI share its pool and run on the ``gpu`` resource.
     """
-    from daemon.stages.candidates import MakeCandidates, Offer, image_backend_for
-    from daemon.stages.gate import Gate
-    from daemon.stages.render import Render, make_video_backend
+    from daemon.stages.candidates import MakeCandidates, image_backend_for
+    from daemon.stages.gate import Gate, Offer
+    from daemon.stages.render import Render, head_start, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
     video_for: Callable[[Settings], VideoBackend] = make_video_backend
@@ -56,7 +56,9 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
         video_for, render_on = (lambda _s: comfy.video), "gpu"
     return [
         Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings)),
-        Stage("images", State.ANALYZED, Event.IMAGES_DONE, MakeCandidates(settings, images_for), images_on),
+        Stage("images", State.ANALYZED, Event.IMAGES_DONE,
+              MakeCandidates(settings, images_for, head_start=lambda job: head_start(settings, video_for, job)),
+              images_on),
         Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
         Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings, images_for)),
         Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings, video_for), render_on),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.approval.store import ApprovalStore, approved_images
+from daemon.approval.store import ApprovalStore, approved_images, candidates_of, statuses
 from daemon.backends.base import Job, VideoBackend, job_id
 from daemon.config import Settings
 from daemon.errors import PermanentError, TransientError
@@ -60,6 +60,47 @@ def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int |
     )
 
 
+# How many clips a run's images stage hands over early (see ``head_start``): enough to keep the
+# server busy across the stage change, few enough to leave the queue to the swap-aware scheduler.
+HEAD_START_CLIPS = 2
+
+
+def head_start(settings: Settings, backend_for: Callable[[Settings], VideoBackend], job: StageRun,
+               *, count: int = HEAD_START_CLIPS) -> int:
+    """Queue the first clips of approved segments while the run's last images are still being made.
+
+    The jobs are recorded in the run's manifest with the ids the render stage
+    will compute, so that stage re-attaches to them instead of submitting them
+    again; on ComfyUI the pool keeps them behind the image model's jobs and
+    dispatches them the moment the last image is done, so the server does not
+    wait for the stage change (offer, gate, render set-up). Returns how many it queued.
+    """
+    segments = read_segments(job.ref.path)
+    backend = backend_for(settings)
+    approvals = ApprovalStore(job.store).load(job.ref)
+    approved = {s.segment: s.approved for s in statuses(job.manifest, approvals, len(segments))
+                if s.approved is not None}
+    by_segment = candidates_of(job.manifest)
+    images: dict[int, Path] = {seg: job.ref.path / next(j.output for j in by_segment[seg] if j.index == cand)
+                               for seg, cand in approved.items()}
+    render = Render(settings, backend_for)
+    queued = 0
+    for request in plan_timeline(settings, segments, backend.max_frames).clips:
+        if queued >= count:
+            break
+        if request.chained_from is not None or request.segment not in images:
+            continue
+        attempt = render._attempt(job, backend, request, segments[request.segment],
+                                  images[request.segment], [], media.find_ffmpeg(settings.assembly.ffmpeg))
+        jid, make = attempt(0)
+        if jid not in job.manifest.jobs:
+            start_job(job, backend, jid, make)
+            queued += 1
+    if queued:
+        log.info("render.head_start", clips=queued)
+    return queued
+
+
 class Render:
     """approved → rendered."""
 
@@ -87,7 +128,8 @@ class Render:
         # handed to the backend first, so a GPU server always has one queued.
         for request in timeline.clips:
             if request.chained_from is None:
-                jid, make = self._attempt(job, backend, request, segments[request.segment], images, [], ffmpeg)(0)
+                jid, make = self._attempt(job, backend, request, segments[request.segment],
+                                          images[request.segment], [], ffmpeg)(0)
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
                     start_job(job, backend, jid, make)
@@ -114,10 +156,10 @@ class Render:
         log.info("render.done", video=str(job.ref.path / "final.mp4"))
 
     def _attempt(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
-                 images: list[Path], clips: list[Path], ffmpeg: str) -> Attempt:
+                 image: Path, clips: list[Path], ffmpeg: str) -> Attempt:
         """Attempt ``n`` at a clip: its job id and record; each attempt has a new seed."""
         output = f"{CLIPS_DIR}/s{segment.index:03d}_p{request.part:02d}.mp4"
-        source = images[segment.index].relative_to(job.ref.path).as_posix()
+        source = image.relative_to(job.ref.path).as_posix()
         if request.chained_from is not None:
             source = self._chain_start(clips[request.chained_from], request, job, ffmpeg)
 
@@ -136,7 +178,7 @@ class Render:
 
     def _clip(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
               images: list[Path], clips: list[Path], ffmpeg: str) -> Job:
-        attempt = self._attempt(job, backend, request, segment, images, clips, ffmpeg)
+        attempt = self._attempt(job, backend, request, segment, images[segment.index], clips, ffmpeg)
         if not getattr(backend, "checks_output", False):
             jid, record = attempt(0)
             return ensure_job(job, backend, jid, record, check=_check_clip)

@@ -54,7 +54,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Callba
 from telegram.request import HTTPXRequest
 
 from daemon.approval import decisions
-from daemon.approval.store import DecisionRefused
+from daemon.approval.store import DECIDING_STATES, DecisionRefused
 from daemon.channels.telegram import views
 from daemon.channels.telegram.media import UPLOAD_LIMIT_BYTES
 from daemon.channels.telegram.state import Button
@@ -63,7 +63,6 @@ from daemon.checks import Check
 from daemon.config import Settings, TelegramConfig
 from daemon.logs import quiet, scrub
 from daemon.runs.manifest import utcnow
-from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
 
 log = structlog.get_logger("tandava.telegram")
@@ -294,7 +293,7 @@ class TelegramBot:
             return ("This button is unknown or expired: use the buttons of the latest messages for this "
                     "song.", True, None)
         ref, record, button = found
-        if ref.state is not State.PENDING_APPROVAL:
+        if ref.state not in DECIDING_STATES:
             return views.not_waiting(decisions.run_view(self.store, ref)), True, None
         if query.id in record.answered:  # Telegram delivered this tap again after a restart
             return "Already recorded.", False, None
@@ -318,7 +317,9 @@ class TelegramBot:
         assert button.segment is not None
         seg = button.segment
         if button.action == "regenerate":
-            status = decisions.run_view(self.store, self.store.find(run_id)).segments[seg]
+            status = decisions.run_view(self.store, self.store.find(run_id)).segment(seg)
+            if status is None:
+                return f"Segment {seg} is not offered yet: its candidates are still being made."
             if status.approved is not None:
                 return (f"{seg}:{status.approved} is approved; tap ❌{status.approved} first if you want "
                         "new candidates.")

@@ -6,7 +6,10 @@ call that changed what the chat holds) and an index from button token to
 run. A pass looks at runs waiting for approval and at runs that moved on:
 
 - a waiting run gets its song message, then per segment an album and a
-  control message, in segment order; a new round of candidates gets its own
+  control message, in segment order; a run whose images are still being made
+  gets them segment by segment as each is offered, and its song message says
+  how many are ready ("first segments ready (3 of 41), more coming"), edited
+  as more arrive; a new round of candidates gets its own
   album and control message once the round is complete;
 - every message whose digest differs from what the run's decisions would
   show now is edited (a decision made in the CLI or the web panel shows up
@@ -36,7 +39,7 @@ from telegram.error import BadRequest
 
 from daemon.approval import decisions
 from daemon.approval.decisions import CandidateView, RunView
-from daemon.approval.store import ApprovalStore
+from daemon.approval.store import DECIDING_STATES, ApprovalStore
 from daemon.channels.telegram import state as tgstate
 from daemon.channels.telegram import views
 from daemon.channels.telegram.media import PREVIEW_NAME, make_preview, photo_payload, thumbnail_jpeg
@@ -109,9 +112,12 @@ class ChatSync:
 
     async def sync_all(self, bot: Bot) -> None:
         """One pass: waiting runs first (oldest song first), then runs that moved on and are not settled."""
-        grouped = decisions.runs_by_state(self.store, [State.PENDING_APPROVAL, State.APPROVED,
-                                                       State.FAILED, State.RENDERED])
-        for ref in reversed(grouped[State.PENDING_APPROVAL]):  # oldest song first
+        grouped = decisions.runs_by_state(self.store, [State.ANALYZED, State.IMAGED, State.PENDING_APPROVAL,
+                                                       State.APPROVED, State.FAILED, State.RENDERED])
+        # Runs a person can decide on, oldest song first: also those whose images are still being
+        # made, segment by segment as they are offered.
+        deciding = sorted((ref for state in DECIDING_STATES for ref in grouped[state]), key=lambda r: r.run_id)
+        for ref in deciding:
             await self._sync_run(bot, ref)
         for state in (State.APPROVED, State.FAILED, State.RENDERED):
             for ref in reversed(grouped[state]):
@@ -121,7 +127,7 @@ class ChatSync:
     async def _sync_run(self, bot: Bot, ref: RunRef) -> None:
         try:
             record = self.record(ref)
-            if ref.state is State.PENDING_APPROVAL:
+            if ref.state in DECIDING_STATES:
                 if self.settings.approval.mode == "manual":
                     await self._offer(bot, ref, record)
                 return
@@ -140,6 +146,8 @@ class ChatSync:
 
     async def _offer(self, bot: Bot, ref: RunRef, record: TelegramRecord | None) -> None:
         view = decisions.run_view(self.store, ref)
+        if not view.segments:
+            return  # nothing offered yet: its first segment's candidates are still being made
         if record is None:
             record = self._new_record(ref)
         await self.refresh(bot, ref, record, view)
@@ -166,7 +174,9 @@ class ChatSync:
         await self._remind(bot, ref, record, view)
 
     async def _send_post(self, bot: Bot, ref: RunRef, record: TelegramRecord, view: RunView, post: Post) -> None:
-        seg = view.segments[post.segment]
+        seg = view.segment(post.segment)
+        if seg is None:
+            return
         cands = [c for c in seg.candidates if c.index in post.candidates]
         remaining = cands[len(post.album):]  # photos already sent are not sent again
         if remaining:
@@ -201,12 +211,12 @@ class ChatSync:
                     song.gone = not await self._edit(bot, record.chat_id, song.message_id, text, keyboard)
                     song.shown = views.digest(text, keyboard)
                     self.save(ref, record)
-            if view.state is not State.PENDING_APPROVAL:
+            if view.state not in DECIDING_STATES:
                 return  # old control messages keep their buttons: a tap is answered "moved on"
             for post in record.posts:
-                if post.message_id is None or post.gone or post.segment >= len(view.segments):
+                seg = view.segment(post.segment)
+                if post.message_id is None or post.gone or seg is None:
                     continue
-                seg = view.segments[post.segment]
                 text, keyboard = views.control_text(view, seg, post), views.control_keyboard(seg, post)
                 if views.digest(text, keyboard) != post.shown:
                     post.gone = not await self._edit(bot, record.chat_id, post.message_id, text, keyboard)

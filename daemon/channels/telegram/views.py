@@ -21,6 +21,7 @@ from datetime import timedelta
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from daemon.approval.decisions import CandidateView, RunView, SegmentView
+from daemon.approval.store import DECIDING_STATES
 from daemon.channels.telegram.state import Post, TelegramRecord
 from daemon.runs.states import State
 
@@ -56,7 +57,7 @@ def control_text(view: RunView, seg: SegmentView, post: Post) -> str:
         status = "⏳ waiting for your choice"
     prompt = seg.prompt if len(seg.prompt) <= _PROMPT_CHARS else seg.prompt[:_PROMPT_CHARS] + "…"
     lines = [
-        f"🎵 {view.song} · segment {seg.index} of {len(view.segments)}",
+        f"🎵 {view.song} · segment {seg.index} of {view.planned or len(view.segments)}",
         f"⏱ {clock(seg.start)}–{clock(seg.end)} · {seg.mood}",
         f"🖼 {prompt}",
         "",
@@ -81,9 +82,12 @@ def control_keyboard(seg: SegmentView, post: Post) -> InlineKeyboardMarkup:
 
 def song_text(view: RunView, record: TelegramRecord) -> str:
     head = f"🎵 {view.song}\n{view.run_id}\n"
-    if view.state is State.PENDING_APPROVAL:
+    if view.state in DECIDING_STATES and view.segments:
         done = sum(1 for s in view.segments if s.approved is not None)
         per = max((len(s.candidates) for s in view.segments), default=0)
+        if view.more_coming:
+            return (head + f"⏳ first segments ready ({len(view.segments)} of {view.planned}), more coming: "
+                    f"tap ✅ or ❌ under each segment as it arrives.\nApproved: {done} of {view.planned}")
         return (head + f"{len(view.segments)} segment(s), up to {per} candidate(s) each: tap ✅ or ❌ "
                 f"under each segment.\nApproved: {done} of {len(view.segments)}")
     segments = len({p.segment for p in record.posts})
@@ -97,7 +101,7 @@ def song_text(view: RunView, record: TelegramRecord) -> str:
 
 
 def song_keyboard(view: RunView, record: TelegramRecord) -> InlineKeyboardMarkup | None:
-    if view.state is not State.PENDING_APPROVAL or not view.open_segments:
+    if view.state not in DECIDING_STATES or not view.open_segments:
         return None
     return InlineKeyboardMarkup([[_button("✅ approve all (song)", record.song_keys()["approve_all"])]])
 

@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.approval import decisions
 from daemon.approval.decisions import SegmentView
-from daemon.approval.store import DecisionRefused, Verdict, candidates_of
+from daemon.approval.store import DECIDING_STATES, DecisionRefused, Verdict, candidates_of
 from daemon.channels.web import pages as web_pages
 from daemon.channels.web import review
 from daemon.channels.web.assets import CSS, ICON
@@ -262,7 +262,7 @@ class PanelApp:
     def run_page(self, request: Request) -> Response:
         ref = self._ref(request)
         summary = self.views.summary(ref)
-        if ref.state is State.PENDING_APPROVAL and summary.view.segments:
+        if ref.state in DECIDING_STATES and summary.view.segments:
             # A run waiting for a person opens in review mode; ?view=all shows every segment.
             if request.query_params.get("view") == "all":
                 main = review.grid_main(summary, self.csrf)
@@ -396,7 +396,7 @@ class PanelApp:
             view = self.views.summary(self.store.find(run_id)).view
         except TandavaError:
             return {}
-        if view.state is not State.PENDING_APPROVAL or not view.segments:
+        if view.state not in DECIDING_STATES or not view.segments:
             return {"next": None, "left": 0, "total": len(view.segments)}
         by_index = {s.index: s for s in view.segments}
         here = by_index.get(segment) if segment is not None else None

@@ -162,7 +162,11 @@ def card(s: Summary, csrf: str) -> str:
         body.append(f'<p class="err wrap">{e(v.error)}</p>')
     body.append(progress_list(s.progress))
     buttons = ""
-    if v.state is State.PENDING_APPROVAL and v.segments:
+    if v.segments and v.state is not State.PENDING_APPROVAL:
+        body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> offered segments to decide, '
+                    f'{v.more_coming} more on their way</p>')
+        buttons = f'<a class="btn primary" href="{href}" aria-label="Review {e(v.song)}">Review</a>'
+    elif v.state is State.PENDING_APPROVAL and v.segments:
         body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> segments to decide</p>')
         buttons = f'<a class="btn primary" href="{href}" aria-label="Review {e(v.song)}">Review</a>'
     elif v.state is State.FAILED:

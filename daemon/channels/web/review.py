@@ -161,16 +161,21 @@ def review_main(s: Summary, csrf: str, *, segment: int | None) -> str:
     if current is None:
         first = next_open(v.segments, None)
         current = by_index.get(first) if first is not None else None
+    # While images are still being made, segments arrive one by one and can be decided at once.
+    coming = f" ({v.more_coming} more on their way)" if v.more_coming else ""
     head = [
         '<nav class="crumbs"><a href="/">← All runs</a></nav>',
         f'<h1 class="wrap">{e(v.song)}</h1>',
         f'<p class="meta wrap"><span class="badge s-{v.state.value}">{e(LABELS[v.state])}</span> '
         f'<code>{e(v.run_id)}</code></p>',
-        f'<div class="bar"><p id="left" class="count"><b>{left} of {total}</b> left to decide</p>'
+        f'<div class="bar"><p id="left" class="count"><b>{left} of {total}</b> left to decide{coming}</p>'
         f'<a class="btn" href="{run_href(v.run_id)}?view=all">Every segment at once</a>'
         f'{approve_all_form(v, csrf) if left else ""}</div>',
     ]
-    if not left:
+    if not left and v.more_coming:
+        head.append(f'<p id="done" tabindex="-1">Every segment offered so far is decided; '
+                    f'{v.more_coming} more are being made and appear here when they are ready.</p>')
+    elif not left:
         head.append('<p id="done" tabindex="-1">Every segment is approved: the run moves on in a '
                     'few seconds.</p>')
     if current is None:
