@@ -1,0 +1,62 @@
+"""The daemon with Google's backends on a fake Google: song to final.mp4, crash safety, caps, safety."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakegoogle import API_KEY, FakeGoogle
+from google_helpers import google_settings
+
+from daemon.app import run
+from daemon.backends.google.costs import COST_FILE, SPEND_DIR
+from daemon.music.synth import write_song
+from daemon.runs.states import State
+from daemon.runs.store import RunStore
+from daemon.video import media
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGoogle]:
+    with FakeGoogle(op_seconds=0.3) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_GENAI_USE_VERTEXAI"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _runs(settings_root: Path, state: State) -> list[Path]:
+    return [ref.path for ref in RunStore(settings_root).iter_runs([state])]
+
+
+def test_song_to_final_video_with_gemini_images_and_veo_interpolation(tmp_path: Path, fake: FakeGoogle) -> None:
+    """A synthesized song becomes final.mp4 from Gemini candidates (with the reference) and Veo clips
+    that end on the next segment's image; the ledger matches what the fake billed."""
+    settings = google_settings(tmp_path, fake)
+    settings.paths.inbox.mkdir(parents=True)
+    write_song(settings.paths.inbox / "tandava.wav", 14.0, 120.0, section_change_at=7.0)
+    assert run(settings, threading.Event(), once=True) == 0
+    [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
+    info = media.probe(run_dir / "final.mp4")
+    assert info.width == 320 and info.height == 180 and info.has_audio
+    images = fake.requests(":generateContent")
+    assert images and all(any("inlineData" in p for p in c["body"]["contents"][0]["parts"]) for c in images)
+    ops = list(fake.operations.values())
+    assert fake.submits == len(ops) >= 2
+    assert [op["last_frame"] for op in ops][:-1] == [True] * (len(ops) - 1) and ops[-1]["last_frame"] is False
+    assert all(op["audio"] is False for op in ops)
+    cost = json.loads((run_dir / COST_FILE).read_text(encoding="utf-8"))
+    entries = cost["entries"].values()
+    assert sum(e["units"] for e in entries if e["kind"] == "clip" and e["status"] == "billed") == fake.billed_seconds
+    assert sum(1 for e in entries if e["kind"] == "image" and e["status"] == "billed") == fake.billed_images
+    assert cost["estimate"]["clips"]["count"] == len(ops)
+    assert sum(cost["estimate"]["clips"]["seconds"]) == fake.billed_seconds
+    assert list((settings.paths.state_root / SPEND_DIR).glob("*.json"))
+    for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.log*")]:
+        assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path
