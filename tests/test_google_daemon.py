@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,5 +62,55 @@ def test_song_to_final_video_with_gemini_images_and_veo_interpolation(tmp_path: 
     assert cost["estimate"]["clips"]["count"] == len(ops)
     assert sum(cost["estimate"]["clips"]["seconds"]) == fake.billed_seconds
     assert list((settings.paths.state_root / SPEND_DIR).glob("*.json"))
+    for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.log*")]:
+        assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+def _conf_cmd(settings_file: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "daemon", "--config", str(settings_file), *args]
+
+
+def _clean_env() -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith("TANDAVA_") and k not in ("GOOGLE_API_KEY", "GEMINI_API_KEY")}
+    return keep | {"PYTHONUTF8": "1"}
+
+
+def test_kill_9_with_three_operations_running_submits_nothing_twice(tmp_path: Path, fake: FakeGoogle) -> None:
+    """A daemon killed while three Veo operations run re-attaches to them by name after its restart:
+    the fake sees three submits in all, and all three clips are collected."""
+    settings = google_settings(tmp_path, fake, extra="[analysis]\nsegments = 3\n")
+    settings.paths.inbox.mkdir(parents=True)
+    write_song(settings.paths.inbox / "nataraja.wav", 12.0, 120.0)
+    old = time.time() - 60
+    os.utime(settings.paths.inbox / "nataraja.wav", (old, old))
+    fake.op_seconds = 3600.0  # nothing finishes while the first daemon lives
+    conf = tmp_path / "tandava.toml"
+    proc = subprocess.Popen(_conf_cmd(conf, "run"), env=_clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def all_recorded() -> bool:
+            runs = _runs(settings.paths.state_root, State.APPROVED)
+            if fake.submits < 3 or not runs:
+                return False
+            jobs = json.loads((runs[0] / "run.json").read_text(encoding="utf-8"))["jobs"].values()
+            return sum(1 for j in jobs if j["kind"] == "clip" and j["detail"].get("operation")) == 3
+
+        fake.wait_for(all_recorded, timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert fake.submits == 3
+    fake.op_seconds = 0.0
+    done = subprocess.run(_conf_cmd(conf, "run", "--once"), env=_clean_env(), capture_output=True, text=True,
+                          encoding="utf-8", timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
+    assert fake.submits == 3  # re-attached by name, never sent again
+    assert all(op["done"] for op in fake.operations.values())
+    assert media.probe(run_dir / "final.mp4").frames > 0
+    cost = json.loads((run_dir / COST_FILE).read_text(encoding="utf-8"))
+    clips = [e for e in cost["entries"].values() if e["kind"] == "clip"]
+    assert len(clips) == 3 and sum(e["units"] for e in clips) == fake.billed_seconds
     for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.log*")]:
         assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path

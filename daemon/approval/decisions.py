@@ -61,6 +61,8 @@ class RunView:
     video: Path | None = None
     thumbnail: Path | None = None
     jobs: tuple[str, ...] = field(default_factory=tuple)
+    # The Google estimate and spend ("clips: 41 × 6 s on veo-3.1-fast-generate-001 ≈ $29.52"), if any.
+    cost: tuple[str, ...] = ()
 
     @property
     def open_segments(self) -> list[SegmentView]:
@@ -70,7 +72,10 @@ class RunView:
 def run_view(store: RunStore, ref: RunRef) -> RunView:
     """Everything a channel shows about one run; segments only while it waits for approval."""
     manifest = store.load(ref)
-    base = RunView(ref.run_id, ref.state, manifest.song.original_name, ref.path)
+    from daemon.backends.google.costs import estimate_lines
+
+    base = RunView(ref.run_id, ref.state, manifest.song.original_name, ref.path,
+                   cost=tuple(estimate_lines(ref.path)))
     if ref.state is State.FAILED and manifest.last_error is not None:
         return replace(base, error=manifest.last_error.reason,
                        hint=manifest.last_error.hint.replace("<run>", ref.run_id))

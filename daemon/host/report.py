@@ -28,6 +28,7 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
 
     yield from health_lines(root)
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
+    yield from _spend_today(root)
     if not refs:
         yield "no runs yet: drop a song into the inbox."
         return
@@ -44,6 +45,26 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
             yield f"  {ref.run_id}  {_progress(store, ref)}"
             if state in (State.ANALYZED, State.PENDING_APPROVAL, State.APPROVED):
                 yield from _live_jobs(store, ref)
+                yield from (f"      {line}" for line in _cost_lines(ref.path))
+
+
+def _spend_today(root: Path) -> Iterator[str]:
+    """Today's Google spend (UTC), when anything was spent."""
+    from datetime import UTC, datetime
+
+    from daemon.backends.google.costs import SPEND_DIR, day_total
+
+    if not (root / SPEND_DIR).is_dir():
+        return
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    yield f"google spend today ({day} UTC): ${day_total(root, day):.2f}"
+
+
+def _cost_lines(run_dir: Path) -> list[str]:
+    """A run's Google estimate and spend (none for a run without paid backends)."""
+    from daemon.backends.google.costs import estimate_lines
+
+    return estimate_lines(run_dir)
 
 
 def _live_jobs(store: RunStore, ref: RunRef) -> Iterator[str]:
@@ -104,6 +125,14 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
             extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
     yield from _writing_lines(ref.path)
+    cost = _cost_lines(ref.path)
+    if cost:
+        yield "cost"
+        yield from (f"  {line}" for line in cost)
+    fallbacks = [note for p in manifest.stages.values() for note in p.detail.get("fallbacks", [])]
+    if fallbacks:
+        yield "fallbacks"
+        yield from (f"  {note}" for note in fallbacks)
     if manifest.errors:
         yield "errors"
         for err in manifest.errors:

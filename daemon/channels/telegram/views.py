@@ -84,8 +84,9 @@ def song_text(view: RunView, record: TelegramRecord) -> str:
     if view.state is State.PENDING_APPROVAL:
         done = sum(1 for s in view.segments if s.approved is not None)
         per = max((len(s.candidates) for s in view.segments), default=0)
+        cost = "".join(f"\n💰 {line}" for line in view.cost)
         return (head + f"{len(view.segments)} segment(s), up to {per} candidate(s) each: tap ✅ or ❌ "
-                f"under each segment.\nApproved: {done} of {len(view.segments)}")
+                f"under each segment.\nApproved: {done} of {len(view.segments)}{cost}")
     segments = len({p.segment for p in record.posts})
     if view.state is State.APPROVED:
         return head + f"✅ all {segments} segment(s) approved: making the video"
