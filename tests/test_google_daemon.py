@@ -17,6 +17,7 @@ from google_helpers import google_settings
 
 from daemon.app import run
 from daemon.backends.google.costs import COST_FILE, SPEND_DIR
+from daemon.host.report import show_lines, status_lines
 from daemon.music.synth import write_song
 from daemon.runs.states import State
 from daemon.runs.store import RunStore
@@ -35,6 +36,14 @@ def no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def _drop(path: Path, seconds: float, bpm: float, **kwargs: float) -> None:
+    """A synthesized song in the inbox that looks a minute old (complete for --once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_song(path, seconds, bpm, **kwargs)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+
+
 def _runs(settings_root: Path, state: State) -> list[Path]:
     return [ref.path for ref in RunStore(settings_root).iter_runs([state])]
 
@@ -43,8 +52,7 @@ def test_song_to_final_video_with_gemini_images_and_veo_interpolation(tmp_path: 
     """A synthesized song becomes final.mp4 from Gemini candidates (with the reference) and Veo clips
     that end on the next segment's image; the ledger matches what the fake billed."""
     settings = google_settings(tmp_path, fake)
-    settings.paths.inbox.mkdir(parents=True)
-    write_song(settings.paths.inbox / "tandava.wav", 14.0, 120.0, section_change_at=7.0)
+    _drop(settings.paths.inbox / "tandava.wav", 14.0, 120.0, section_change_at=7.0)
     assert run(settings, threading.Event(), once=True) == 0
     [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
     info = media.probe(run_dir / "final.mp4")
@@ -80,10 +88,7 @@ def test_kill_9_with_three_operations_running_submits_nothing_twice(tmp_path: Pa
     """A daemon killed while three Veo operations run re-attaches to them by name after its restart:
     the fake sees three submits in all, and all three clips are collected."""
     settings = google_settings(tmp_path, fake, extra="[analysis]\nsegments = 3\n")
-    settings.paths.inbox.mkdir(parents=True)
-    write_song(settings.paths.inbox / "nataraja.wav", 12.0, 120.0)
-    old = time.time() - 60
-    os.utime(settings.paths.inbox / "nataraja.wav", (old, old))
+    _drop(settings.paths.inbox / "nataraja.wav", 12.0, 120.0)
     fake.op_seconds = 3600.0  # nothing finishes while the first daemon lives
     conf = tmp_path / "tandava.toml"
     proc = subprocess.Popen(_conf_cmd(conf, "run"), env=_clean_env(), stdout=subprocess.DEVNULL,
@@ -114,3 +119,48 @@ def test_kill_9_with_three_operations_running_submits_nothing_twice(tmp_path: Pa
     assert len(clips) == 3 and sum(e["units"] for e in clips) == fake.billed_seconds
     for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.log*")]:
         assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+def test_a_cap_below_the_estimate_holds_the_run_until_the_cap_is_raised(tmp_path: Path, fake: FakeGoogle) -> None:
+    """Over max_usd_per_run the run waits with the figures and the way on, nothing is sent; a raised cap
+    lets it finish, and the ledger adds up to what the fake billed."""
+    settings = google_settings(tmp_path, fake, extra="max_usd_per_run = 0.5\n[analysis]\nsegments = 3\n")
+    _drop(settings.paths.inbox / "budget.wav", 12.0, 120.0)
+    assert run(settings, threading.Event(), once=True) == 0
+    [run_dir] = _runs(settings.paths.state_root, State.APPROVED)
+    assert fake.submits == 0  # images were within the cap, no clip was sent
+    waiting = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["stages"]["render"]["detail"]["waiting"]
+    assert "max_usd_per_run = $0.50" in waiting and "estimate" in waiting
+    status = "\n".join(status_lines(settings.paths.state_root))
+    estimate = json.loads((run_dir / COST_FILE).read_text(encoding="utf-8"))["estimate"]
+    assert estimate["clips"]["count"] == 3 and all(s in (4, 6) for s in estimate["clips"]["seconds"])
+    assert "max_usd_per_run" in status and estimate["clips"]["text"] in status
+    assert "google spend today" in status
+    settings.google.max_usd_per_run = 5.0
+    assert run(settings, threading.Event(), once=True) == 0
+    [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
+    entries = json.loads((run_dir / COST_FILE).read_text(encoding="utf-8"))["entries"].values()
+    assert sum(e["units"] for e in entries if e["kind"] == "clip" and e["status"] == "billed") \
+        == fake.billed_seconds == sum(estimate["clips"]["seconds"])
+    assert sum(1 for e in entries if e["kind"] == "image" and e["status"] == "billed") == fake.billed_images == 3
+
+
+def test_a_filtered_clip_is_rewritten_once_then_falls_back_to_ken_burns(tmp_path: Path, fake: FakeGoogle) -> None:
+    """Veo's safety filter on a clip and on its rewritten prompt: the segment gets a Ken Burns clip,
+    the run renders, says so in `show`, and the filtered clips cost nothing."""
+    settings = google_settings(tmp_path, fake, extra="[analysis]\nsegments = 3\n")
+    _drop(settings.paths.inbox / "filtered.wav", 12.0, 120.0)
+    fake.video_replies.extend(["filtered", "ok", "ok", "filtered"])
+    assert run(settings, threading.Event(), once=True) == 0
+    [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
+    prompts = [op["prompt"] for op in fake.operations.values()]
+    assert len(prompts) == 4 and prompts[3].startswith("A calm") and prompts[3] != prompts[0]
+    shown = "\n".join(show_lines(RunStore(settings.paths.state_root), run_dir.name))
+    assert "fallbacks" in shown and "Ken Burns clip of the approved image" in shown
+    manifest = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    assert any(j["backend"] == "kenburns" and j["status"] == "done" for j in manifest["jobs"].values())
+    assert sum(1 for j in manifest["jobs"].values() if "filtered" in j["detail"]) == 2
+    entries = json.loads((run_dir / COST_FILE).read_text(encoding="utf-8"))["entries"].values()
+    assert sum(1 for e in entries if e["kind"] == "clip" and e["status"] == "free") == 2
+    assert sum(e["units"] for e in entries if e["kind"] == "clip" and e["status"] == "billed") == fake.billed_seconds
+    assert media.probe(run_dir / "final.mp4").frames > 0

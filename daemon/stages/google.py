@@ -104,7 +104,7 @@ def plan_lines(settings: Settings, segments: list[Segment]) -> list[Line]:
         from daemon.stages.render import plan_timeline
 
         fps = settings.video.fps
-        timeline = plan_timeline(settings, segments, MAX_SECONDS * fps)
+        timeline = plan_timeline(settings, segments, MAX_SECONDS * fps, shortest=True)
         lines.append(estimate_clips(cfg, [veo_seconds(c.frames, fps) for c in timeline.clips]))
     return lines
 

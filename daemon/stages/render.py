@@ -14,6 +14,7 @@ the engine move the run to ``rendered/``, so nothing half-made is ever there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -45,11 +46,16 @@ def make_video_backend(settings: Settings) -> VideoBackend:
     return KenBurnsBackend(media.find_ffmpeg(settings.assembly.ffmpeg))
 
 
-def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None) -> Timeline:
-    """The timeline for a run's segments under this installation's settings."""
+def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None, *,
+                  shortest: bool = False) -> Timeline:
+    """The timeline for a run's segments under this installation's settings.
+
+    ``shortest``: ask for only the frames each clip shows (a backend that bills
+    by the second and picks its own shortest length, Veo), not the model's
+    native length."""
     cfg = settings.assembly
     fps = settings.video.fps
-    return build_timeline(
+    timeline = build_timeline(
         [s.start for s in segments] + [segments[-1].end],
         fps=fps,
         max_frames=max_frames,
@@ -58,6 +64,10 @@ def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int |
         transition=cfg.transition,
         transition_frames=round(cfg.transition_seconds * fps) if cfg.transition != "none" else 0,
     )
+    if not shortest:
+        return timeline
+    clips = tuple(replace(c, frames=p.source_frames) for c, p in zip(timeline.clips, timeline.pieces, strict=True))
+    return replace(timeline, clips=clips)
 
 
 class Render:
@@ -92,7 +102,8 @@ class Render:
         ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)
         backend: VideoBackend = self.backend_for(self.settings)
-        timeline = plan_timeline(self.settings, segments, backend.max_frames)
+        timeline = plan_timeline(self.settings, segments, backend.max_frames,
+                                 shortest=getattr(backend, "bills_by_second", False))
         images = approved_images(job.ref, job.manifest, ApprovalStore(job.store).load(job.ref), len(segments))
         from daemon.stages.google import write_estimate
 

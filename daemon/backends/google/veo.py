@@ -54,6 +54,9 @@ class VeoBackend:
     """Clips from Veo; see the module docstring."""
 
     resource = "cpu"
+    # Veo bills by the second and makes 4, 6 or 8 s: the timeline asks for only the frames a clip
+    # shows, and ``veo_seconds`` picks the shortest length that covers them.
+    bills_by_second = True
 
     def __init__(self, route: Route, ledger: Ledger, *, ffmpeg: str, fps: int, slots: Slots | None = None
                  ) -> None:
