@@ -163,8 +163,7 @@ class FakeGoogle(ThreadedServer):
     def _authorise(self, request: web.Request, call: dict[str, Any]) -> None:
         headers = call["headers"]
         vertex = request.path.startswith("/v1beta1/")
-        express = vertex and "/projects/" not in request.path or (vertex and "x-goog-api-key" in headers)
-        if not vertex or express:
+        if not vertex or "authorization" not in headers:  # the Gemini API, or Vertex express mode
             key = headers.get("x-goog-api-key")
             if not key:
                 raise _ApiError(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")

@@ -194,6 +194,7 @@ class VeoBackend:
 
     def _download(self, client: object, job: Job, video: types.Video) -> Path:
         output = Path(job.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
         raw = fsutil.temp_path_for(output.with_suffix(".veo.mp4"))
         data = video.video_bytes
         if not data:

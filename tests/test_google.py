@@ -1,0 +1,226 @@
+"""Google's backends against a fake Google: routes, reference images, blocked output, 429s, caps, doctor."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakegoogle import API_KEY, TOKEN, FakeGoogle
+from PIL import Image
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from daemon.backends.base import Job, noop_progress
+from daemon.backends.google.client import Route
+from daemon.backends.google.costs import COST_FILE, Ledger, approve_spend, read_cost, veo_seconds
+from daemon.backends.google.doctor import doctor_checks
+from daemon.backends.google.images import GeminiImageBackend, aspect_ratio
+from daemon.backends.google.operations import polls_for, wait_until_done
+from daemon.backends.google.veo import VeoBackend
+from daemon.config import GoogleConfig, Settings
+from daemon.errors import PermanentError, QCFailed, Unavailable
+from daemon.video import media
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGoogle]:
+    with FakeGoogle(op_seconds=0.2) as server:
+        yield server
+
+
+def _cfg(fake: FakeGoogle, tmp_path: Path, **extra: object) -> GoogleConfig:
+    return GoogleConfig(base_url=fake.url, poll_first_seconds=0.05, poll_every_seconds=0.05, timeout_seconds=10,
+                        **extra)  # type: ignore[arg-type]
+
+
+def _image_job(tmp_path: Path, jid: str = "run-image-s000-i00-1") -> Job:
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return Job(id=jid, kind="image", backend="gemini", segment=0, seed=1, prompt="Shiva dances on Kailash",
+               width=320, height=180, output=str(tmp_path / "run" / "candidates" / "s000_c00.png"))
+
+
+def _clip_job(tmp_path: Path, *, last: bool = False) -> Job:
+    run = tmp_path / "run"
+    (run / "candidates").mkdir(parents=True, exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (320, 180), (90, 40, 160)).save(run / "candidates" / name)
+    return Job(id="run-clip-s000-i00-7", kind="clip", backend="veo", segment=0, seed=7, prompt="slow zoom",
+               width=320, height=180, frames=50, fps=12, source=str(run / "candidates" / "a.png"),
+               output=str(run / "clips" / "s000_p00.mp4"),
+               detail={"last_frame": str(run / "candidates" / "b.png")} if last else {})
+
+
+def test_images_on_the_gemini_api_send_every_reference_and_the_aspect_ratio(fake: FakeGoogle, tmp_path: Path) -> None:
+    """An image request carries the key, the reference images inline, and the ratio nearest the video's."""
+    ref = tmp_path / "shiva.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(ref)
+    cfg = _cfg(fake, tmp_path, references=[ref])
+    backend = GeminiImageBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg))
+    job = _image_job(tmp_path)
+    out = backend.collect(job, progress=noop_progress, stop=threading.Event())
+    with Image.open(out) as image:
+        assert image.size == (320, 180)
+    [call] = fake.requests(":generateContent")
+    assert call["path"] == f"/v1beta/models/{cfg.image_model}:generateContent"
+    assert call["headers"]["x-goog-api-key"] == API_KEY
+    parts = call["body"]["contents"][0]["parts"]
+    assert parts[0]["inlineData"]["mime_type"] == "image/jpeg" and parts[1] == {"text": job.prompt}
+    assert call["body"]["generationConfig"]["imageConfig"]["aspectRatio"] == "16:9"
+    assert job.detail["request_id"] and job.detail["model"] == cfg.image_model
+    assert read_cost(tmp_path / "run")["entries"][job.id]["status"] == "billed"
+
+
+@pytest.mark.parametrize(("reply", "said"), [("blocked_prompt", "prompt blocked (PROHIBITED_CONTENT)"),
+                                             ("blocked_image", "image blocked (IMAGE_SAFETY)"),
+                                             ("text_only", "without an image")])
+def test_blocked_output_is_a_recorded_reason_and_free(fake: FakeGoogle, tmp_path: Path, reply: str,
+                                                      said: str) -> None:
+    """A 200 answer without an image raises QCFailed with the reason, kept on the job and free in the ledger."""
+    cfg = _cfg(fake, tmp_path)
+    backend = GeminiImageBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg))
+    fake.image_replies.append(reply)
+    job = _image_job(tmp_path)
+    with pytest.raises(QCFailed, match=r"no image") as caught:
+        backend.collect(job, progress=noop_progress, stop=threading.Event())
+    assert said in caught.value.reason and said in str(job.detail["blocked"])
+    assert read_cost(tmp_path / "run")["entries"][job.id]["status"] == "free"
+    assert fake.billed_images == 0
+
+
+def test_a_429_waits_for_its_retry_delay(fake: FakeGoogle, tmp_path: Path) -> None:
+    """Two 429s with RetryInfo 0.3s: the next requests come after the delay Google asked for, then succeed."""
+    cfg = _cfg(fake, tmp_path)
+    backend = GeminiImageBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg))
+    fake.rate_limit(2, "0.3s")
+    backend.collect(_image_job(tmp_path), progress=noop_progress, stop=threading.Event())
+    times = [c["at"] for c in fake.requests(":generateContent")]
+    assert len(times) == 3 and all(b - a >= 0.29 for a, b in zip(times, times[1:], strict=False))
+
+
+def test_quota_exhausted_parks_the_run_and_a_stop_ends_the_wait(fake: FakeGoogle, tmp_path: Path) -> None:
+    """429s past every attempt become Unavailable (the run waits, with the fix); a stop cuts the wait short."""
+    cfg = _cfg(fake, tmp_path, attempts=2)
+    backend = GeminiImageBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg))
+    fake.rate_limit(5, "30s")
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="quota") as caught:
+        backend.collect(_image_job(tmp_path), progress=noop_progress, stop=stop)
+    assert time.monotonic() - started < 5 and "quota" in caught.value.hint
+
+
+def test_an_unknown_model_and_a_bad_key_name_the_cause_and_never_the_key(fake: FakeGoogle, tmp_path: Path) -> None:
+    """404 names the model and the setting to change; a rejected key says so without the key (Google echoes it)."""
+    cfg = _cfg(fake, tmp_path, image_model="gemini-9-image")
+    cfg.prices["gemini-9-image"] = cfg.prices["gemini-3-pro-image"]
+    with pytest.raises(PermanentError) as missing:
+        GeminiImageBackend(Route(cfg, API_KEY), Ledger(tmp_path / "s", cfg)).collect(
+            _image_job(tmp_path), progress=noop_progress, stop=threading.Event())
+    assert missing.value.cause == "GoogleModel" and "gemini-9-image" in missing.value.reason
+    assert "image_model" in missing.value.hint
+    wrong = "AIzaWrongKeyThatMustNeverBeShown_123456"
+    with capture_logs() as logs, pytest.raises(PermanentError) as refused:
+        GeminiImageBackend(Route(_cfg(fake, tmp_path), wrong), Ledger(tmp_path / "s", cfg)).collect(
+            _image_job(tmp_path, "other"), progress=noop_progress, stop=threading.Event())
+    assert refused.value.cause == "GoogleCredentials"
+    assert wrong not in refused.value.reason + refused.value.hint + repr(logs)
+    assert refused.value.__cause__ is None and wrong not in (tmp_path / "run" / COST_FILE).read_text("utf-8")
+
+
+def test_veo_on_the_gemini_api_route_is_refused_before_any_request(fake: FakeGoogle, tmp_path: Path) -> None:
+    """google-genai 3.x sends Veo only on Vertex AI: the key route fails with the setting to change, nothing sent."""
+    cfg = _cfg(fake, tmp_path)
+    backend = VeoBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg), ffmpeg=media.find_ffmpeg(), fps=12)
+    with pytest.raises(PermanentError, match="only on Vertex AI") as caught:
+        backend.submit(_clip_job(tmp_path))
+    assert caught.value.cause == "GoogleRoute" and 'route = "vertex"' in caught.value.hint
+    assert fake.submits == 0 and not fake.calls
+    assert read_cost(tmp_path / "run")["entries"]["run-clip-s000-i00-7#1"]["status"] == "free"
+
+
+@pytest.mark.parametrize("express", [False, True])
+def test_veo_on_vertex_interpolates_and_conforms_the_clip(fake: FakeGoogle, tmp_path: Path, express: bool) -> None:
+    """Vertex (project + credentials, or an express key): first and last frame sent, no audio, 6 s asked for
+    50 frames at 12 fps; the clip comes back as exactly those frames at 320x180 without audio."""
+    extra = {"route": "vertex"} if express else {
+        "route": "vertex", "project": "p1", "credentials_file": fake.authorized_user_file(tmp_path)}
+    cfg = _cfg(fake, tmp_path, **extra)
+    backend = VeoBackend(Route(cfg, API_KEY if express else ""), Ledger(tmp_path / "state", cfg),
+                         ffmpeg=media.find_ffmpeg(), fps=12)
+    job = _clip_job(tmp_path, last=True)
+    backend.submit(job)
+    name = str(job.detail["operation"])
+    assert backend.can_resume(job)
+    out = backend.collect(job, progress=noop_progress, stop=threading.Event())
+    info = media.probe(out)
+    assert (info.frames, info.width, info.height, info.has_audio) == (50, 320, 180, False)
+    [submit] = fake.requests(":predictLongRunning")
+    prefix = "/v1beta1/publishers" if express else "/v1beta1/projects/p1/locations/us-central1/publishers"
+    assert submit["path"].startswith(prefix)
+    assert (submit["headers"].get("x-goog-api-key") == API_KEY) if express else \
+        (submit["headers"]["authorization"] == f"Bearer {TOKEN}")
+    params = submit["body"]["parameters"]
+    assert params["durationSeconds"] == 6 and params["generateAudio"] is False and params["seed"] == 7
+    assert "lastFrame" in submit["body"]["instances"][0]
+    assert fake.requests(":fetchPredictOperation")[0]["body"] == {"operationName": name}
+    assert fake.billed_seconds == 6 and read_cost(tmp_path / "run")["entries"][f"{job.id}#1"]["status"] == "billed"
+
+
+def test_polling_follows_the_schedule_and_stops_on_request() -> None:
+    """A 90 s operation is seen through by 8 polls (20 s, then every 10 s); a stop ends the wait at once."""
+    assert polls_for(90, 20, 10) == 8 and polls_for(5, 20, 10) == 1
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    got = wait_until_done(lambda: pytest.fail("polled before its time"), submitted_at=time.time(), first=30,
+                          every=10, stop=stop, progress=lambda f, w: None)
+    assert got is None and time.monotonic() - started < 2
+
+
+def test_caps_count_money_in_flight_and_a_run_can_be_approved_once(tmp_path: Path) -> None:
+    """Pending and billed entries count against both caps; over one, nothing is entered and the reason names
+    the figures and the way on; an approved spend lets that run past; a re-attached job is not counted twice."""
+    cfg = GoogleConfig(max_usd_per_run=1.0, max_usd_per_day=1.5)
+    ledger = Ledger(tmp_path / "state", cfg)
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    run_a.mkdir(), run_b.mkdir()
+    ledger.reserve(run_a, "a1", kind="clip", model="veo", units=6, usd=0.72)
+    ledger.reserve(run_a, "a1", kind="clip", model="veo", units=6, usd=0.72)  # the same job again
+    with pytest.raises(Unavailable) as over:
+        ledger.reserve(run_a, "a2", kind="clip", model="veo", units=4, usd=0.48)
+    assert "$1.20" in over.value.reason and "max_usd_per_run = $1.00" in over.value.reason
+    assert "tandava spend a --approve" in over.value.hint
+    approve_spend(run_a, 1.25)
+    ledger.reserve(run_a, "a2", kind="clip", model="veo", units=4, usd=0.48)
+    ledger.settle(run_a, "a2", "free", reason="filtered")
+    ledger.reserve(run_b, "b1", kind="clip", model="veo", units=4, usd=0.48)
+    with pytest.raises(Unavailable, match="max_usd_per_day"):
+        ledger.reserve(run_b, "b2", kind="clip", model="veo", units=4, usd=0.48)
+    assert sorted(read_cost(run_a)["entries"]) == ["a1", "a2"]
+
+
+def test_shortest_veo_length_and_nearest_aspect_ratio() -> None:
+    """Veo gets the shortest of 4/6/8 s covering the clip; images the supported ratio nearest the video's."""
+    assert [veo_seconds(f, 24) for f in (1, 96, 97, 144, 192, 300)] == [4, 4, 6, 6, 8, 8]
+    assert (aspect_ratio(832, 480), aspect_ratio(1080, 1920), aspect_ratio(512, 512)) == ("16:9", "9:16", "1:1")
+
+
+def test_doctor_checks_credentials_route_models_prices_and_caps(fake: FakeGoogle, tmp_path: Path,
+                                                                 settings: Settings) -> None:
+    """doctor: all ok on Vertex with the fake; the key route names Veo's route problem; an unknown model and
+    a model without a price each fail with their fix; the key appears nowhere."""
+    settings.images.backend, settings.clips.backend = "gemini", "veo"
+    settings.google = _cfg(fake, tmp_path, route="vertex", project="p1",
+                           credentials_file=fake.authorized_user_file(tmp_path))
+    checks = {c.name: c for c in doctor_checks(Route(settings.google, ""), settings)}
+    assert all(c.ok for c in checks.values()), checks
+    assert "Veo veo-3.1-fast-generate-001 through Vertex AI project p1" in checks["veo route"].detail
+    settings.google = _cfg(fake, tmp_path, veo_model="veo-9", api_key=SecretStr(API_KEY))
+    checks = {c.name: c for c in doctor_checks(Route(settings.google, API_KEY), settings)}
+    assert not checks["veo route"].ok and not checks["google prices"].ok and "veo-9" in checks["google prices"].detail
+    assert checks["google model gemini-3-pro-image"].ok
+    assert all(API_KEY not in c.detail for c in checks.values())
