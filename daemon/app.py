@@ -23,6 +23,7 @@ from daemon.intake.intake import Intake
 from daemon.runs.engine import Engine
 from daemon.runs.health import HealthReporter, comfy_backends
 from daemon.runs.store import RunStore
+from daemon.stages.google import GoogleBackends, open_google
 from daemon.stages.pipeline import build_stages
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     release = store.lock()
     watcher: InboxWatcher | None = None
     comfy: ComfyBackends | None = None
+    google: GoogleBackends | None = None
     channels: list[Channel] = []
     health: HealthReporter | None = None
     try:
@@ -75,9 +77,10 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         )
         if uses_comfy(settings):
             comfy = open_comfy(settings)
+        google = open_google(settings)
         engine = Engine(
             store,
-            build_stages(settings, comfy),
+            build_stages(settings, comfy, google),
             workers={"cpu": settings.engine.cpu_workers, "gpu": settings.engine.gpu_runs},
             attempts=settings.engine.attempts,
             backoff_initial=settings.engine.backoff_initial_seconds,
@@ -129,6 +132,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             watcher.stop()
         if comfy is not None:
             comfy.close()
+        if google is not None:
+            google.close()
         if health is not None:
             health.stop()
         release()

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from daemon.backends.base import Job, noop_progress
-from daemon.backends.google.client import Route
+from daemon.backends.google.client import Route as _Route
 from daemon.backends.google.costs import COST_FILE, Ledger, approve_spend, read_cost, veo_seconds
 from daemon.backends.google.doctor import doctor_checks
 from daemon.backends.google.images import GeminiImageBackend, aspect_ratio
@@ -29,6 +29,23 @@ from daemon.video import media
 def fake() -> Iterator[FakeGoogle]:
     with FakeGoogle(op_seconds=0.2) as server:
         yield server
+
+
+_ROUTES: list[_Route] = []
+
+
+@pytest.fixture(autouse=True)
+def close_routes() -> Iterator[None]:
+    yield
+    while _ROUTES:
+        _ROUTES.pop().close()
+
+
+def Route(cfg: GoogleConfig, key: str) -> _Route:  # noqa: N802 - stands in for the class in these tests
+    """A route whose shared client is closed after the test."""
+    route = _Route(cfg, key)
+    _ROUTES.append(route)
+    return route
 
 
 def _cfg(fake: FakeGoogle, tmp_path: Path, **extra: object) -> GoogleConfig:

@@ -92,6 +92,15 @@ class GoogleBackends:
                                     fps=settings.video.fps)
         return made
 
+    def close(self) -> None:
+        """End the shared HTTP client (the daemon is stopping)."""
+        self.route.close()
+
+
+def open_google(settings: Settings) -> GoogleBackends | None:
+    """Google's backends when one is configured, else None."""
+    return GoogleBackends.open(settings) if uses_google(settings) else None
+
 
 def plan_lines(settings: Settings, segments: list[Segment]) -> list[Line]:
     """The estimate lines of a run with these segments under these settings."""

@@ -36,7 +36,6 @@ import math
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,12 +75,30 @@ SDK_FAILURES: tuple[type[Exception], ...] = (
     genai_errors.APIError, httpx.HTTPError, *_HTTPX2, *_AUTH, OSError, ValueError, KeyError, RuntimeError)
 
 
-@dataclass(frozen=True)
 class Route:
-    """How to reach Google: the route and its credentials (the key is never shown)."""
+    """How to reach Google: the route and its credentials (the key is never shown).
 
-    cfg: GoogleConfig
-    api_key: str
+    ``shared()`` is the one client every job of a daemon uses (building one
+    loads TLS contexts and takes a good fraction of a second); ``close()`` ends it.
+    """
+
+    def __init__(self, cfg: GoogleConfig, api_key: str) -> None:
+        self.cfg = cfg
+        self.api_key = api_key
+        self._shared: genai.Client | None = None
+        self._lock = threading.Lock()
+
+    def shared(self) -> genai.Client:
+        with self._lock:
+            if self._shared is None:
+                self._shared = self.client()
+            return self._shared
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shared is not None:
+                self._shared.close()
+                self._shared = None
 
     def __repr__(self) -> str:
         return f"Route({self.describe()})"

@@ -104,7 +104,7 @@ class GeminiImageBackend:
                                               if "gemini-2.5" not in self.model else {})))
         contents: list[types.PartUnionDict] = [*parts, job.prompt]
         progress(0.1, f"asking {self.model}")
-        client = self.route.client()
+        client = self.route.shared()
         try:
             response = call(lambda: client.models.generate_content(model=self.model, contents=contents,
                                                                    config=config),
@@ -112,8 +112,6 @@ class GeminiImageBackend:
         except StageError as exc:
             self.ledger.settle(run_dir, job.id, "free", reason=exc.cause)
             raise
-        finally:
-            client.close()
         job.detail.update({"model": self.model, "request_id": response.response_id or "",
                            "references": len(parts)})
         reason = blocked_reason(response)

@@ -124,7 +124,7 @@ class VeoBackend:
             last_frame=types.Image(image_bytes=Path(last).read_bytes(), mime_type=image_mime(Path(last)))
             if last else None)
         job.detail.update({"sends": sends, "model": self.model, "veo_seconds": seconds})
-        client = self.route.client()
+        client = self.route.shared()
         try:
             operation = call(lambda: client.models.generate_videos(
                 model=self.model, source=types.GenerateVideosSource(prompt=job.prompt, image=source),
@@ -137,8 +137,6 @@ class VeoBackend:
             else:
                 self.ledger.settle(run_dir, key, "free", reason=exc.cause)
             raise
-        finally:
-            client.close()
         if not operation.name:
             raise TransientError("Veo answered the submit without an operation name", cause="GoogleServer")
         job.detail.update({"operation": operation.name, "submitted_at": round(time.time(), 3),
@@ -148,30 +146,29 @@ class VeoBackend:
     def _finish(self, job: Job, progress: Progress, stop: threading.Event) -> Path:
         name = str(job.detail["operation"])
         cfg = self.route.cfg
-        client = self.route.client()
-        try:
-            def get() -> types.GenerateVideosOperation:
-                return call(lambda: client.operations.get(types.GenerateVideosOperation.model_validate({"name": name})),
-                            route=self.route, what="operations.get", model=self.model, stop=stop)
+        client = self.route.shared()
+        asked = types.GenerateVideosOperation.model_validate({"name": name})  # re-attach needs the name only
 
-            try:
-                done = wait_until_done(get, submitted_at=float(job.detail.get("submitted_at", 0)),
-                                       first=cfg.poll_first_seconds, every=cfg.poll_every_seconds,
-                                       stop=stop, progress=progress)
-            except PermanentError as exc:
-                if exc.cause in ("GoogleModel", "GoogleRequest"):
-                    job.detail.pop("operation", None)  # gone at Google: sent again after the cost check
-                raise
-            if done is None:
-                raise TransientError("stopped while Veo was rendering; the operation is re-attached on start",
-                                     cause="Stopped")
-            result = outcome(done)
-            if result.kind != "video":
-                self._refused(job, result)
-            assert result.video is not None
-            return self._download(client, job, result.video)
-        finally:
-            client.close()
+        def get() -> types.GenerateVideosOperation:
+            return call(lambda: client.operations.get(asked), route=self.route, what="operations.get",
+                        model=self.model, stop=stop)
+
+        try:
+            done = wait_until_done(get, submitted_at=float(job.detail.get("submitted_at", 0)),
+                                   first=cfg.poll_first_seconds, every=cfg.poll_every_seconds,
+                                   stop=stop, progress=progress)
+        except PermanentError as exc:
+            if exc.cause in ("GoogleModel", "GoogleRequest"):
+                job.detail.pop("operation", None)  # gone at Google: sent again after the cost check
+            raise
+        if done is None:
+            raise TransientError("stopped while Veo was rendering; the operation is re-attached on start",
+                                 cause="Stopped")
+        result = outcome(done)
+        if result.kind != "video":
+            self._refused(job, result)
+        assert result.video is not None
+        return self._download(client, job, result.video)
 
     def _refused(self, job: Job, result: Outcome) -> None:
         run_dir = Path(job.output).parents[1]
