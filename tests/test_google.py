@@ -49,8 +49,9 @@ def Route(cfg: GoogleConfig, key: str) -> _Route:  # noqa: N802 - stands in for 
 
 
 def _cfg(fake: FakeGoogle, tmp_path: Path, **extra: object) -> GoogleConfig:
-    return GoogleConfig(base_url=fake.url, poll_first_seconds=0.05, poll_every_seconds=0.05, timeout_seconds=10,
-                        **extra)  # type: ignore[arg-type]
+    values: dict[str, object] = {"base_url": fake.url, "poll_first_seconds": 0.05, "poll_every_seconds": 0.05,
+                                 "timeout_seconds": 10} | extra
+    return GoogleConfig(**values)  # type: ignore[arg-type]
 
 
 def _image_job(tmp_path: Path, jid: str = "run-image-s000-i00-1") -> Job:
@@ -241,3 +242,40 @@ def test_doctor_checks_credentials_route_models_prices_and_caps(fake: FakeGoogle
     assert not checks["veo route"].ok and not checks["google prices"].ok and "veo-9" in checks["google prices"].detail
     assert checks["google model gemini-3-pro-image"].ok
     assert all(API_KEY not in c.detail for c in checks.values())
+
+
+def test_operations_past_the_limit_wait_for_a_slot_and_old_ones_are_not_reattached(fake: FakeGoogle,
+                                                                                   tmp_path: Path) -> None:
+    """With one slot, a second clip is not sent at submit but from collect once the first is done; an
+    operation older than keep_hours is dropped (sent again after the cost check)."""
+    cfg = _cfg(fake, tmp_path, route="vertex", max_concurrent_operations=1)
+    backend = VeoBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg), ffmpeg=media.find_ffmpeg(), fps=12)
+    first, second = _clip_job(tmp_path), _clip_job(tmp_path).model_copy(
+        update={"id": "run-clip-s001-i00-7", "output": str(tmp_path / "run" / "clips" / "s001_p00.mp4"),
+                "detail": {}})
+    backend.submit(first)
+    backend.submit(second)
+    assert fake.submits == 1 and "operation" not in second.detail and not backend.can_resume(second)
+    backend.collect(first, progress=noop_progress, stop=threading.Event())
+    backend.collect(second, progress=noop_progress, stop=threading.Event())
+    assert fake.submits == 2 and backend.slots.held == 0
+    old = second.model_copy(update={"detail": {"operation": "x/operations/1", "submitted_at": time.time() - 49 * 3600}})
+    assert not backend.can_resume(old) and "operation" not in old.detail
+
+
+def test_a_submit_whose_answer_is_lost_stays_counted_as_spent(fake: FakeGoogle, tmp_path: Path) -> None:
+    """A submit that timed out may be billed: its ledger entry stays pending (the caps count it), the job has
+    no operation to re-attach, and the next send is a new ledger entry after the cost check."""
+    cfg = _cfg(fake, tmp_path, route="vertex", timeout_seconds=1)
+    backend = VeoBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg), ffmpeg=media.find_ffmpeg(), fps=12)
+    fake.submit_delay = 3.0
+    job = _clip_job(tmp_path)
+    with pytest.raises(Exception, match="did not answer in time"):
+        backend.submit(job)
+    assert fake.submits == 1 and "operation" not in job.detail and not backend.can_resume(job)
+    fake.submit_delay = 0.0
+    backend.submit(job)
+    entries = read_cost(tmp_path / "run")["entries"]
+    assert entries[f"{job.id}#1"]["status"] == "pending" and f"{job.id}#2" in entries
+    backend.collect(job, progress=noop_progress, stop=threading.Event())
+    assert read_cost(tmp_path / "run")["entries"][f"{job.id}#2"]["status"] == "billed"

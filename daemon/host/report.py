@@ -210,7 +210,7 @@ fps = {defaults.CLIP_FPS}                  # Wan 2.1's native rate
 clip_frames = {defaults.CLIP_FRAMES}          # Wan 2.1 makes 4k+1 frames; 81 at 16 fps is 5.06 s
 
 [images]
-backend = "storyboard"     # storyboard (labelled preview frames), folder (your photos) or comfyui (Flux)
+backend = "storyboard"     # storyboard (labelled preview frames), folder (your photos), comfyui (Flux) or gemini
 candidates = {defaults.CANDIDATES}             # candidate images per segment
 # folder = "photos"        # photos for the folder backend; default: a folder named like the song in the inbox
 max_rounds = {defaults.MAX_ROUNDS}             # rounds of new candidates when every candidate of a segment is rejected
@@ -220,7 +220,9 @@ qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, flat or
 mode = "manual"            # manual (tandava approve …) or auto (the first candidate nobody rejected)
 
 [clips]
-backend = "kenburns"       # kenburns (a slow camera move over each image) or comfyui (Wan 2.1 image-to-video)
+backend = "kenburns"       # kenburns (a slow camera move over each image), comfyui (Wan 2.1) or veo (Google)
+veo_mode = "chain"         # veo: "interpolate" ends each clip on the next segment's approved image
+fallback = "kenburns"      # a clip refused by a safety filter (after one rewrite): kenburns, or none (the run fails)
 qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, frozen or flashing ComfyUI clip before the run fails
 max_slowdown = {defaults.MAX_SLOWDOWN}         # how far a clip may be slowed to fill its segment before a chain is used
 
@@ -242,6 +244,20 @@ silence_seconds = {defaults.COMFY_SILENCE_SECONDS}       # no event this long wh
 # args = ["--disable-api-nodes"]
 # port = {defaults.COMFY_PORT}
 # log_file = "logs/comfyui.log"
+
+[google]                   # gemini images / veo clips; the key: GOOGLE_API_KEY in .env
+route = "gemini-api"       # gemini-api (a key; images only) or vertex (project + ADC, or an express key)
+# project = "my-project"
+location = "{defaults.GOOGLE_LOCATION}"
+# credentials_file = "service-account.json"
+# references = ["refs/shiva.png"]   # sent with every image request: the same character everywhere
+image_model = "{defaults.GOOGLE_IMAGE_MODEL}"
+veo_model = "{defaults.GOOGLE_VEO_MODEL}"
+max_usd_per_run = {defaults.GOOGLE_MAX_USD_PER_RUN}     # a job past a cap is not sent; `tandava spend RUN --approve`
+max_usd_per_day = {defaults.GOOGLE_MAX_USD_PER_DAY}
+max_concurrent_operations = {defaults.GOOGLE_MAX_OPERATIONS}
+# [google.prices."veo-3.1-fast-generate-001"]   # USD; defaults as published on {defaults.GOOGLE_PRICES_DATE}
+# second = 0.12
 
 [assembly]
 transition = "crossfade"   # none, fade or crossfade, at section changes

@@ -17,7 +17,8 @@ real socket on 127.0.0.1). Routes, as captured from the SDK (see
 
 Answers are scripted per kind: ``image_replies`` ("ok", "blocked_prompt",
 "blocked_image", "text_only") and ``video_replies`` ("ok", "filtered",
-"error"); empty queues answer "ok". ``rate_limit(n, "2s")`` answers the next
+"error"); empty queues answer "ok". ``submit_delay`` holds a submit's answer back
+(the operation exists; a client that times out never learns its name). ``rate_limit(n, "2s")`` answers the next
 ``n`` requests with 429 and a ``RetryInfo``; unknown models get 404.
 An operation is done ``op_seconds`` after its submit. Images are billed when
 returned, video seconds when an operation finishes with a video
@@ -27,6 +28,7 @@ as Google says. ``submits`` counts every ``predictLongRunning``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -89,6 +91,8 @@ class FakeGoogle(ThreadedServer):
         self.video_replies: deque[str] = deque()
         self.operations: dict[str, dict[str, Any]] = {}
         self.submits = 0
+        # Seconds a submit takes to answer (longer than a client's timeout: the answer is lost).
+        self.submit_delay = 0.0
         self.billed_images = 0
         self.billed_seconds = 0
         self._limited: list[str] = []
@@ -194,7 +198,9 @@ class FakeGoogle(ThreadedServer):
             if method == "generateContent":
                 return web.json_response(self._image(call["body"]))
             if method == "predictLongRunning" and request.path.startswith("/v1beta1/"):
-                return web.json_response(self._submit(call["body"], f"{prefix}/models/{model}"))
+                answer = self._submit(call["body"], f"{prefix}/models/{model}")
+                await asyncio.sleep(self.submit_delay)
+                return web.json_response(answer)
             if method == "fetchPredictOperation":
                 return web.json_response(self._fetch(call["body"].get("operationName", "")))
             raise _ApiError(404, "NOT_FOUND", f"Method {method} not found.")
