@@ -149,6 +149,16 @@ def test_an_unknown_model_and_a_bad_key_name_the_cause_and_never_the_key(fake: F
     assert refused.value.__cause__ is None and wrong not in (tmp_path / "run" / COST_FILE).read_text("utf-8")
 
 
+def test_no_key_or_project_fails_with_the_fix_before_any_request(fake: FakeGoogle, tmp_path: Path) -> None:
+    """Without a key (Gemini API) or a project or key (Vertex), nothing is sent and the fix is named."""
+    for cfg in (_cfg(fake, tmp_path), _cfg(fake, tmp_path, route="vertex")):
+        backend = GeminiImageBackend(Route(cfg, ""), Ledger(tmp_path / "state", cfg))
+        with pytest.raises(PermanentError, match="GOOGLE_API_KEY") as caught:
+            backend.collect(_image_job(tmp_path), progress=noop_progress, stop=threading.Event())
+        assert caught.value.cause == "GoogleCredentials"
+    assert not fake.calls
+
+
 def test_veo_on_the_gemini_api_route_is_refused_before_any_request(fake: FakeGoogle, tmp_path: Path) -> None:
     """google-genai 3.x sends Veo only on Vertex AI: the key route fails with the setting to change, nothing sent."""
     cfg = _cfg(fake, tmp_path)

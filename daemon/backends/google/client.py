@@ -136,6 +136,13 @@ class Route:
         return ("the Vertex route needs [google] project (with Application Default Credentials or "
                 "[google] credentials_file) or an express-mode API key in GOOGLE_API_KEY")
 
+    def require(self) -> None:
+        """Raise ``PermanentError`` with the fix when nothing can be sent on this route."""
+        missing = self.missing()
+        if missing:
+            raise PermanentError(f"Google cannot be used: {missing}",
+                                 "Then run `tandava doctor` and `tandava retry <run>`.", cause="GoogleCredentials")
+
     def client(self, *, timeout_seconds: float | None = None) -> genai.Client:
         """A client on this route; no SDK retries (a resent submit is a second bill)."""
         timeout = max(1, math.ceil((timeout_seconds or self.cfg.timeout_seconds) * 1000))

@@ -92,6 +92,7 @@ class GeminiImageBackend:
         return False
 
     def collect(self, job: Job, *, progress: Progress, stop: threading.Event) -> Path:
+        self.route.require()
         output = Path(job.output)
         run_dir = output.parents[1]
         parts = [self._reference(p) for p in self.references]

@@ -104,6 +104,11 @@ class VeoBackend:
     # -- steps ----------------------------------------------------------------------
 
     def _send(self, job: Job, stop: threading.Event) -> None:
+        try:
+            self.route.require()
+        except StageError:
+            self.slots.give(job.id)
+            raise
         run_dir = Path(job.output).parents[1]
         seconds = veo_seconds(job.frames, job.fps)
         sends = int(job.detail.get("sends", 0)) + 1
