@@ -289,3 +289,23 @@ def test_a_submit_whose_answer_is_lost_stays_counted_as_spent(fake: FakeGoogle, 
     assert entries[f"{job.id}#1"]["status"] == "pending" and f"{job.id}#2" in entries
     backend.collect(job, progress=noop_progress, stop=threading.Event())
     assert read_cost(tmp_path / "run")["entries"][f"{job.id}#2"]["status"] == "billed"
+
+
+def test_a_refused_prompt_is_rewritten_by_gemini_when_it_writes(settings: Settings) -> None:
+    """With Gemini among the writers, it rewrites a refused clip prompt; when it cannot answer, the local
+    gentle rewrite is used instead."""
+    from fakegemini import API_KEY as GEMINI_KEY
+    from fakegemini import FakeGemini, error, text
+
+    from daemon.stages.google import prompt_rewriter
+
+    with FakeGemini() as gemini:
+        settings.analysis.writer = "gemini"
+        settings.gemini = settings.gemini.model_copy(update={
+            "base_url": gemini.base_url, "api_key": SecretStr(GEMINI_KEY), "attempts": 1})
+        gemini.script(text("A slow orbit around a glowing lotus at dawn"), error(500, "INTERNAL", "boom"))
+        rewrite = prompt_rewriter(settings)
+        assert rewrite("Shiva's trident burns the city", "violence") == "A slow orbit around a glowing lotus at dawn"
+        assert "refused this motion prompt" in gemini.prompt(gemini.generate_calls()[0])
+        fallback = rewrite("Shiva's trident burns the city", "violence")
+        assert fallback.startswith("A calm") and "trident" not in fallback

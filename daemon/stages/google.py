@@ -16,9 +16,12 @@ changes, never after a paid job of that kind has been sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import structlog
 
 from daemon.backends.google.client import Route
 from daemon.backends.google.costs import (
@@ -34,6 +37,8 @@ from daemon.backends.google.costs import (
 )
 from daemon.config import Settings
 from daemon.music.plan import Segment
+
+log = structlog.get_logger("tandava.google")
 
 if TYPE_CHECKING:
     from daemon.backends.google.images import GeminiImageBackend
@@ -132,6 +137,24 @@ def write_estimate(settings: Settings, run_dir: Path, segments: list[Segment]) -
 # Words that Veo's filters often read as violence or harm in a mythological prompt.
 _HARSH = ("blood", "bloody", "kill", "killing", "weapon", "trident", "destroy", "destruction", "burning",
           "fire", "flames", "rage", "wrath", "skull", "skulls", "war", "battle", "fight", "dead", "death")
+
+
+def prompt_rewriter(settings: Settings) -> Callable[[str, str], str]:
+    """How a refused clip's prompt is rewritten: by Gemini when it writes the prompts (a writer in
+    ``[analysis]``), with ``gentle_prompt`` when Gemini cannot answer; else ``gentle_prompt``."""
+    if "gemini" not in (settings.analysis.writer, *settings.analysis.fallback):
+        return gentle_prompt
+    from daemon.writers.brief import WriterFailed
+    from daemon.writers.gemini import api_key_for, rewrite_prompt
+
+    def rewrite(prompt: str, reason: str) -> str:
+        try:
+            return rewrite_prompt(settings.gemini, api_key_for(settings), prompt, reason)
+        except WriterFailed as exc:
+            log.warning("rewrite.fell_back", cause=exc.cause)
+            return gentle_prompt(prompt, reason)
+
+    return rewrite
 
 
 def gentle_prompt(prompt: str, reason: str) -> str:

@@ -42,7 +42,7 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None,
     """
     from daemon.stages.candidates import MakeCandidates, Offer, image_backend_for
     from daemon.stages.gate import Gate
-    from daemon.stages.google import GoogleBackends, uses_google
+    from daemon.stages.google import GoogleBackends, prompt_rewriter, uses_google
     from daemon.stages.render import Render, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
@@ -65,7 +65,8 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None,
         Stage("images", State.ANALYZED, Event.IMAGES_DONE, MakeCandidates(settings, images_for), images_on),
         Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
         Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings, images_for)),
-        Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings, video_for), render_on),
+        Stage("render", State.APPROVED, Event.RENDER_DONE,
+              Render(settings, video_for, rewrite=prompt_rewriter(settings)), render_on),
     ]
 
 
