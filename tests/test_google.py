@@ -21,7 +21,7 @@ from daemon.backends.google.images import GeminiImageBackend, aspect_ratio
 from daemon.backends.google.operations import polls_for, wait_until_done
 from daemon.backends.google.veo import VeoBackend
 from daemon.config import GoogleConfig, Settings
-from daemon.errors import PermanentError, QCFailed, Unavailable
+from daemon.errors import PermanentError, QCFailed, TransientError, Unavailable
 from daemon.video import media
 
 
@@ -309,3 +309,19 @@ def test_a_refused_prompt_is_rewritten_by_gemini_when_it_writes(settings: Settin
         assert "refused this motion prompt" in gemini.prompt(gemini.generate_calls()[0])
         fallback = rewrite("Shiva's trident burns the city", "violence")
         assert fallback.startswith("A calm") and "trident" not in fallback
+
+
+def test_a_failed_operation_is_free_and_sent_again_next_time(fake: FakeGoogle, tmp_path: Path) -> None:
+    """An operation that ends in an error is recorded free, dropped from the job, and retried as a new send."""
+    cfg = _cfg(fake, tmp_path, route="vertex")
+    backend = VeoBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg), ffmpeg=media.find_ffmpeg(), fps=12)
+    fake.video_replies.append("error")
+    job = _clip_job(tmp_path)
+    backend.submit(job)
+    with pytest.raises(TransientError, match="Internal error"):
+        backend.collect(job, progress=noop_progress, stop=threading.Event())
+    assert "operation" not in job.detail and not backend.can_resume(job)
+    backend.collect(job, progress=noop_progress, stop=threading.Event())
+    entries = read_cost(tmp_path / "run")["entries"]
+    assert (entries[f"{job.id}#1"]["status"], entries[f"{job.id}#2"]["status"]) == ("free", "billed")
+    assert fake.submits == 2 and fake.billed_seconds == 6

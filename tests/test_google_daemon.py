@@ -17,6 +17,7 @@ from google_helpers import google_settings
 
 from daemon.app import run
 from daemon.backends.google.costs import COST_FILE, SPEND_DIR
+from daemon.cli import main
 from daemon.host.report import show_lines, status_lines
 from daemon.music.synth import write_song
 from daemon.runs.states import State
@@ -110,6 +111,7 @@ def test_kill_9_with_three_operations_running_submits_nothing_twice(tmp_path: Pa
     done = subprocess.run(_conf_cmd(conf, "run", "--once"), env=_clean_env(), capture_output=True, text=True,
                           encoding="utf-8", timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert API_KEY not in done.stdout + done.stderr
     [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
     assert fake.submits == 3  # re-attached by name, never sent again
     assert all(op["done"] for op in fake.operations.values())
@@ -121,7 +123,8 @@ def test_kill_9_with_three_operations_running_submits_nothing_twice(tmp_path: Pa
         assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path
 
 
-def test_a_cap_below_the_estimate_holds_the_run_until_the_cap_is_raised(tmp_path: Path, fake: FakeGoogle) -> None:
+def test_a_cap_below_the_estimate_holds_the_run_until_the_cap_is_raised(tmp_path: Path, fake: FakeGoogle,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Over max_usd_per_run the run waits with the figures and the way on, nothing is sent; a raised cap
     lets it finish, and the ledger adds up to what the fake billed."""
     settings = google_settings(tmp_path, fake, extra="max_usd_per_run = 0.5\n[analysis]\nsegments = 3\n")
@@ -136,6 +139,9 @@ def test_a_cap_below_the_estimate_holds_the_run_until_the_cap_is_raised(tmp_path
     assert estimate["clips"]["count"] == 3 and all(s in (4, 6) for s in estimate["clips"]["seconds"])
     assert "max_usd_per_run" in status and estimate["clips"]["text"] in status
     assert "google spend today" in status
+    assert main(["--config", str(tmp_path / "tandava.toml"), "spend", run_dir.name]) == 0
+    printed = capsys.readouterr().out
+    assert "google spend today" in printed and estimate["clips"]["text"] in printed
     settings.google.max_usd_per_run = 5.0
     assert run(settings, threading.Event(), once=True) == 0
     [run_dir] = _runs(settings.paths.state_root, State.RENDERED)
