@@ -177,6 +177,7 @@ class GoogleConfig(_Section):
     max_usd_per_run: float = Field(defaults.GOOGLE_MAX_USD_PER_RUN, ge=0)
     max_usd_per_day: float = Field(defaults.GOOGLE_MAX_USD_PER_DAY, ge=0)
     max_concurrent_operations: int = Field(defaults.GOOGLE_MAX_OPERATIONS, ge=1, le=100)
+    max_concurrent_images: int = Field(defaults.GOOGLE_MAX_IMAGE_REQUESTS, ge=1, le=32)
     poll_first_seconds: float = Field(defaults.GOOGLE_POLL_FIRST_SECONDS, ge=0)
     poll_every_seconds: float = Field(defaults.GOOGLE_POLL_EVERY_SECONDS, gt=0)
     timeout_seconds: float = Field(defaults.GOOGLE_TIMEOUT_SECONDS, gt=0)

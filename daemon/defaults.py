@@ -123,6 +123,8 @@ GOOGLE_MAX_USD_PER_RUN = 40.0
 GOOGLE_MAX_USD_PER_DAY = 100.0
 # Veo's documented limit of concurrent operations per project.
 GOOGLE_MAX_OPERATIONS = 10
+# Gemini image requests in flight at once: a run's candidates come together, well under per-minute quotas.
+GOOGLE_MAX_IMAGE_REQUESTS = 4
 # Veo takes from ~11 s to minutes: nothing is ever ready before the first poll,
 # then one GET every poll_every_seconds (a 90 s operation costs 1 submit + 8 polls).
 GOOGLE_POLL_FIRST_SECONDS = 20.0

@@ -325,3 +325,24 @@ def test_a_failed_operation_is_free_and_sent_again_next_time(fake: FakeGoogle, t
     entries = read_cost(tmp_path / "run")["entries"]
     assert (entries[f"{job.id}#1"]["status"], entries[f"{job.id}#2"]["status"]) == ("free", "billed")
     assert fake.submits == 2 and fake.billed_seconds == 6
+
+
+def test_a_runs_candidates_are_asked_for_together(fake: FakeGoogle, tmp_path: Path) -> None:
+    """Submitted candidates run on parallel workers: all three 0.5 s requests arrive before the first is done;
+    one answered but not yet collected is re-attached (can_resume), never asked for again."""
+    cfg = _cfg(fake, tmp_path)
+    backend = GeminiImageBackend(Route(cfg, API_KEY), Ledger(tmp_path / "state", cfg))
+    fake.image_delay = 0.5
+    jobs = [_image_job(tmp_path, f"img-{n}").model_copy(
+        update={"output": str(tmp_path / "run" / "candidates" / f"c{n}.png")}) for n in range(3)]
+    try:
+        for job in jobs:
+            backend.submit(job)
+        assert all(backend.can_resume(job) for job in jobs)
+        for job in jobs:
+            backend.collect(job, progress=noop_progress, stop=threading.Event())
+    finally:
+        backend.close()
+    arrived = [c["at"] for c in fake.requests(":generateContent")]
+    assert len(arrived) == 3 and max(arrived) - min(arrived) < 0.45 and not backend.can_resume(jobs[0])
+    assert all(job.detail["request_id"] for job in jobs)

@@ -98,7 +98,9 @@ class GoogleBackends:
         return made
 
     def close(self) -> None:
-        """End the shared HTTP client (the daemon is stopping)."""
+        """Stop the image workers and end the shared HTTP client (the daemon is stopping)."""
+        if self.image is not None:
+            self.image.close()
         self.route.close()
 
 

@@ -93,6 +93,8 @@ class FakeGoogle(ThreadedServer):
         self.submits = 0
         # Seconds a submit takes to answer (longer than a client's timeout: the answer is lost).
         self.submit_delay = 0.0
+        # Seconds an image request takes.
+        self.image_delay = 0.0
         self.billed_images = 0
         self.billed_seconds = 0
         self._limited: list[str] = []
@@ -196,6 +198,7 @@ class FakeGoogle(ThreadedServer):
             self._model(model)
             prefix = request.path.rpartition("/models/")[0].removeprefix("/v1beta1/")
             if method == "generateContent":
+                await asyncio.sleep(self.image_delay)
                 return web.json_response(self._image(call["body"]))
             if method == "predictLongRunning" and request.path.startswith("/v1beta1/"):
                 answer = self._submit(call["body"], f"{prefix}/models/{model}")

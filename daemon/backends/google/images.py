@@ -7,8 +7,11 @@ supported ratio nearest the video's. The configured reference images
 the deity or character looks the same in every segment. There is no seed on
 this API: the job record keeps the model and Google's response id instead.
 
-The call is short and synchronous, so it happens in ``collect``; a crash
-during it loses nothing but that one request, made again once. Before it is
+``submit`` starts the request on one of ``max_concurrent_images`` workers,
+so the candidates of a run are asked for together, and ``collect`` waits for
+it (a stop ends the wait). A request cut by a crash loses nothing but that one
+request, made again once; one answered but not yet collected (a stage attempt
+that ended early) is re-attached, never asked for twice. Before it is
 sent the ledger reserves its price (and refuses it over a cap).
 
 A blocked answer is HTTP 200 with no image: ``promptFeedback.blockReason``, or
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import io
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from google.genai import types
@@ -31,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from daemon.backends.base import Job, Progress
 from daemon.backends.google.client import Route, call, read_image
 from daemon.backends.google.costs import Ledger, price_of
-from daemon.errors import PermanentError, QCFailed, StageError
+from daemon.errors import PermanentError, QCFailed, StageError, TransientError
 from daemon.runs import fsutil
 
 # The ratios Gemini image models accept (Vertex ImageConfig docs).
@@ -83,15 +87,50 @@ class GeminiImageBackend:
         self.model = route.cfg.image_model
         self.references = list(references if references is not None else route.cfg.references)
         self.name = f"gemini:{self.model}"
+        self._pool = ThreadPoolExecutor(max_workers=route.cfg.max_concurrent_images,
+                                        thread_name_prefix="tandava-gemini")
+        self._started: dict[str, tuple[Future[Path], Job]] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     def submit(self, job: Job) -> None:
-        """Nothing to queue: the request is made in ``collect``."""
+        """Start the request on a worker, so a run's candidates are asked for together."""
+        mine = job.model_copy(update={"detail": dict(job.detail)})
+        with self._lock:
+            if job.id not in self._started:
+                self._started[job.id] = (self._pool.submit(self._make, mine, self._closing), mine)
 
     def can_resume(self, job: Job) -> bool:
-        """A synchronous request cut by a crash left nothing to re-attach to."""
-        return False
+        """True while this process holds the request (running, or answered and not yet collected);
+        a request cut by a crash left nothing to re-attach to."""
+        with self._lock:
+            return job.id in self._started
 
     def collect(self, job: Job, *, progress: Progress, stop: threading.Event) -> Path:
+        with self._lock:
+            started = self._started.get(job.id)
+        if started is None:
+            return self._make(job, stop)
+        future, mine = started
+        progress(0.1, f"asking {self.model}")
+        while not wait([future], timeout=0.2).done:
+            if stop.is_set():
+                raise TransientError("stopped while Gemini made an image", cause="Stopped")
+        self._forget(job.id)
+        job.detail.update(mine.detail)
+        return future.result()  # the worker's exception, if it raised one
+
+    def close(self) -> None:
+        """Stop waiting (a 429's delay) and drop requests not yet started."""
+        self._closing.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _forget(self, job_id: str) -> None:
+        with self._lock:
+            self._started.pop(job_id, None)
+
+    def _make(self, job: Job, stop: threading.Event) -> Path:
+        """One request: the cost check, the call, the answer read and the image written."""
         self.route.require()
         output = Path(job.output)
         run_dir = output.parents[1]
@@ -104,7 +143,6 @@ class GeminiImageBackend:
                                            **({"image_size": self.route.cfg.image_size}
                                               if "gemini-2.5" not in self.model else {})))
         contents: list[types.PartUnionDict] = [*parts, job.prompt]
-        progress(0.1, f"asking {self.model}")
         client = self.route.shared()
         try:
             response = call(lambda: client.models.generate_content(model=self.model, contents=contents,
