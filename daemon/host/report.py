@@ -255,7 +255,8 @@ image_model = "{defaults.GOOGLE_IMAGE_MODEL}"
 veo_model = "{defaults.GOOGLE_VEO_MODEL}"
 max_usd_per_run = {defaults.GOOGLE_MAX_USD_PER_RUN}     # a job past a cap is not sent; `tandava spend RUN --approve`
 max_usd_per_day = {defaults.GOOGLE_MAX_USD_PER_DAY}
-max_concurrent_operations = {defaults.GOOGLE_MAX_OPERATIONS}
+max_concurrent_operations = {defaults.GOOGLE_MAX_OPERATIONS}    # Veo operations open at once (Google allows ~10 per project)
+max_concurrent_images = {defaults.GOOGLE_MAX_IMAGE_REQUESTS}         # Gemini image requests in flight at once
 # [google.prices."veo-3.1-fast-generate-001"]   # USD; defaults as published on {defaults.GOOGLE_PRICES_DATE}
 # second = 0.12
 
