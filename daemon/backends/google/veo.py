@@ -98,8 +98,8 @@ class VeoBackend:
         try:
             return self._finish(job, progress, stop)
         finally:
-            if job.detail.get("operation") is None or Path(job.output).is_file():
-                self.slots.give(job.id)
+            # Given back on every way out: a retry takes it again (a leaked slot would shrink the limit).
+            self.slots.give(job.id)
 
     # -- steps ----------------------------------------------------------------------
 
