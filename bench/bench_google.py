@@ -80,16 +80,24 @@ def requests_per_clip(folder: Path) -> tuple[int, int]:
     return counted, predicted
 
 
-def overhead(folder: Path, jobs: int) -> tuple[float, float]:
-    """Median ms beyond the fake's time: per Veo clip, per Gemini image."""
+def overhead(folder: Path, jobs: int) -> tuple[float, float, float]:
+    """Median ms beyond the fake's time: per Veo clip, of which the ffmpeg conform; per Gemini image."""
     op = 0.5
-    clips, images = [], []
+    clips, images, conforms = [], [], []
     with FakeGoogle(op_seconds=op) as fake:
         cfg = GoogleConfig(route="vertex", project="bench", credentials_file=fake.authorized_user_file(folder),
                            base_url=fake.url, poll_first_seconds=op, poll_every_seconds=0.02)
         ledger = Ledger(folder / "state", cfg)
         veo = VeoBackend(Route(cfg, ""), ledger, ffmpeg=media.find_ffmpeg(), fps=16)
         gemini = GeminiImageBackend(Route(cfg, ""), ledger, references=[])
+        conform = veo._conform
+
+        def timed(raw: Path, job: Job, output: Path) -> None:
+            started = time.perf_counter()
+            conform(raw, job, output)
+            conforms.append((time.perf_counter() - started) * 1000)
+
+        veo._conform = timed  # type: ignore[method-assign]
         for n in range(jobs):
             job = _clip_job(folder, n)
             started = time.perf_counter()
@@ -102,7 +110,7 @@ def overhead(folder: Path, jobs: int) -> tuple[float, float]:
             gemini.collect(image, progress=noop_progress, stop=threading.Event())
             images.append((time.perf_counter() - started) * 1000)
         veo.route.close()
-    return statistics.median(clips), statistics.median(images)
+    return statistics.median(clips), statistics.median(conforms), statistics.median(images)
 
 
 def estimate_error(folder: Path, songs: int) -> list[tuple[float, float]]:
@@ -148,10 +156,12 @@ def main() -> None:
               f"{defaults.GOOGLE_POLL_EVERY_SECONDS:g} s): {counted} on the fake (submit + polls, the video "
               f"inline in the last poll); schedule predicts {predicted}")
         (folder / "overhead").mkdir()
-        clip_ms, image_ms = overhead(folder / "overhead", args.jobs)
-        print(f"daemon overhead per job (median of {args.jobs}): veo clip {clip_ms:.0f} ms beyond the operation "
-              f"(poll granularity 20 ms, decode, ffmpeg conform 81 frames 832x480); gemini image {image_ms:.0f} ms "
-              "including the fake's reply (decode, crop, PNG write)")
+        clip_ms, conform_ms, image_ms = overhead(folder / "overhead", args.jobs)
+        print(f"daemon overhead per job (median of {args.jobs}): veo clip {clip_ms:.0f} ms beyond the operation, "
+              f"of which {conform_ms:.0f} ms the ffmpeg conform (81 frames, 832x480, no audio); the rest is "
+              f"polling (20 ms steps), base64 and the ledger; gemini image {image_ms:.0f} ms including the "
+              "fake's reply (decode, crop, PNG write, ledger)")
+        print(f"load average while measuring: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
         worst = 0.0
         for n, (estimate, billed) in enumerate(estimate_error(folder, args.songs)):
             error = estimate - billed

@@ -23,11 +23,11 @@ from daemon.intake.intake import Intake
 from daemon.runs.engine import Engine
 from daemon.runs.health import HealthReporter, comfy_backends
 from daemon.runs.store import RunStore
-from daemon.stages.google import GoogleBackends, open_google
 from daemon.stages.pipeline import build_stages
 
 if TYPE_CHECKING:
     from daemon.backends.comfy.backend import ComfyBackends
+    from daemon.stages.google import GoogleBackends
 
 log = structlog.get_logger("tandava.daemon")
 
@@ -77,6 +77,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         )
         if uses_comfy(settings):
             comfy = open_comfy(settings)
+        from daemon.stages.google import open_google  # google-genai is imported only when used
+
         google = open_google(settings)
         engine = Engine(
             store,

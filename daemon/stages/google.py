@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon.backends.google.client import Route
 from daemon.backends.google.costs import (
     Ledger,
     Line,
@@ -41,6 +40,7 @@ from daemon.music.plan import Segment
 log = structlog.get_logger("tandava.google")
 
 if TYPE_CHECKING:
+    from daemon.backends.google.client import Route
     from daemon.backends.google.images import GeminiImageBackend
     from daemon.backends.google.veo import VeoBackend
 
@@ -69,6 +69,8 @@ def uses_google(settings: Settings) -> bool:
 
 
 def google_route(settings: Settings) -> Route:
+    from daemon.backends.google.client import Route
+
     return Route(settings.google, google_key(settings))
 
 
