@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakegoogle import API_KEY, FakeGoogle
+from fakegoogle import API_KEY, TOKEN, FakeGoogle
 from google_helpers import google_settings
 
 from daemon.app import run
+from daemon.approval.decisions import run_view
 from daemon.backends.google.costs import COST_FILE, SPEND_DIR
 from daemon.cli import main
 from daemon.host.report import show_lines, status_lines
@@ -71,8 +72,12 @@ def test_song_to_final_video_with_gemini_images_and_veo_interpolation(tmp_path: 
     assert cost["estimate"]["clips"]["count"] == len(ops)
     assert sum(cost["estimate"]["clips"]["seconds"]) == fake.billed_seconds
     assert list((settings.paths.state_root / SPEND_DIR).glob("*.json"))
+    view = run_view(RunStore(settings.paths.state_root), RunStore(settings.paths.state_root).find(run_dir.name))
+    assert any(line.startswith("clips: ") for line in view.cost) and any("spent $" in line for line in view.cost)
     for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.log*")]:
-        assert API_KEY not in path.read_text(encoding="utf-8", errors="replace"), path
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert API_KEY not in text, path
+        assert path.name == "adc.json" or TOKEN not in text, path  # the credentials file holds it, nothing else
 
 
 def _conf_cmd(settings_file: Path, *args: str) -> list[str]:
