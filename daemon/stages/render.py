@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from daemon.approval.store import ApprovalStore, approved_images
-from daemon.backends.base import Job, VideoBackend, job_id
+from daemon.backends.base import SAFETY_FILTERED, Job, VideoBackend, job_id
 from daemon.config import Settings
 from daemon.errors import PermanentError, TransientError
 from daemon.music.plan import Segment
@@ -73,7 +73,7 @@ def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int |
 class Render:
     """approved → rendered.
 
-    A clip a backend's safety filter refuses (cause ``VeoFiltered``) is made
+    A clip a backend's safety filter refuses (cause ``SafetyFiltered``) is made
     once more with its prompt rewritten (``rewrite``); refused again, the
     segment gets a Ken Burns clip of its approved image (``[clips] fallback``),
     recorded on the job and in the stage's ``fallbacks``, and shown by
@@ -179,13 +179,11 @@ class Render:
     def _clip(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
               images: list[Path], clips: list[Path], ffmpeg: str, last_frame: str = "") -> Job:
         """The clip, or after a safety refusal: a rewritten prompt once, then the fallback."""
-        from daemon.backends.google.veo import FILTERED
-
         args = (job, backend, request, segment, images, clips, ffmpeg)
         try:
             return self._make(*args, last_frame=last_frame)
         except PermanentError as exc:
-            if exc.cause != FILTERED:
+            if exc.cause != SAFETY_FILTERED:
                 raise
             first = exc
         rewritten = self.rewrite(segment.motion_prompt, first.reason)
@@ -193,7 +191,7 @@ class Render:
         try:
             return self._make(*args, prompt=rewritten, offset=100, last_frame=last_frame)
         except PermanentError as exc:
-            if exc.cause != FILTERED or self.settings.clips.fallback == "none":
+            if exc.cause != SAFETY_FILTERED or self.settings.clips.fallback == "none":
                 raise
             second = exc
         from daemon.backends.kenburns import KenBurnsBackend
@@ -214,18 +212,16 @@ class Render:
     def _make(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
               images: list[Path], clips: list[Path], ffmpeg: str, *, prompt: str | None = None,
               offset: int = 0, last_frame: str = "") -> Job:
-        from daemon.backends.google.veo import FILTERED
-
         attempt = self._attempt(job, backend, request, segment, images, clips, ffmpeg, prompt=prompt,
                                 offset=offset, last_frame=last_frame)
         jid, _ = attempt(0)
         existing = job.manifest.jobs.get(jid)
         if existing is not None and existing.status == "failed" and "filtered" in existing.detail:
-            raise PermanentError(str(existing.detail["filtered"]), cause=FILTERED)  # before a restart
+            raise PermanentError(str(existing.detail["filtered"]), cause=SAFETY_FILTERED)  # before a restart
         try:
             return self._checked(job, backend, attempt, request, segment)
         except PermanentError as exc:
-            if exc.cause == FILTERED and jid in job.manifest.jobs:
+            if exc.cause == SAFETY_FILTERED and jid in job.manifest.jobs:
                 failed = job.manifest.jobs[jid]
                 failed.status = "failed"
                 failed.detail.setdefault("filtered", exc.reason[:500])

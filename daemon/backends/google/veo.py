@@ -22,7 +22,7 @@ How this works:
   on Vertex, ``files.download`` on the Gemini API) to a temp file, conforms
   it to the job's frames, fps and size without audio, probes it, and renames
   it into place. A filtered clip raises ``PermanentError`` with cause
-  ``VeoFiltered`` and the reasons, for the render stage's rewrite/fallback.
+  ``SafetyFiltered`` and the reasons, for the render stage's rewrite/fallback.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 import structlog
 from google.genai import types
 
-from daemon.backends.base import Job, Progress
+from daemon.backends.base import SAFETY_FILTERED, Job, Progress
 from daemon.backends.google.client import Route, call, describe_error, image_mime, translate
 from daemon.backends.google.costs import Ledger, price_of, veo_seconds
 from daemon.backends.google.operations import Outcome, Slots, outcome, wait_until_done
@@ -47,7 +47,7 @@ log = structlog.get_logger("tandava.veo")
 
 # Veo makes at most this many seconds per clip; longer segments are chained by the timeline.
 MAX_SECONDS = 8
-FILTERED = "VeoFiltered"
+FILTERED = SAFETY_FILTERED
 
 
 class VeoBackend:
