@@ -114,25 +114,23 @@ class VeoBackend:
         sends = int(job.detail.get("sends", 0)) + 1
         key = f"{job.id}#{sends}"
         try:
+            first = _image(Path(job.source), job)
+            last = _image(Path(str(job.detail["last_frame"])), job) if job.detail.get("last_frame") else None
             self.ledger.reserve(run_dir, key, kind="clip", model=self.model, units=seconds,
                                 usd=seconds * price_of(self.route.cfg, self.model, "second"))
         except StageError:
             self.slots.give(job.id)
             raise
-        source = types.Image(image_bytes=Path(job.source).read_bytes(), mime_type=image_mime(Path(job.source)))
-        last = str(job.detail.get("last_frame", ""))
         config = types.GenerateVideosConfig(
             number_of_videos=1, duration_seconds=seconds, resolution=self.route.cfg.resolution,
             aspect_ratio="9:16" if job.height > job.width else "16:9",
             seed=job.seed & 0xFFFFFFFF, generate_audio=False,
-            negative_prompt=job.negative_prompt or None,
-            last_frame=types.Image(image_bytes=Path(last).read_bytes(), mime_type=image_mime(Path(last)))
-            if last else None)
+            negative_prompt=job.negative_prompt or None, last_frame=last)
         job.detail.update({"sends": sends, "model": self.model, "veo_seconds": seconds})
         client = self.route.shared()
         try:
             operation = call(lambda: client.models.generate_videos(
-                model=self.model, source=types.GenerateVideosSource(prompt=job.prompt, image=source),
+                model=self.model, source=types.GenerateVideosSource(prompt=job.prompt, image=first),
                 config=config), route=self.route, what="generate_videos", model=self.model, stop=stop)
         except StageError as exc:
             self.slots.give(job.id)
@@ -237,3 +235,14 @@ class VeoBackend:
             tmp.replace(output)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _image(path: Path, job: Job) -> types.Image:
+    """An approved image as Veo takes it (bytes inline); a missing one names the file and the fix."""
+    try:
+        return types.Image(image_bytes=path.read_bytes(), mime_type=image_mime(path))
+    except OSError as exc:
+        raise PermanentError(
+            f"the image for segment {job.segment}'s clip cannot be read: {path} ({exc.strerror or exc})",
+            f"Restore {path.name}, or make and approve segment {job.segment}'s images again; then "
+            "`tandava retry <run>`.", cause="MissingImage") from None
