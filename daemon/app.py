@@ -27,6 +27,7 @@ from daemon.stages.pipeline import build_stages
 
 if TYPE_CHECKING:
     from daemon.backends.comfy.backend import ComfyBackends
+    from daemon.stages.google import GoogleBackends
 
 log = structlog.get_logger("tandava.daemon")
 
@@ -57,6 +58,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     release = store.lock()
     watcher: InboxWatcher | None = None
     comfy: ComfyBackends | None = None
+    google: GoogleBackends | None = None
     channels: list[Channel] = []
     health: HealthReporter | None = None
     try:
@@ -75,9 +77,12 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         )
         if uses_comfy(settings):
             comfy = open_comfy(settings)
+        from daemon.stages.google import open_google  # google-genai is imported only when used
+
+        google = open_google(settings)
         engine = Engine(
             store,
-            build_stages(settings, comfy),
+            build_stages(settings, comfy, google),
             workers={"cpu": settings.engine.cpu_workers, "gpu": settings.engine.gpu_runs},
             attempts=settings.engine.attempts,
             backoff_initial=settings.engine.backoff_initial_seconds,
@@ -132,6 +137,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             watcher.stop()
         if comfy is not None:
             comfy.close()
+        if google is not None:
+            google.close()
         if health is not None:
             health.stop()
         release()

@@ -194,6 +194,38 @@ def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> i
 
 
 @command
+def cmd_spend(args: argparse.Namespace, settings: Settings) -> int:
+    """Show Google spend: today's, and a run's estimate and ledger; --approve lets a run past the caps once.
+
+    A run whose next paid job would pass [google] max_usd_per_run or
+    max_usd_per_day waits; `--approve` allows it to spend up to its estimate
+    (or USD), without raising the caps for every run.
+
+    Example: tandava spend
+             tandava spend 20261121-101500_shiva --approve
+             tandava spend 20261121-101500_shiva --approve 45
+    """
+    from datetime import UTC, datetime
+
+    from daemon.backends.google.costs import approve_spend, day_total, estimate_lines, read_cost
+    from daemon.runs.store import RunStore
+
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    print(f"google spend today ({day} UTC): ${day_total(settings.paths.state_root, day):.2f} "
+          f"of ${settings.google.max_usd_per_day:.2f}; per run at most ${settings.google.max_usd_per_run:.2f}")
+    if not args.run:
+        return 0
+    ref = RunStore(settings.paths.state_root).find(args.run)
+    if args.approve is not None:
+        usd = args.approve or float((read_cost(ref.path).get("estimate") or {}).get("usd", 0.0))
+        approve_spend(ref.path, usd)
+        print(f"{ref.run_id} may spend up to ${usd:.2f} whatever the caps say")
+    for line in estimate_lines(ref.path) or ["no Google estimate or spend"]:
+        print(f"{ref.run_id}  {line}")
+    return 0
+
+
+@command
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     """Write a commented tandava.toml (every key, its default and what it does).
 
@@ -227,7 +259,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 @command
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     """Check this installation: paths, ffmpeg, decoders, configuration, theme, ComfyUI servers and
-    their workflows (nodes, inputs, models, VRAM), the web panel, Telegram, Gemini and Ollama.
+    their workflows (nodes, inputs, models, VRAM), the web panel, Telegram, Gemini and Ollama, and
+    Google's backends (credentials, the route Veo uses, models reachable, prices, caps).
 
     Prints one line per check, ok or what is wrong and how to fix it; exits
     non-zero when anything is wrong, so it can gate a deployment.
@@ -350,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--user", action="store_true", help="with --systemd: a unit for your own user manager")
             p.add_argument("--dest", type=Path, default=None,
                            help="where to write (--systemd: the unit file; --windows: the folder)")
+        if name == "spend":
+            p.add_argument("run", nargs="?", default="", help="run id, its start, or a word of the song name")
+            p.add_argument("--approve", nargs="?", type=float, const=0.0, default=None, metavar="USD",
+                           help="let this run spend up to its estimate (or USD) past the caps")
         if name == "init":
             p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
             p.add_argument("--force", action="store_true", help="overwrite an existing file")

@@ -76,7 +76,7 @@ class VideoConfig(_Section):
 
 
 class ImagesConfig(_Section):
-    backend: Literal["storyboard", "folder", "comfyui"] = "storyboard"
+    backend: Literal["storyboard", "folder", "comfyui", "gemini"] = "storyboard"
     candidates: int = Field(defaults.CANDIDATES, ge=1, le=16)
     # Photos for the folder backend; default: a folder named like the song beside it in the inbox.
     folder: Path | None = None
@@ -86,7 +86,12 @@ class ImagesConfig(_Section):
 
 
 class ClipsConfig(_Section):
-    backend: Literal["kenburns", "comfyui"] = "kenburns"
+    backend: Literal["kenburns", "comfyui", "veo"] = "kenburns"
+    # veo: "interpolate" ends each clip on the next segment's approved image; "chain" does not.
+    veo_mode: Literal["chain", "interpolate"] = "chain"
+    # A clip a backend refuses (Veo's safety filter, after one rewrite): a Ken Burns clip of the
+    # approved image ("kenburns"), or the run fails ("none").
+    fallback: Literal["kenburns", "none"] = "kenburns"
     # New seeds tried for a clip that fails clip QC (black, frozen, flashing) before the run fails.
     qc_attempts: int = Field(defaults.QC_ATTEMPTS, ge=1, le=10)
     # How far a clip may be slowed to fill its segment before a chain of clips is used.
@@ -141,6 +146,46 @@ class GeminiConfig(_Section):
     attempts: int = Field(defaults.GEMINI_ATTEMPTS, ge=1, le=10)
     # Songs up to this size go inline with the request; larger ones through the Files API.
     inline_max_mb: float = Field(defaults.GEMINI_INLINE_MAX_MB, gt=0, le=20)
+
+
+class GooglePrice(_Section):
+    """What a model costs in USD: per image, or per second of video."""
+
+    image: float = Field(0.0, ge=0)
+    second: float = Field(0.0, ge=0)
+
+
+class GoogleConfig(_Section):
+    """Google's models as backends: Gemini image candidates and Veo clips, with prices and caps."""
+
+    # "gemini-api" (an API key; images only with google-genai 3.x) or "vertex" (a project and
+    # location with Application Default Credentials or credentials_file, or an express-mode key).
+    route: Literal["gemini-api", "vertex"] = "gemini-api"
+    # From GOOGLE_API_KEY (environment or .env beside tandava.toml), or TANDAVA_GOOGLE__API_KEY.
+    api_key: SecretStr = SecretStr("")
+    project: str = ""
+    location: str = defaults.GOOGLE_LOCATION
+    credentials_file: Path | None = None
+    # Another endpoint (a proxy, or a test double); empty: Google's.
+    base_url: str = ""
+    image_model: str = defaults.GOOGLE_IMAGE_MODEL
+    image_size: Literal["1K", "2K", "4K"] = "1K"
+    # Images sent with every image request so a character looks the same in every segment.
+    references: list[Path] = Field(default_factory=list)
+    veo_model: str = defaults.GOOGLE_VEO_MODEL
+    resolution: Literal["720p", "1080p"] = "720p"
+    max_usd_per_run: float = Field(defaults.GOOGLE_MAX_USD_PER_RUN, ge=0)
+    max_usd_per_day: float = Field(defaults.GOOGLE_MAX_USD_PER_DAY, ge=0)
+    max_concurrent_operations: int = Field(defaults.GOOGLE_MAX_OPERATIONS, ge=1, le=100)
+    max_concurrent_images: int = Field(defaults.GOOGLE_MAX_IMAGE_REQUESTS, ge=1, le=32)
+    poll_first_seconds: float = Field(defaults.GOOGLE_POLL_FIRST_SECONDS, ge=0)
+    poll_every_seconds: float = Field(defaults.GOOGLE_POLL_EVERY_SECONDS, gt=0)
+    timeout_seconds: float = Field(defaults.GOOGLE_TIMEOUT_SECONDS, gt=0)
+    attempts: int = Field(defaults.GOOGLE_ATTEMPTS, ge=1, le=20)
+    keep_hours: float = Field(defaults.GOOGLE_KEEP_HOURS, gt=0)
+    prices_date: str = defaults.GOOGLE_PRICES_DATE
+    prices: dict[str, GooglePrice] = Field(
+        default_factory=lambda: {m: GooglePrice(**p) for m, p in defaults.GOOGLE_PRICES.items()})
 
 
 class OllamaConfig(_Section):
@@ -236,6 +281,7 @@ class Settings(BaseSettings):
     comfy: ComfyConfig = Field(default_factory=ComfyConfig)
     gemini: GeminiConfig = Field(default_factory=GeminiConfig)
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+    google: GoogleConfig = Field(default_factory=GoogleConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -342,6 +388,10 @@ def load_settings(config_file: Path | None = None, *, cwd: Path | None = None) -
         managed.folder = _resolve(managed.folder, base)
         if managed.log_file is not None:
             managed.log_file = _resolve(managed.log_file, base)
+    google = settings.google
+    google.references = [_resolve(ref, base) for ref in google.references]
+    if google.credentials_file is not None:
+        google.credentials_file = _resolve(google.credentials_file, base)
     if settings.assembly.ffmpeg is not None and len(settings.assembly.ffmpeg.parts) > 1:
         settings.assembly.ffmpeg = _resolve(settings.assembly.ffmpeg, base)
     return settings

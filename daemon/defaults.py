@@ -121,3 +121,43 @@ GEMINI_INLINE_MAX_MB = 15.0
 OLLAMA_URL = "http://localhost:11434"
 OLLAMA_MODEL = "gemma3:12b"
 OLLAMA_TIMEOUT_SECONDS = 300.0
+
+# Google: Gemini image candidates and Veo clips (issue 13).
+# The generally available Gemini image model with a published price (Gemini 3 Pro Image,
+# GA 2026-05-28); gemini-2.5-flash-image is past its announced shutdown (2026-10-02).
+GOOGLE_IMAGE_MODEL = "gemini-3-pro-image"
+# Veo 3.1 Fast: a third of Standard's price per second, same image-to-video and last-frame support.
+GOOGLE_VEO_MODEL = "veo-3.1-fast-generate-001"
+# Vertex AI region where Veo 3.1 is served.
+GOOGLE_LOCATION = "us-central1"
+# Caps in USD: a run of ~40 clips on Veo Fast is ~$30; a day a few runs.
+GOOGLE_MAX_USD_PER_RUN = 40.0
+GOOGLE_MAX_USD_PER_DAY = 100.0
+# Veo's documented limit of concurrent operations per project.
+GOOGLE_MAX_OPERATIONS = 10
+# Gemini image requests in flight at once: a run's candidates come together, well under per-minute quotas.
+GOOGLE_MAX_IMAGE_REQUESTS = 4
+# Veo takes from ~11 s to minutes: nothing is ever ready before the first poll,
+# then one GET every poll_every_seconds (a 90 s operation costs 1 submit + 8 polls).
+GOOGLE_POLL_FIRST_SECONDS = 20.0
+GOOGLE_POLL_EVERY_SECONDS = 10.0
+# Google keeps generated videos for 2 days; an operation older than this is gone.
+GOOGLE_KEEP_HOURS = 48.0
+# One request's wait; a submit carrying two images is a few MB.
+GOOGLE_TIMEOUT_SECONDS = 120.0
+# 429s retried (after RetryInfo's delay) before the run backs off as a whole.
+GOOGLE_ATTEMPTS = 5
+# Published prices (USD), per image and per second of video, as of PRICES_DATE:
+# ai.google.dev/gemini-api/docs/pricing (transcribed 2026-09-20) and the
+# 2026-04-07 Veo 3.1 Fast/Lite cut. README ("Google prices") says how to update them.
+GOOGLE_PRICES_DATE = "2026-09-20"
+GOOGLE_PRICES: dict[str, dict[str, float]] = {
+    "gemini-3-pro-image": {"image": 0.134},
+    "gemini-3-pro-image-preview": {"image": 0.134},
+    "gemini-2.5-flash-image": {"image": 0.039},
+    "veo-3.1-generate-001": {"second": 0.40},
+    "veo-3.1-generate-preview": {"second": 0.40},
+    "veo-3.1-fast-generate-001": {"second": 0.12},
+    "veo-3.1-fast-generate-preview": {"second": 0.12},
+    "veo-3.1-lite-generate-001": {"second": 0.08},
+}

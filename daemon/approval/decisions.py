@@ -74,6 +74,8 @@ class RunView:
     jobs: tuple[str, ...] = field(default_factory=tuple)
     # Segments in the plan; more than ``segments`` while candidates are still being made.
     planned: int = 0
+    # The Google estimate and spend ("clips: 41 × 6 s on veo-3.1-fast-generate-001 ≈ $29.52"), if any.
+    cost: tuple[str, ...] = ()
 
     def segment(self, index: int) -> SegmentView | None:
         """The segment numbered ``index``, if it is shown (offered) yet."""
@@ -92,7 +94,10 @@ class RunView:
 def run_view(store: RunStore, ref: RunRef) -> RunView:
     """Everything a channel shows about one run; segments only while it waits for approval."""
     manifest = store.load(ref)
-    base = RunView(ref.run_id, ref.state, manifest.song.original_name, ref.path)
+    from daemon.backends.google.costs import estimate_lines
+
+    base = RunView(ref.run_id, ref.state, manifest.song.original_name, ref.path,
+                   cost=tuple(estimate_lines(ref.path)))
     if ref.state is State.FAILED and manifest.last_error is not None:
         return replace(base, error=manifest.last_error.reason,
                        hint=manifest.last_error.hint.replace("<run>", ref.run_id))

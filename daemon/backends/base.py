@@ -23,8 +23,12 @@ from typing import Protocol, runtime_checkable
 
 from daemon.runs.job import Job, JobKind, JobStatus, job_id
 
-__all__ = ["ImageBackend", "Job", "JobKind", "JobStatus", "Progress", "VideoBackend", "job_id",
-           "noop_progress"]
+__all__ = ["SAFETY_FILTERED", "ImageBackend", "Job", "JobKind", "JobStatus", "Progress", "VideoBackend",
+           "job_id", "noop_progress"]
+
+# The ``cause`` of a PermanentError for an output a backend's safety filter refused (Veo's RAI
+# filter): the render stage rewrites the prompt once, then falls back to a Ken Burns clip.
+SAFETY_FILTERED = "SafetyFiltered"
 
 
 class Progress(Protocol):

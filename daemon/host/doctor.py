@@ -136,6 +136,14 @@ def check_writers(settings: Settings) -> Iterator[Check]:
     yield from ollama_checks(settings)
 
 
+def check_google(settings: Settings) -> Iterator[Check]:
+    """Google's backends (``gemini`` images, ``veo`` clips): credentials, route, models, prices, caps."""
+    from daemon.backends.google.doctor import doctor_checks
+    from daemon.stages.google import google_route
+
+    yield from doctor_checks(google_route(settings), settings)
+
+
 def check_service(settings: Settings) -> Check:
     """A service definition written earlier still runs this installation (or none is installed)."""
     from daemon.host.service import definition_problem, installed_definitions
@@ -162,6 +170,7 @@ def run_checks(settings: Settings) -> Iterator[Check]:
         yield check(settings)
     yield from check_comfy(settings)
     yield from check_writers(settings)
+    yield from check_google(settings)
     from daemon.channels.web.server import doctor_checks as web_checks
 
     yield from web_checks(settings)

@@ -28,6 +28,7 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
 
     yield from health_lines(root)
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
+    yield from _spend_today(root)
     if not refs:
         yield "no runs yet: drop a song into the inbox."
         return
@@ -44,6 +45,26 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
             yield f"  {ref.run_id}  {_progress(store, ref)}"
             if state in (State.ANALYZED, State.PENDING_APPROVAL, State.APPROVED):
                 yield from _live_jobs(store, ref)
+                yield from (f"      {line}" for line in _cost_lines(ref.path))
+
+
+def _spend_today(root: Path) -> Iterator[str]:
+    """Today's Google spend (UTC), when anything was spent."""
+    from datetime import UTC, datetime
+
+    from daemon.backends.google.costs import SPEND_DIR, day_total
+
+    if not (root / SPEND_DIR).is_dir():
+        return
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    yield f"google spend today ({day} UTC): ${day_total(root, day):.2f}"
+
+
+def _cost_lines(run_dir: Path) -> list[str]:
+    """A run's Google estimate and spend (none for a run without paid backends)."""
+    from daemon.backends.google.costs import estimate_lines
+
+    return estimate_lines(run_dir)
 
 
 def _live_jobs(store: RunStore, ref: RunRef) -> Iterator[str]:
@@ -104,6 +125,14 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
             extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
     yield from _writing_lines(ref.path)
+    cost = _cost_lines(ref.path)
+    if cost:
+        yield "cost"
+        yield from (f"  {line}" for line in cost)
+    fallbacks = [note for p in manifest.stages.values() for note in p.detail.get("fallbacks", [])]
+    if fallbacks:
+        yield "fallbacks"
+        yield from (f"  {note}" for note in fallbacks)
     if manifest.errors:
         yield "errors"
         for err in manifest.errors:
@@ -181,7 +210,7 @@ fps = {defaults.CLIP_FPS}                  # Wan 2.1's native rate
 clip_frames = {defaults.CLIP_FRAMES}          # Wan 2.1 makes 4k+1 frames; 81 at 16 fps is 5.06 s
 
 [images]
-backend = "storyboard"     # storyboard (labelled preview frames), folder (your photos) or comfyui (Flux)
+backend = "storyboard"     # storyboard (labelled preview frames), folder (your photos), comfyui (Flux) or gemini
 candidates = {defaults.CANDIDATES}             # candidate images per segment
 # folder = "photos"        # photos for the folder backend; default: a folder named like the song in the inbox
 max_rounds = {defaults.MAX_ROUNDS}             # rounds of new candidates when every candidate of a segment is rejected
@@ -191,7 +220,9 @@ qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, flat or
 mode = "manual"            # manual (tandava approve …) or auto (the first candidate nobody rejected)
 
 [clips]
-backend = "kenburns"       # kenburns (a slow camera move over each image) or comfyui (Wan 2.1 image-to-video)
+backend = "kenburns"       # kenburns (a slow camera move over each image), comfyui (Wan 2.1) or veo (Google)
+veo_mode = "chain"         # veo: "interpolate" ends each clip on the next segment's approved image
+fallback = "kenburns"      # a clip refused by a safety filter (after one rewrite): kenburns, or none (the run fails)
 qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, frozen or flashing ComfyUI clip before the run fails
 max_slowdown = {defaults.MAX_SLOWDOWN}         # how far a clip may be slowed to fill its segment before a chain is used
 
@@ -213,6 +244,21 @@ silence_seconds = {defaults.COMFY_SILENCE_SECONDS}       # no event this long wh
 # args = ["--disable-api-nodes"]
 # port = {defaults.COMFY_PORT}
 # log_file = "logs/comfyui.log"
+
+[google]                   # gemini images / veo clips; the key: GOOGLE_API_KEY in .env
+route = "gemini-api"       # gemini-api (a key; images only) or vertex (project + ADC, or an express key)
+# project = "my-project"
+location = "{defaults.GOOGLE_LOCATION}"
+# credentials_file = "service-account.json"
+# references = ["refs/shiva.png"]   # sent with every image request: the same character everywhere
+image_model = "{defaults.GOOGLE_IMAGE_MODEL}"
+veo_model = "{defaults.GOOGLE_VEO_MODEL}"
+max_usd_per_run = {defaults.GOOGLE_MAX_USD_PER_RUN}     # a job past a cap is not sent; `tandava spend RUN --approve`
+max_usd_per_day = {defaults.GOOGLE_MAX_USD_PER_DAY}
+max_concurrent_operations = {defaults.GOOGLE_MAX_OPERATIONS}    # Veo operations open at once (Google allows ~10 per project)
+max_concurrent_images = {defaults.GOOGLE_MAX_IMAGE_REQUESTS}         # Gemini image requests in flight at once
+# [google.prices."veo-3.1-fast-generate-001"]   # USD; defaults as published on {defaults.GOOGLE_PRICES_DATE}
+# second = 0.12
 
 [assembly]
 transition = "crossfade"   # none, fade or crossfade, at section changes

@@ -130,9 +130,12 @@ class MakeCandidates:
         self.head_start = head_start
 
     def __call__(self, job: StageRun) -> None:
+        from daemon.stages.google import write_estimate
+
         segments = read_segments(job.ref.path)
         backend = self.backend_for(self.settings, job)
         count = self.settings.images.candidates
+        write_estimate(self.settings, job.ref.path, segments)  # before the first paid image
         # Hand every first attempt to the backend before waiting for one, so
         # a GPU server always has the next image queued.
         batch = []

@@ -37,11 +37,41 @@ PROGRESS_WRITE_SECONDS = 1.0
 
 
 def located(record: Job, run_dir: Path) -> Job:
-    """The job as a backend sees it: paths made absolute for where the run is now."""
-    update = {"output": str(run_dir / record.output)}
+    """The job as a backend sees it: paths made absolute for where the run is now.
+
+    Its ``detail`` is a copy: what a backend writes there (a cloud operation's
+    name, the model that answered) is taken back into the record by ``start_job``
+    and ``finish_job``, and saved.
+    """
+    detail = dict(record.detail)
+    if detail.get("last_frame"):
+        detail["last_frame"] = str(run_dir / str(detail["last_frame"]))
+    update: dict[str, object] = {"output": str(run_dir / record.output), "detail": detail}
     if record.source:
         update["source"] = str(run_dir / record.source)
     return record.model_copy(update=update)
+
+
+def _take_back(record: Job, sent: Job) -> bool:
+    """Copy what the backend wrote into ``sent.detail`` back to the record; True when it changed."""
+    detail = {k: v for k, v in sent.detail.items() if k != "last_frame"}
+    detail.setdefault("last_frame", record.detail.get("last_frame", ""))
+    if not detail["last_frame"]:
+        detail.pop("last_frame")
+    if detail == record.detail:
+        return False
+    record.detail = detail
+    return True
+
+
+def _submit(job: StageRun, backend: Backend, record: Job) -> None:
+    """Hand the job to the backend; whatever it recorded (an operation name) is on disk when this returns."""
+    sent = located(record, job.ref.path)
+    try:
+        backend.submit(sent)
+    finally:
+        if _take_back(record, sent):
+            job.store.save(job.ref, job.manifest)
 
 
 def is_done(job: StageRun, record: Job | None) -> bool:
@@ -59,12 +89,12 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
         record = make_record()
         manifest.jobs[job_id] = record
         job.store.save(job.ref, manifest)  # the id is on disk before the backend hears of it
-        backend.submit(located(record, job.ref.path))
-    elif record.status == "failed" or not backend.can_resume(located(record, job.ref.path)):
+        _submit(job, backend, record)
+    elif record.status == "failed" or not _can_resume(job, backend, record):
         record.status = "submitted"
         # Made again, perhaps by another backend than the one that recorded it first.
         record.backend = backend.name
-        backend.submit(located(record, job.ref.path))
+        _submit(job, backend, record)
     return record
 
 
@@ -84,11 +114,18 @@ def start_jobs(job: StageRun, backend: Backend,
     for jid, make in wanted:
         if jid in fresh:
             record = manifest.jobs[jid]
-            backend.submit(located(record, job.ref.path))
+            _submit(job, backend, record)
         else:
             record = start_job(job, backend, jid, make)
         records.append(record)
     return records
+
+
+def _can_resume(job: StageRun, backend: Backend, record: Job) -> bool:
+    sent = located(record, job.ref.path)
+    resumable = backend.can_resume(sent)
+    _take_back(record, sent)  # e.g. an expired operation name dropped
+    return resumable
 
 
 def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | None = None) -> Job:
@@ -98,8 +135,12 @@ def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | N
     (job.ref.path / record.output).parent.mkdir(parents=True, exist_ok=True)
     with structlog.contextvars.bound_contextvars(segment=record.segment):
         record.attempts += 1
-        output = backend.collect(located(record, job.ref.path), progress=_progress_writer(job, record),
-                                 stop=job.stop_event)
+        sent = located(record, job.ref.path)
+        try:
+            output = backend.collect(sent, progress=_progress_writer(job, record), stop=job.stop_event)
+        finally:
+            if _take_back(record, sent):
+                job.store.save(job.ref, job.manifest)
         if check is not None:
             check(output, record)
         record.status = "done"

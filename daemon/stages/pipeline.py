@@ -33,18 +33,23 @@ from daemon.runs.states import Event, State
 if TYPE_CHECKING:
     from daemon.backends.base import ImageBackend, VideoBackend
     from daemon.backends.comfy.backend import ComfyBackends
+    from daemon.stages.google import GoogleBackends
 
 ANALYSIS_FILE = "analysis.json"
 
 
-def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list[Stage]:
+def build_stages(settings: Settings, comfy: ComfyBackends | None = None,
+                 google: GoogleBackends | None = None) -> list[Stage]:
     """The stages this installation runs, in pipeline order.
 
     With ``comfy`` (see ``uses_comfy``), the stages that make images or clips
-    on ComfyUI share its pool and run on the ``gpu`` resource.
+    on ComfyUI share its pool and run on the ``gpu`` resource. Google's
+    backends (``gemini`` images, ``veo`` clips) are built once here and shared
+    by every run, so the caps and the operation limit hold across runs.
     """
     from daemon.stages.candidates import MakeCandidates, image_backend_for
     from daemon.stages.gate import Gate, Offer
+    from daemon.stages.google import GoogleBackends, prompt_rewriter, uses_google
     from daemon.stages.render import Render, head_start, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
@@ -54,6 +59,14 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
         images_for, images_on = (lambda _s, _j: comfy.image), "gpu"
     if comfy is not None and settings.clips.backend == "comfyui":
         video_for, render_on = (lambda _s: comfy.video), "gpu"
+    if google is None and uses_google(settings):
+        google = GoogleBackends.open(settings)
+    if google is not None and google.image is not None:
+        gemini = google.image
+        images_for = lambda _s, _j: gemini  # noqa: E731
+    if google is not None and google.video is not None:
+        veo = google.video
+        video_for = lambda _s: veo  # noqa: E731
     return [
         Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings)),
         Stage("images", State.ANALYZED, Event.IMAGES_DONE,
@@ -61,7 +74,8 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
               images_on),
         Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
         Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings, images_for)),
-        Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings, video_for), render_on),
+        Stage("render", State.APPROVED, Event.RENDER_DONE,
+              Render(settings, video_for, rewrite=prompt_rewriter(settings)), render_on),
     ]
 
 

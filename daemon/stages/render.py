@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from daemon.approval.store import ApprovalStore, approved_images, candidates_of, statuses
-from daemon.backends.base import Job, VideoBackend, job_id
+from daemon.backends.base import SAFETY_FILTERED, Job, VideoBackend, job_id
 from daemon.config import Settings
 from daemon.errors import PermanentError, TransientError
 from daemon.music.plan import Segment
@@ -28,7 +28,7 @@ from daemon.runs.engine import StageRun
 from daemon.stages.candidates import seed_for
 from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
 from daemon.video import media, qc
-from daemon.video.timeline import ClipRequest, Timeline, build_timeline
+from daemon.video.timeline import ClipRequest, Timeline, plan_timeline
 
 log = structlog.get_logger("tandava.render")
 
@@ -43,21 +43,6 @@ def make_video_backend(settings: Settings) -> VideoBackend:
     from daemon.backends.kenburns import KenBurnsBackend
 
     return KenBurnsBackend(media.find_ffmpeg(settings.assembly.ffmpeg))
-
-
-def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None) -> Timeline:
-    """The timeline for a run's segments under this installation's settings."""
-    cfg = settings.assembly
-    fps = settings.video.fps
-    return build_timeline(
-        [s.start for s in segments] + [segments[-1].end],
-        fps=fps,
-        max_frames=max_frames,
-        max_slowdown=settings.clips.max_slowdown,
-        section_cuts=[b.section != a.section for a, b in zip(segments, segments[1:], strict=False)],
-        transition=cfg.transition,
-        transition_frames=round(cfg.transition_seconds * fps) if cfg.transition != "none" else 0,
-    )
 
 
 # How many clips a run's images stage hands over early (see ``head_start``): enough to keep the
@@ -77,6 +62,8 @@ def head_start(settings: Settings, backend_for: Callable[[Settings], VideoBacken
     """
     segments = read_segments(job.ref.path)
     backend = backend_for(settings)
+    if getattr(backend, "bills_by_second", False):
+        return 0  # a paid clip is sent only by the render stage, once the whole plan is approved
     approvals = ApprovalStore(job.store).load(job.ref)
     approved = {s.segment: s.approved for s in statuses(job.manifest, approvals, len(segments))
                 if s.approved is not None}
@@ -90,8 +77,10 @@ def head_start(settings: Settings, backend_for: Callable[[Settings], VideoBacken
             break
         if request.chained_from is not None or request.segment not in images:
             continue
+        # Only the approved segments' entries are ever read (the others are skipped above).
+        by_index = [images.get(i, job.ref.path) for i in range(len(segments))]
         attempt = render._attempt(job, backend, request, segments[request.segment],
-                                  images[request.segment], [], media.find_ffmpeg(settings.assembly.ffmpeg))
+                                  by_index, [], media.find_ffmpeg(settings.assembly.ffmpeg))
         jid, make = attempt(0)
         if jid not in job.manifest.jobs:
             start_job(job, backend, jid, make)
@@ -102,13 +91,25 @@ def head_start(settings: Settings, backend_for: Callable[[Settings], VideoBacken
 
 
 class Render:
-    """approved → rendered."""
+    """approved → rendered.
+
+    A clip a backend's safety filter refuses (cause ``SafetyFiltered``) is made
+    once more with its prompt rewritten (``rewrite``); refused again, the
+    segment gets a Ken Burns clip of its approved image (``[clips] fallback``),
+    recorded on the job and in the stage's ``fallbacks``, and shown by
+    ``tandava show``. In Veo's interpolate mode a segment's last clip ends on
+    the next segment's approved image (``detail.last_frame``).
+    """
 
     def __init__(
-        self, settings: Settings, backend_for: Callable[[Settings], VideoBackend] = make_video_backend
+        self, settings: Settings, backend_for: Callable[[Settings], VideoBackend] = make_video_backend,
+        rewrite: Callable[[str, str], str] | None = None,
     ) -> None:
+        from daemon.stages.google import gentle_prompt
+
         self.settings = settings
         self.backend_for = backend_for
+        self.rewrite = rewrite or gentle_prompt
 
     def __call__(self, job: StageRun) -> None:
         from daemon.video.assembly import (
@@ -121,20 +122,26 @@ class Render:
         ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)
         backend: VideoBackend = self.backend_for(self.settings)
-        timeline = plan_timeline(self.settings, segments, backend.max_frames)
+        timeline = plan_timeline(self.settings, segments, backend.max_frames,
+                                 shortest=getattr(backend, "bills_by_second", False))
         images = approved_images(job.ref, job.manifest, ApprovalStore(job.store).load(job.ref), len(segments))
+        from daemon.stages.google import write_estimate
+
+        write_estimate(self.settings, job.ref.path, segments)  # before the first paid clip
+        last_frames = self._interpolation(job, timeline, images)
         clips: list[Path] = []
         # Every clip that does not start from another clip's last frame is
         # handed to the backend first, so a GPU server always has one queued.
-        for request in timeline.clips:
+        for i, request in enumerate(timeline.clips):
             if request.chained_from is None:
-                jid, make = self._attempt(job, backend, request, segments[request.segment],
-                                          images[request.segment], [], ffmpeg)(0)
+                jid, make = self._attempt(job, backend, request, segments[request.segment], images, [], ffmpeg,
+                                          last_frame=last_frames.get(i, ""))(0)
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
                     start_job(job, backend, jid, make)
-        for request in timeline.clips:
-            record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg)
+        for i, request in enumerate(timeline.clips):
+            record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg,
+                                last_frames.get(i, ""))
             clips.append(job.ref.path / record.output)
         if not job.is_done("assembly") or not (job.ref.path / "final.mp4").is_file():
             result = assemble(
@@ -155,30 +162,94 @@ class Render:
             job.done("thumbnail")
         log.info("render.done", video=str(job.ref.path / "final.mp4"))
 
+    def _interpolation(self, job: StageRun, timeline: Timeline, images: list[Path]) -> dict[int, str]:
+        """Veo interpolate mode: the clip index → the next segment's approved image it ends on."""
+        if self.settings.clips.backend != "veo" or self.settings.clips.veo_mode != "interpolate":
+            return {}
+        last_part = {request.segment: i for i, request in enumerate(timeline.clips)}
+        return {i: images[seg + 1].relative_to(job.ref.path).as_posix()
+                for seg, i in last_part.items() if seg + 1 < len(images)}
+
     def _attempt(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
-                 image: Path, clips: list[Path], ffmpeg: str) -> Attempt:
-        """Attempt ``n`` at a clip: its job id and record; each attempt has a new seed."""
+                 images: list[Path], clips: list[Path], ffmpeg: str, *, prompt: str | None = None,
+                 offset: int = 0, last_frame: str = "") -> Attempt:
+        """Attempt ``n`` at a clip: its job id and record; each attempt has a new seed.
+
+        ``offset`` sets apart a rewritten prompt's attempts (100) and a fallback's (200)."""
         output = f"{CLIPS_DIR}/s{segment.index:03d}_p{request.part:02d}.mp4"
-        source = image.relative_to(job.ref.path).as_posix()
+        source = images[segment.index].relative_to(job.ref.path).as_posix()
         if request.chained_from is not None:
             source = self._chain_start(clips[request.chained_from], request, job, ffmpeg)
 
         def attempt(n: int) -> tuple[str, Callable[[], Job]]:
             seed = seed_for(job.manifest.song.sha256, segment.index, 1000 + request.part,
-                            self.settings.analysis.seed + 7919 * n)
+                            self.settings.analysis.seed + 7919 * (n + offset))
             jid = job_id(job.ref.run_id, "clip", segment.index, request.part, seed)
             return jid, lambda: Job(
                 id=jid, kind="clip", backend=backend.name, segment=segment.index, seed=seed,
-                index=request.part, prompt=segment.motion_prompt, negative_prompt=segment.negative_prompt,
+                index=request.part, prompt=prompt or segment.motion_prompt,
+                negative_prompt=segment.negative_prompt,
                 width=self.settings.video.width, height=self.settings.video.height,
                 frames=request.frames, fps=self.settings.video.fps, source=source, output=output,
+                detail={"last_frame": last_frame} if last_frame else {},
             )
 
         return attempt
 
     def _clip(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
-              images: list[Path], clips: list[Path], ffmpeg: str) -> Job:
-        attempt = self._attempt(job, backend, request, segment, images[segment.index], clips, ffmpeg)
+              images: list[Path], clips: list[Path], ffmpeg: str, last_frame: str = "") -> Job:
+        """The clip, or after a safety refusal: a rewritten prompt once, then the fallback."""
+        args = (job, backend, request, segment, images, clips, ffmpeg)
+        try:
+            return self._make(*args, last_frame=last_frame)
+        except PermanentError as exc:
+            if exc.cause != SAFETY_FILTERED:
+                raise
+            first = exc
+        rewritten = self.rewrite(segment.motion_prompt, first.reason)
+        log.warning("clip.filtered", segment=segment.index, part=request.part, next="rewrite")
+        try:
+            return self._make(*args, prompt=rewritten, offset=100, last_frame=last_frame)
+        except PermanentError as exc:
+            if exc.cause != SAFETY_FILTERED or self.settings.clips.fallback == "none":
+                raise
+            second = exc
+        from daemon.backends.kenburns import KenBurnsBackend
+
+        kenburns = KenBurnsBackend(ffmpeg)
+        jid, make = self._attempt(job, kenburns, request, segment, images, clips, ffmpeg, offset=200)(0)
+        record = ensure_job(job, kenburns, jid, make, check=_check_clip)
+        note = (f"segment {segment.index} part {request.part}: Ken Burns clip of the approved image "
+                f"(Veo's safety filter refused the prompt and its rewrite: {second.reason[:200]})")
+        record.detail["fallback"] = note
+        fallbacks = job.manifest.progress(job.stage).detail.setdefault("fallbacks", [])
+        if note not in fallbacks:
+            fallbacks.append(note)
+        job.store.save(job.ref, job.manifest)
+        log.warning("clip.fallback", segment=segment.index, part=request.part, backend="kenburns")
+        return record
+
+    def _make(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
+              images: list[Path], clips: list[Path], ffmpeg: str, *, prompt: str | None = None,
+              offset: int = 0, last_frame: str = "") -> Job:
+        attempt = self._attempt(job, backend, request, segment, images, clips, ffmpeg, prompt=prompt,
+                                offset=offset, last_frame=last_frame)
+        jid, _ = attempt(0)
+        existing = job.manifest.jobs.get(jid)
+        if existing is not None and existing.status == "failed" and "filtered" in existing.detail:
+            raise PermanentError(str(existing.detail["filtered"]), cause=SAFETY_FILTERED)  # before a restart
+        try:
+            return self._checked(job, backend, attempt, request, segment)
+        except PermanentError as exc:
+            if exc.cause == SAFETY_FILTERED and jid in job.manifest.jobs:
+                failed = job.manifest.jobs[jid]
+                failed.status = "failed"
+                failed.detail.setdefault("filtered", exc.reason[:500])
+                job.store.save(job.ref, job.manifest)
+            raise
+
+    def _checked(self, job: StageRun, backend: VideoBackend, attempt: Attempt, request: ClipRequest,
+                 segment: Segment) -> Job:
         if not getattr(backend, "checks_output", False):
             jid, record = attempt(0)
             return ensure_job(job, backend, jid, record, check=_check_clip)

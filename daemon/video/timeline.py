@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from daemon import defaults
+from daemon.config import Settings
 from daemon.errors import PermanentError
 from daemon.music.plan import Segment
 
@@ -318,3 +319,27 @@ def _split(n: int, head: int, tail: int, cap: int | None) -> list[tuple[int, int
         t = tail if p == k - 1 else 0
         parts.append((output - h - t, h, t))
     return parts
+
+
+def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None, *,
+                  shortest: bool = False) -> Timeline:
+    """The timeline for a run's segments under this installation's settings.
+
+    ``shortest``: ask for only the frames each clip shows (a backend that bills
+    by the second and picks its own shortest length, Veo), not the model's
+    native length."""
+    cfg = settings.assembly
+    fps = settings.video.fps
+    timeline = build_timeline(
+        [s.start for s in segments] + [segments[-1].end],
+        fps=fps,
+        max_frames=max_frames,
+        max_slowdown=settings.clips.max_slowdown,
+        section_cuts=[b.section != a.section for a, b in zip(segments, segments[1:], strict=False)],
+        transition=cfg.transition,
+        transition_frames=round(cfg.transition_seconds * fps) if cfg.transition != "none" else 0,
+    )
+    if not shortest:
+        return timeline
+    clips = tuple(replace(c, frames=p.source_frames) for c, p in zip(timeline.clips, timeline.pieces, strict=True))
+    return replace(timeline, clips=clips)

@@ -233,6 +233,32 @@ class GeminiWriter:
             cause="GeminiInvalidOutput")
 
 
+# A rewritten motion prompt longer than this is not a prompt.
+_REWRITE_MAX_CHARS = 600
+
+
+def rewrite_prompt(cfg: GeminiConfig, api_key: str, prompt: str, reason: str) -> str:
+    """Gemini rewrites a video prompt a safety filter refused (``reason``) into one that keeps the
+    motion and mood; raises ``WriterFailed`` when there is no usable answer."""
+    if not api_key:
+        raise WriterFailed("no Gemini API key to rewrite the prompt", KEY_HINT, cause="GeminiNoKey")
+    ask = ("A video model's safety filter refused this motion prompt for a music video.\n"
+           f"Prompt: {prompt}\nFilter said: {reason[:400]}\n"
+           "Rewrite it so it keeps the camera motion, the mood and the subject but nothing a safety filter "
+           "could read as violence, harm or explicit content. Answer with the new prompt only, one line.")
+    client = make_client(cfg, api_key, timeout_seconds=cfg.timeout_seconds, attempts=cfg.attempts)
+    try:
+        response = client.models.generate_content(model=cfg.model, contents=ask)
+    except _SDK_FAILURES as exc:
+        raise sdk_failure(exc, cfg, api_key) from None
+    finally:
+        client.close()
+    text = " ".join((response.text or "").split())
+    if not text or len(text) > _REWRITE_MAX_CHARS:
+        raise WriterFailed("Gemini gave no usable rewrite of the prompt", "", cause="GeminiInvalidOutput")
+    return text
+
+
 def safe_text(exc: BaseException | str, api_key: str) -> str:
     """Text from the SDK, safe for a message or a log: the key replaced, tokens scrubbed, cut short."""
     text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)

@@ -85,11 +85,12 @@ def song_text(view: RunView, record: TelegramRecord) -> str:
     if view.state in DECIDING_STATES and view.segments:
         done = sum(1 for s in view.segments if s.approved is not None)
         per = max((len(s.candidates) for s in view.segments), default=0)
+        cost = "".join(f"\n💰 {line}" for line in view.cost)
         if view.more_coming:
             return (head + f"⏳ first segments ready ({len(view.segments)} of {view.planned}), more coming: "
-                    f"tap ✅ or ❌ under each segment as it arrives.\nApproved: {done} of {view.planned}")
+                    f"tap ✅ or ❌ under each segment as it arrives.\nApproved: {done} of {view.planned}{cost}")
         return (head + f"{len(view.segments)} segment(s), up to {per} candidate(s) each: tap ✅ or ❌ "
-                f"under each segment.\nApproved: {done} of {len(view.segments)}")
+                f"under each segment.\nApproved: {done} of {len(view.segments)}{cost}")
     segments = len({p.segment for p in record.posts})
     if view.state is State.APPROVED:
         return head + f"✅ all {segments} segment(s) approved: making the video"
