@@ -86,11 +86,10 @@ def _hidden(csrf: str, **fields: object) -> str:
 
 
 def action(run_id: str, what: str, label: str, csrf: str, *, primary: bool = False,
-           inline: bool = False, **fields: object) -> str:
-    """A one-button form that POSTs one action for a run (``inline``: inside a sentence)."""
+           **fields: object) -> str:
+    """A one-button form that POSTs one action for a run."""
     cls = ' class="primary"' if primary else ""
-    form = "act inline" if inline else "act"
-    return (f'<form class="{form}" method="post" action="{run_href(run_id, what)}">'
+    return (f'<form class="act" method="post" action="{run_href(run_id, what)}">'
             f'{_hidden(csrf, **fields)}<button type="submit"{cls}>{e(label)}</button></form>')
 
 
@@ -203,14 +202,19 @@ def _action_html(act: Action, csrf: str) -> str:
         href = run_href(act.run_id) if act.run_id else "/"
         return f'<a class="inline" href="{href}">{e(act.words)}</a>'
     if act.verb == "approve-all":
-        return action(act.run_id, "approve-all", act.words, csrf, inline=True)
+        return _inline_form(act.run_id, "approve-all", act.words, csrf)
     if act.verb == "retry":  # hints say "then run `tandava retry …`": "then run [retry]"
-        return action(act.run_id, "retry", "retry", csrf, inline=True)
+        return _inline_form(act.run_id, "retry", "retry", csrf)
     if act.verb == "regenerate":
-        return action(act.run_id, "decide", act.words, csrf, inline=True,
-                      segment=act.segment, verdict="regenerate")
-    return action(act.run_id, "decide", act.words, csrf, inline=True,
-                  segment=act.segment, candidate=act.candidate, verdict="approve")
+        return _inline_form(act.run_id, "decide", act.words, csrf, segment=act.segment, verdict="regenerate")
+    return _inline_form(act.run_id, "decide", act.words, csrf,
+                        segment=act.segment, candidate=act.candidate, verdict="approve")
+
+
+def _inline_form(run_id: str, what: str, label: str, csrf: str, **fields: object) -> str:
+    """A one-button form inside a sentence (``panel.js`` posts every ``.act`` form the same way)."""
+    return (f'<form class="act inline" method="post" action="{run_href(run_id, what)}">'
+            f'{_hidden(csrf, **fields)}<button type="submit">{e(label)}</button></form>')
 
 
 def run_main(s: Summary, csrf: str, *, files: Sequence[str] = ()) -> str:
