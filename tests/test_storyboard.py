@@ -82,11 +82,12 @@ def test_no_move_goes_beyond_the_limits_the_safe_area_assumes() -> None:
         assert max(abs(motion.pan_x), abs(motion.pan_y)) <= pan + 1e-9, prompt
 
 
-def test_the_label_is_small_and_readable() -> None:
-    """The label takes under 6 % of the frame, and its font is no smaller than 7 px at 832x480."""
-    image, box = draw_storyboard(job())
-    assert box is not None and box.width * box.height < 0.06 * image.width * image.height
-    assert box.height >= 7 * 4  # four headings at least
+@pytest.mark.parametrize("size", [(832, 480), (480, 832), (1920, 1080)])
+def test_the_label_is_small_and_readable(size: tuple[int, int]) -> None:
+    """The label takes under 8 % of the frame, landscape or portrait, and still holds four headings."""
+    image, box = draw_storyboard(job(size=size))
+    assert box is not None and box.width * box.height < 0.08 * image.width * image.height
+    assert box.height >= 7 * 4
 
 
 def test_a_frame_too_small_for_a_label_gets_none() -> None:

@@ -61,10 +61,13 @@ MOOD_SHAPES = {
     "euphoric": (1.3, 0.0),
     "fading": (0.5, -0.08),
 }
-# The label's largest and smallest font (pixels); it shrinks to fit the safe area's width.
+# The label's largest font (a share of the frame's shorter side) and smallest (pixels);
+# it shrinks to fit the safe area's width.
 LABEL_FONT_SHARE = 1 / 40
 LABEL_FONT_MIN = 7
 LABEL_PROMPT_LINES = 3
+# The label is never wider than this share of the frame, however wide the safe area (portrait frames).
+LABEL_MAX_WIDTH = 0.3
 # The picture is painted at 1/PAINT_SCALE of the frame's size, then scaled up.
 PAINT_SCALE = 2
 
@@ -223,11 +226,11 @@ def _stars(sky: np.ndarray, horizon: float, rng: random.Random, width: int, heig
 
 def draw_label(image: Image.Image, safe: Box, heads: list[str], prompt: str) -> Box | None:
     """Draw the label at the bottom of ``safe``, as large as fits; returns the box it covers."""
-    height = image.height
-    for size in range(max(LABEL_FONT_MIN, round(height * LABEL_FONT_SHARE)), LABEL_FONT_MIN - 1, -1):
+    largest = max(LABEL_FONT_MIN, round(min(image.size) * LABEL_FONT_SHARE))
+    for size in range(largest, LABEL_FONT_MIN - 1, -1):
         font = _font(size)
         pad = max(2, size // 3)
-        inner = safe.width - 2 * pad
+        inner = min(safe.width, round(image.width * LABEL_MAX_WIDTH)) - 2 * pad
         if inner <= 0 or max(font.getlength(word) for text in heads for word in text.split()) > inner:
             continue
         # A narrow frame breaks a heading between its words ("seed" / "1021").
