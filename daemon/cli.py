@@ -232,7 +232,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     Example: tandava init            (writes ./tandava.toml)
              tandava init --path /srv/tandava/tandava.toml
     """
-    from daemon.host.report import sample_config
+    from daemon.host.sample import sample_config
 
     target: Path = args.path
     if target.exists() and not args.force:

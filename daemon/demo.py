@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -89,5 +93,79 @@ def run_demo(folder: Path, *, out: TextIO) -> int:
         print(f"video: {video}", file=out)
         print(f"  thumbnail: {newest.path / 'thumbnail.jpg'}", file=out)
         print(f"  contact sheet: {newest.path / 'contact_sheet.png'}", file=out)
-    print(f"status: tandava --config {config} status", file=out)
+    for line in next_steps(config, panel=f"http://{settings.web.host}:{settings.web.port}"):
+        print(line, file=out)
     return 0 if newest.state is State.RENDERED else 1
+
+
+def tandava_command(
+    python: Path | None = None,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    cwd: Path | None = None,
+) -> str:
+    """The command that runs this installation's ``tandava`` from a fresh shell.
+
+    A venv's script is not on PATH until the venv is activated, so a bare
+    ``tandava`` would fail there: the script beside the running Python is named
+    by its path (relative to here when it is below here), or, without one,
+    ``python -m daemon``.
+    """
+    python = Path(sys.executable) if python is None else python
+    script = python.parent / ("tandava.exe" if os.name == "nt" else "tandava")
+    if not script.is_file():
+        return f"{_shown(python, cwd)} -m daemon"
+    found = which("tandava")
+    if found is not None and Path(found).absolute() == script.absolute():
+        return "tandava"
+    return _shown(script, cwd)
+
+
+def activate_hint(
+    python: Path | None = None, *, cwd: Path | None = None
+) -> str:
+    """How to put ``tandava`` on PATH: activate its venv (empty when not in a venv)."""
+    python = Path(sys.executable) if python is None else python
+    venv = python.parent.parent
+    if not (venv / "pyvenv.cfg").is_file():
+        return ""
+    if os.name == "nt":
+        return _shown(venv / "Scripts" / "activate", cwd)
+    return f"source {_shown(venv / 'bin' / 'activate', cwd)}"
+
+
+def next_steps(config: Path, *, panel: str, command: str | None = None, activate: str | None = None) -> list[str]:
+    """What the demo prints last: how to look at the demo run, then how to start for real."""
+    tandava = tandava_command() if command is None else command
+    activate = activate_hint() if activate is None else activate
+    lines = [
+        "",
+        "next:",
+        f"  look at the demo run:  {tandava} --config {_shown(config, None)} status",
+        "  make your own videos, in this folder:",
+        f"    {tandava} init   writes tandava.toml (every key, commented)",
+        f"    {tandava} run    watches ./inbox and makes the videos; Ctrl-C stops it",
+        f"    then drop songs into ./inbox, and approve their candidates at {panel}",
+    ]
+    if tandava != "tandava":
+        how = f"activate the venv first: {activate}" if activate else "put its folder on PATH"
+        lines.append(f"  (`tandava` alone is not on PATH in a new shell; to type it so, {how})")
+    return lines
+
+
+def _shown(path: Path, cwd: Path | None) -> str:
+    """A path as a person types it here: relative when below the working folder, quoted if needed."""
+    full = path.absolute()
+    here = (cwd or Path.cwd()).absolute()
+    if not full.is_relative_to(here):
+        return _quote(str(full))
+    rel = full.relative_to(here)
+    # A bare name is looked up on PATH: a file right here needs its "./".
+    return _quote(str(rel) if len(rel.parts) > 1 else f".{os.sep}{rel}")
+
+
+def _quote(text: str) -> str:
+    """Quoted only when a shell needs it (Windows: double quotes)."""
+    if os.name == "nt":
+        return f'"{text}"' if " " in text else text
+    return shlex.quote(text)

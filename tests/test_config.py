@@ -120,7 +120,7 @@ def test_cli_reports_config_error_with_exit_2(tmp_path: Path, capsys: pytest.Cap
 
 def test_sample_config_is_valid_and_shows_the_defaults(tmp_path: Path) -> None:
     """The commented tandava.toml that `tandava init` writes loads, and every value shown is the default."""
-    from daemon.host.report import sample_config
+    from daemon.host.sample import sample_config
 
     (tmp_path / "tandava.toml").write_text(sample_config(), encoding="utf-8")
     loaded = load_settings(tmp_path / "tandava.toml")

@@ -16,13 +16,11 @@ from daemon.backends.base import ImageBackend, Job, noop_progress
 from daemon.backends.images import (
     FolderBackend,
     StoryboardBackend,
-    format_time,
     make_image_backend,
     natural_key,
     photo_index,
-    render_storyboard,
-    wrap,
 )
+from daemon.backends.storyboard import draw_storyboard, format_time, render_storyboard, wrap
 from daemon.config import ImagesConfig, Settings
 from daemon.errors import RUN_PLACEHOLDER, PermanentError
 
@@ -100,11 +98,13 @@ def test_candidates_of_one_segment_differ_clearly() -> None:
 
 
 def test_the_label_shows_what_the_segment_is() -> None:
-    """The label panel is drawn: the frame's lower left holds near-white text on a dark panel."""
-    frame = pixels(render_storyboard(image_job(Path("out"), 3, 1)))
-    panel = frame[H // 2 :, : W // 2]
-    assert (panel.min(axis=2) > 240).sum() > 500  # white glyph pixels
-    assert (panel.max(axis=2) < 90).sum() > 5000  # the dark panel behind them
+    """The label is drawn where it says: near-white text on a dark panel, small beside the frame."""
+    frame, box = draw_storyboard(image_job(Path("out"), 3, 1))
+    assert box is not None
+    panel = pixels(frame)[box.top:box.bottom, box.left:box.right]
+    assert (panel.min(axis=2) > 200).sum() > 300  # white glyph pixels
+    assert (panel.max(axis=2) < 90).sum() > 0.4 * panel.shape[0] * panel.shape[1]  # the dark panel
+    assert box.width * box.height < 0.06 * W * H  # smaller than a sixteenth of the frame
 
 
 @pytest.mark.parametrize("prompt", [

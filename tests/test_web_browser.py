@@ -14,7 +14,7 @@ if not CHROMIUM.is_file():
 pytest.importorskip("playwright.sync_api")
 
 from playwright.sync_api import Browser, sync_playwright  # noqa: E402
-from test_approval import new_pending_run  # noqa: E402
+from test_approval import gate_once, new_pending_run  # noqa: E402
 from test_web import TOKEN, new_failed_run, new_rendered_run  # noqa: E402
 
 from daemon.approval.store import ApprovalStore  # noqa: E402
@@ -117,10 +117,12 @@ def test_every_page_fits_a_phone_without_horizontal_scroll(browser: Browser, pan
                                                            store: RunStore, tmp_path: Path,
                                                            settings: Settings) -> None:
     """At 375×812 no page scrolls sideways, buttons are big enough to tap, and the video loads."""
-    pending, _ = new_pending_run(store, tmp_path, settings, segments=2)
+    pending, backend = new_pending_run(store, tmp_path, settings, segments=2)
+    gate_once(store, settings, backend)  # its waiting reason, with actions in the sentence
     failed = new_failed_run(store, tmp_path, "शिव तांडव 🔱 " * 4 + ".flac",
                             reason="ComfyUI at http://127.0.0.1:8188 has no model "
-                                   "'flux1-dev-fp8-e4m3fn-with-a-very-long-name.safetensors'")
+                                   "'flux1-dev-fp8-e4m3fn-with-a-very-long-name.safetensors'",
+                            hint="Put the model in models/unet, then run `tandava retry <run>`.")
     rendered = new_rendered_run(store, tmp_path)
     context = browser.new_context(viewport={"width": 375, "height": 812}, device_scale_factor=2,
                                   is_mobile=True, has_touch=True)
@@ -132,7 +134,7 @@ def test_every_page_fits_a_phone_without_horizontal_scroll(browser: Browser, pan
             widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert widths[0] <= widths[1] == 375, (path, widths)
             smallest = page.evaluate(
-                "Math.min(...[...document.querySelectorAll('button, a.btn')]"
+                "Math.min(...[...document.querySelectorAll('button, a.btn, a.inline')]"
                 ".map(b => b.getBoundingClientRect().height), 99)")
             assert smallest >= 44, (path, smallest)
         if page.evaluate("document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01E\"')"):

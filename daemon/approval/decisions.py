@@ -68,6 +68,7 @@ class RunView:
     path: Path
     segments: tuple[SegmentView, ...] = ()
     error: str = ""
+    # A notice (``daemon.approval.notice``): channels render its actions, never its backticks.
     hint: str = ""
     video: Path | None = None
     thumbnail: Path | None = None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.backends.base import Job, Progress
+from daemon.backends.framing import FAST, PAN_STEP, SLOW, STATIC, ZOOM_STEP
 from daemon.errors import RUN_PLACEHOLDER, PermanentError, TransientError
 from daemon.runs import fsutil
 from daemon.video.media import probe, run_ffmpeg
@@ -42,13 +43,9 @@ PRESET = "veryfast"
 # fastdecode (CAVLC, no deblocking) measured 7.6 -> 3.3 CPU-s to decode a
 # 4-minute song's 48 clips, for 12 % larger intermediates.
 TUNE = "fastdecode"
-# Magnification added over a clip at normal speed (1.0 -> 1.12 in 5 s), and
-# how far a pan moves the view, as a share of the image width or height.
-ZOOM_STEP = 0.12
-PAN_STEP = 0.08
-# "slow", "fast" and "static" scale both; static keeps a breath of motion so
-# a still does not look frozen.
-SLOW, FAST, STATIC = 0.6, 1.6, 0.2
+# How far a move may zoom and pan (ZOOM_STEP, PAN_STEP and the SLOW, FAST and
+# STATIC speeds) is set in ``framing``: the storyboard keeps its label where
+# no move reaches, so both read the same numbers.
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What the CLI shows a person: run status, one run in full, and the sample config.
+"""What the CLI shows a person: run status, one run in full, and what waits for approval.
 
 Pure formatting over the store: it reads manifests and returns lines, so the
 CLI prints them and tests compare them.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon import defaults
 from daemon.errors import StoreError
 from daemon.runs.manifest import Manifest
 from daemon.runs.states import State
@@ -158,133 +157,6 @@ def _writing_lines(run_dir: Path) -> Iterator[str]:
         yield f"  {entry.get('writer', '?')} fell through: {entry.get('reason', '')}"
         if entry.get("hint"):
             yield f"      fix: {entry['hint']}"
-
-
-def sample_config() -> str:
-    """A commented ``tandava.toml`` with every key at its default."""
-    return f"""\
-# Tandava configuration. Every key is optional; the values shown are the defaults.
-# Precedence (highest first): TANDAVA_* environment variables, .env beside this
-# file (for secrets), this file, built-in defaults. Nested keys in the
-# environment use "__", e.g. TANDAVA_WATCH__POLLING=always.
-# Relative paths resolve against this file's folder.
-
-[paths]
-inbox = "inbox"            # drop songs here (.mp3 .wav .flac .ogg .m4a); may be an SMB/NFS share
-state_root = "state"       # run folders live here, one directory per state
-logs = "logs"              # JSON-lines log files, rotated
-# themes = "themes"        # extra prompt themes (*.toml) beside the built-in shiva and neutral
-
-[watch]
-stable_seconds = {defaults.STABLE_SECONDS}     # a file is complete when size and mtime hold this long
-rescan_seconds = {defaults.RESCAN_SECONDS}    # full rescan of the inbox, because events get lost
-poll_seconds = {defaults.POLL_SECONDS}       # polling interval on network shares
-polling = "auto"           # auto (poll on SMB/CIFS/NFS), always, never
-
-[analysis]
-max_song_seconds = {defaults.MAX_SONG_SECONDS}   # longer songs are refused before decoding
-min_song_seconds = {defaults.MIN_SONG_SECONDS}
-sample_rate = {defaults.ANALYSIS_SAMPLE_RATE}
-writer = "theme"           # who writes the prompts: theme (offline), gemini (listens to the song) or ollama
-fallback = ["theme"]       # tried in order when the writer fails (network, quota, invalid output)
-theme = "{defaults.THEME}"            # shiva or neutral, or a theme file of your own
-seed = {defaults.SEED}                 # same seed, same prompts
-segments = "dynamic"       # "dynamic" (from length and sections) or a fixed number
-
-[gemini]                   # the key: GOOGLE_API_KEY in .env beside this file, or in the environment
-model = "{defaults.GEMINI_MODEL}"
-timeout_seconds = {defaults.GEMINI_TIMEOUT_SECONDS}
-attempts = {defaults.GEMINI_ATTEMPTS}
-inline_max_mb = {defaults.GEMINI_INLINE_MAX_MB}      # larger songs go through the Files API
-# base_url = ""            # another endpoint (a proxy)
-
-[ollama]
-url = "{defaults.OLLAMA_URL}"
-model = "{defaults.OLLAMA_MODEL}"
-timeout_seconds = {defaults.OLLAMA_TIMEOUT_SECONDS}
-
-[video]
-width = {defaults.VIDEO_WIDTH}
-height = {defaults.VIDEO_HEIGHT}
-fps = {defaults.CLIP_FPS}                  # Wan 2.1's native rate
-clip_frames = {defaults.CLIP_FRAMES}          # Wan 2.1 makes 4k+1 frames; 81 at 16 fps is 5.06 s
-
-[images]
-backend = "storyboard"     # storyboard (labelled preview frames), folder (your photos), comfyui (Flux) or gemini
-candidates = {defaults.CANDIDATES}             # candidate images per segment
-# folder = "photos"        # photos for the folder backend; default: a folder named like the song in the inbox
-max_rounds = {defaults.MAX_ROUNDS}             # rounds of new candidates when every candidate of a segment is rejected
-qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, flat or duplicate ComfyUI image before the run fails
-
-[approval]
-mode = "manual"            # manual (tandava approve …) or auto (the first candidate nobody rejected)
-
-[clips]
-backend = "kenburns"       # kenburns (a slow camera move over each image), comfyui (Wan 2.1) or veo (Google)
-veo_mode = "chain"         # veo: "interpolate" ends each clip on the next segment's approved image
-fallback = "kenburns"      # a clip refused by a safety filter (after one rewrite): kenburns, or none (the run fails)
-qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, frozen or flashing ComfyUI clip before the run fails
-max_slowdown = {defaults.MAX_SLOWDOWN}         # how far a clip may be slowed to fill its segment before a chain is used
-
-[comfy]
-servers = []               # ComfyUI URLs, one per GPU or machine, e.g. ["http://127.0.0.1:8188"]
-# workflows = "workflows"  # your own API-format workflows + mappings; default: the shipped ones
-image_workflow = "{defaults.IMAGE_WORKFLOW}"
-video_workflow = "{defaults.VIDEO_WORKFLOW}"  # or wan21_i2v_kijai (ComfyUI-WanVideoWrapper)
-vram_margin_gb = {defaults.VRAM_MARGIN_GB}       # free VRAM kept above a workflow's need before a job is sent
-request_timeout_seconds = {defaults.COMFY_REQUEST_TIMEOUT_SECONDS}
-health_timeout_seconds = {defaults.COMFY_HEALTH_TIMEOUT_SECONDS}  # /system_stats slower than this: the server is hung
-silence_seconds = {defaults.COMFY_SILENCE_SECONDS}       # no event this long while our job runs: hung
-# ollama_url = "http://127.0.0.1:11434"  # unload this Ollama's models when VRAM is short
-
-# A ComfyUI that Tandava launches, watches and restarts (optional):
-# [comfy.managed]
-# folder = "C:/ComfyUI"    # holds main.py
-# python = "C:/ComfyUI/venv/Scripts/python.exe"  # default: the Python running Tandava
-# args = ["--disable-api-nodes"]
-# port = {defaults.COMFY_PORT}
-# log_file = "logs/comfyui.log"
-
-[google]                   # gemini images / veo clips; the key: GOOGLE_API_KEY in .env
-route = "gemini-api"       # gemini-api (a key; images only) or vertex (project + ADC, or an express key)
-# project = "my-project"
-location = "{defaults.GOOGLE_LOCATION}"
-# credentials_file = "service-account.json"
-# references = ["refs/shiva.png"]   # sent with every image request: the same character everywhere
-image_model = "{defaults.GOOGLE_IMAGE_MODEL}"
-veo_model = "{defaults.GOOGLE_VEO_MODEL}"
-max_usd_per_run = {defaults.GOOGLE_MAX_USD_PER_RUN}     # a job past a cap is not sent; `tandava spend RUN --approve`
-max_usd_per_day = {defaults.GOOGLE_MAX_USD_PER_DAY}
-max_concurrent_operations = {defaults.GOOGLE_MAX_OPERATIONS}    # Veo operations open at once (Google allows ~10 per project)
-max_concurrent_images = {defaults.GOOGLE_MAX_IMAGE_REQUESTS}         # Gemini image requests in flight at once
-# [google.prices."veo-3.1-fast-generate-001"]   # USD; defaults as published on {defaults.GOOGLE_PRICES_DATE}
-# second = 0.12
-
-[assembly]
-transition = "crossfade"   # none, fade or crossfade, at section changes
-transition_seconds = {defaults.TRANSITION_SECONDS}
-crf = {defaults.CRF}                   # H.264 quality (lower is better and bigger)
-preset = "lean"            # lean (fast, tuned veryfast), or an x264 preset: ultrafast … slow
-audio_bitrate = "192k"
-exports = []               # add "mov" (MJPEG for VJ tools) and/or "vertical" (9:16)
-# ffmpeg = "/usr/bin/ffmpeg"  # a system ffmpeg instead of the bundled one
-
-[engine]
-cpu_workers = {defaults.CPU_WORKERS}            # analyses at once
-gpu_runs = {defaults.GPU_RUNS}               # runs with jobs in the ComfyUI queue at once
-stall_minutes = {defaults.STALL_MINUTES}        # a stage without progress this long is reported as stalled
-attempts = {defaults.STAGE_ATTEMPTS}               # tries of a stage on transient errors before failing
-backoff_initial_seconds = {defaults.BACKOFF_INITIAL_SECONDS}
-backoff_max_seconds = {defaults.BACKOFF_MAX_SECONDS}
-tick_seconds = {defaults.ENGINE_TICK_SECONDS}
-
-[log]
-level = "INFO"
-console = "auto"           # auto (pretty on a terminal, JSON otherwise/journald), json, pretty
-max_bytes = {defaults.LOG_MAX_BYTES}
-backups = {defaults.LOG_BACKUPS}
-max_age_days = {defaults.LOG_MAX_AGE_DAYS}           # also roll a log this old (0: by size only)
-"""
 
 
 def pending_lines(root: Path) -> Iterator[str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import structlog
 
+from daemon.approval.notice import Action, say
 from daemon.approval.store import (
     APPROVALS_FILE,
     Approvals,
@@ -165,16 +166,18 @@ def _summary(decisions: Approvals) -> str:
 
 
 def _waiting_reason(run_id: str, current: list[SegmentStatus]) -> str:
+    """What the run waits for, with what a person can do about it (each channel renders the actions)."""
     stuck = [s for s in current if s.all_rejected]
     if stuck:
         example = stuck[0]
-        return (
-            f"every candidate of segment(s) {_list(stuck)} was rejected, {example.rounds} rounds each; "
-            f"approve one anyway (`tandava approve {run_id} {example.segment}:{example.candidates[-1]}`) "
-            f"or ask for more (`tandava regenerate {run_id} {example.segment}`)"
+        return say(
+            f"every candidate of segment(s) {_list(stuck)} was rejected, {example.rounds} rounds each: ",
+            Action("approve", run_id, example.segment, example.candidates[-1]), " anyway, or ",
+            Action("regenerate", run_id, example.segment),
         )
     open_ = [s for s in current if s.approved is None]
-    return (
-        f"waiting for a person to approve {len(open_)} of {len(current)} segment(s): "
-        f"`tandava pending`, then `tandava approve {run_id} --all` or SEGMENT:CANDIDATE"
+    return say(
+        f"waiting for a person to approve {len(open_)} of {len(current)} segment(s): ",
+        # `tandava pending` lists every waiting run: it takes no run id (yet).
+        Action("pending"), ", then ", Action("approve-all", run_id), " or choose per segment",
     )

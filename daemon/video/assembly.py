@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 FINAL_NAME = "final.mp4"
 EXPORT_NAMES = {"mov": "final_vj.mov", "vertical": "final_vertical.mp4"}
-# Phone-sized 9:16; a 1080p source keeps its full height instead.
+# Phone-sized 9:16 (a centre crop of the full height); a 1080p source keeps its full height.
+VERTICAL_ASPECT = (9, 16)
 VERTICAL_MIN_HEIGHT = 854
 THUMBNAIL_MAX_WIDTH = 1280
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -89,7 +90,7 @@ class _Output:
 def vertical_size(height: int) -> tuple[int, int]:
     """The 9:16 export's size: phone-sized, or the source height when that is larger."""
     h = max(VERTICAL_MIN_HEIGHT, height) // 2 * 2
-    return round(h * 9 / 16 / 2) * 2, h
+    return round(h * VERTICAL_ASPECT[0] / VERTICAL_ASPECT[1] / 2) * 2, h
 
 
 def filter_graph(
@@ -172,7 +173,8 @@ def _branches(width: int, height: int, exports: Sequence[str]) -> list[str]:
             lines.append(f"[s{k}]format=yuvj422p[v{k}]")
         elif kind == "vertical":
             vw, vh = vertical_size(height)
-            crop = f"crop=trunc(ih*9/16/2)*2:ih,scale={vw}:{vh},setsar=1,format=yuv420p"
+            aw, ah = VERTICAL_ASPECT
+            crop = f"crop=trunc(ih*{aw}/{ah}/2)*2:ih,scale={vw}:{vh},setsar=1,format=yuv420p"
             lines.append(f"[s{k}]{crop}[v{k}]")
         else:
             raise ValueError(f"unknown export {kind!r}")

@@ -21,6 +21,7 @@ from datetime import timedelta
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from daemon.approval.decisions import CandidateView, RunView, SegmentView
+from daemon.approval.notice import plain
 from daemon.approval.store import DECIDING_STATES
 from daemon.channels.telegram.state import Post, TelegramRecord
 from daemon.runs.states import State
@@ -97,7 +98,7 @@ def song_text(view: RunView, record: TelegramRecord) -> str:
     if view.state is State.RENDERED:
         return head + "🎬 rendered: the video is below"
     if view.state is State.FAILED:
-        return head + f"⚠️ failed: {view.error}\n{view.hint}".rstrip()
+        return head + f"⚠️ failed: {view.error}\n{plain(view.hint)}".rstrip()
     return head + f"⏳ back in {view.state.value}/"
 
 

@@ -59,6 +59,13 @@ button, .btn { display: inline-flex; align-items: center; justify-content: cente
 button.primary, .btn.primary { background: var(--accent); border-color: var(--accent);
   color: var(--on-accent); font-weight: 600; }
 button:disabled { opacity: .5; cursor: progress; }
+/* An action inside a sentence (a waiting reason, a hint): a small button in the line. */
+.act.inline { display: inline; }
+.act.inline button, a.inline { display: inline-block; min-height: 0; min-width: 0; margin: .1rem 0;
+  padding: .05rem .45rem; border: 1px solid var(--line); border-radius: .4rem; background: var(--card);
+  color: var(--fg); font: inherit; line-height: 1.4; text-decoration: none; vertical-align: baseline; }
+@media (pointer: coarse) { .act.inline button, a.inline { min-height: 44px; min-width: 44px; } }
+.hint { margin: 1rem 0; }
 .counts { display: flex; flex-wrap: wrap; gap: .5rem; }
 .chip { padding: .35rem .7rem; border: 1px solid var(--line); border-radius: 1rem;
   text-decoration: none; color: var(--fg); background: var(--card); font-size: .9rem; }

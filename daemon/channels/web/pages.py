@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from urllib.parse import quote
 
+from daemon.approval.notice import Action, Code, parse
 from daemon.channels.web.views import Summary
 from daemon.runs.states import State
 
@@ -160,7 +162,7 @@ def card(s: Summary, csrf: str) -> str:
         body.append(f'<p class="err wrap">cannot read this run: {e(s.problem)}</p>')
     if v.error:
         body.append(f'<p class="err wrap">{e(v.error)}</p>')
-    body.append(progress_list(s.progress))
+    body.append(progress_list(s.progress, csrf, v.run_id))
     buttons = ""
     if v.segments and v.state is not State.PENDING_APPROVAL:
         body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> offered segments to decide, '
@@ -180,12 +182,47 @@ def card(s: Summary, csrf: str) -> str:
             f'<div class="body">{"".join(body)}<div class="actions">{buttons}</div></div></article>')
 
 
-def progress_list(lines: Sequence[str]) -> str:
-    """Live progress lines (stage waiting reasons, jobs in flight)."""
+def progress_list(lines: Sequence[str], csrf: str, run_id: str = "") -> str:
+    """Live progress lines (stage waiting reasons, jobs in flight), their actions as buttons."""
     if not lines:
         return ""
-    items = "".join(f"<li>{e(line)}</li>" for line in lines)
+    items = "".join(f"<li>{notice_html(line, csrf, run_id)}</li>" for line in lines)
     return f'<ul class="progress">{items}</ul>'
+
+
+def notice_html(text: str, csrf: str, run_id: str = "") -> str:
+    """A notice (``daemon.approval.notice``) about run ``run_id``: its words as text, each action a
+    button or a link in the sentence, other commands as code; never the CLI's backticks."""
+    out = []
+    for part in parse(text):
+        if isinstance(part, Action):
+            out.append(_action_html(part if part.run_id else replace(part, run_id=run_id), csrf))
+        elif isinstance(part, Code):
+            out.append(f"<code>{e(part.text)}</code>")
+        else:
+            out.append(e(part))
+    return "".join(out)
+
+
+def _action_html(act: Action, csrf: str) -> str:
+    """An action inside a sentence: reviewing is a link to the run, the rest one-button forms."""
+    if not act.run_id or act.verb == "pending":
+        href = run_href(act.run_id) if act.run_id else "/"
+        return f'<a class="inline" href="{href}">{e(act.words)}</a>'
+    if act.verb == "approve-all":
+        return _inline_form(act.run_id, "approve-all", act.words, csrf)
+    if act.verb == "retry":  # hints say "then run `tandava retry …`": "then run [retry]"
+        return _inline_form(act.run_id, "retry", "retry", csrf)
+    if act.verb == "regenerate":
+        return _inline_form(act.run_id, "decide", act.words, csrf, segment=act.segment, verdict="regenerate")
+    return _inline_form(act.run_id, "decide", act.words, csrf,
+                        segment=act.segment, candidate=act.candidate, verdict="approve")
+
+
+def _inline_form(run_id: str, what: str, label: str, csrf: str, **fields: object) -> str:
+    """A one-button form inside a sentence (``panel.js`` posts every ``.act`` form the same way)."""
+    return (f'<form class="act inline" method="post" action="{run_href(run_id, what)}">'
+            f'{_hidden(csrf, **fields)}<button type="submit">{e(label)}</button></form>')
 
 
 def run_main(s: Summary, csrf: str, *, files: Sequence[str] = ()) -> str:
@@ -199,9 +236,10 @@ def run_main(s: Summary, csrf: str, *, files: Sequence[str] = ()) -> str:
     ]
     if s.problem:
         parts.append(message_main("This run cannot be read right now", s.problem))
-    parts.append(progress_list(s.progress))
+    parts.append(progress_list(s.progress, csrf, v.run_id))
     if v.state is State.FAILED:
-        hint = f'<p class="hint wrap">{e(v.hint)}</p>' if v.hint else ""
+        # A div, not a p: a form inside a p would close the paragraph.
+        hint = f'<div class="hint wrap">{notice_html(v.hint, csrf, v.run_id)}</div>' if v.hint else ""
         parts.append(f'<section class="box err"><h2>What went wrong</h2>'
                      f'<p class="wrap">{e(v.error or "no reason recorded")}</p>{hint}'
                      f'<div class="actions">{action(v.run_id, "retry", "Retry", csrf, primary=True)}'
