@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
@@ -39,12 +40,15 @@ class Intake:
         """The watcher's callback: like ``accept``, without a result."""
         self.accept(path)
 
-    def accept(self, path: Path) -> RunRef | None:
-        """Take ``path`` into the store; returns the new run, or None for a duplicate or a vanished file."""
-        with self._lock:
-            return self._accept(path)
+    def accept(self, path: Path, *, extras: Mapping[str, Path] | None = None) -> RunRef | None:
+        """Take ``path`` into the store; returns the new run, or None for a duplicate or a vanished file.
 
-    def _accept(self, path: Path) -> RunRef | None:
+        ``extras`` (the HTTP API's options and photos) go into the run folder with the song.
+        """
+        with self._lock:
+            return self._accept(path, extras)
+
+    def _accept(self, path: Path, extras: Mapping[str, Path] | None = None) -> RunRef | None:
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -64,7 +68,7 @@ class Intake:
             if existing is not None:
                 self._move_aside(path, existing)
                 return None
-        ref = self.store.create(path, digest, id_digest=id_digest)
+        ref = self.store.create(path, digest, id_digest=id_digest, extras=extras)
         log.info("run.created", run_id=ref.run_id, stage="intake", file=path.name, size=stat.st_size, sha256=digest[:16])
         return ref
 

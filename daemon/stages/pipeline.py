@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Settings
 from daemon.errors import BadInput
@@ -38,22 +38,37 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None) -> list
     """
     from daemon.stages.candidates import MakeCandidates, Offer, image_backend_for
     from daemon.stages.gate import Gate
+    from daemon.stages.options import PerRun
     from daemon.stages.render import Render, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
     video_for: Callable[[Settings], VideoBackend] = make_video_backend
     images_on, render_on = "cpu", "cpu"
-    if comfy is not None and settings.images.backend == "comfyui":
-        images_for, images_on = (lambda _s, _j: comfy.image), "gpu"
-    if comfy is not None and settings.clips.backend == "comfyui":
-        video_for, render_on = (lambda _s: comfy.video), "gpu"
+    # The backend is asked for with each run's own settings (a run's options may choose another).
+    if comfy is not None:
+        images_for = _comfy_or(lambda s: s.images.backend, lambda: comfy.image, image_backend_for)
+        video_for = _comfy_or(lambda s: s.clips.backend, lambda: comfy.video, make_video_backend)
+        images_on = "gpu" if settings.images.backend == "comfyui" else "cpu"
+        render_on = "gpu" if settings.clips.backend == "comfyui" else "cpu"
     return [
-        Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings)),
-        Stage("images", State.ANALYZED, Event.IMAGES_DONE, MakeCandidates(settings, images_for), images_on),
-        Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
-        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings, images_for)),
-        Stage("render", State.APPROVED, Event.RENDER_DONE, Render(settings, video_for), render_on),
+        Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, PerRun(settings, Analyze)),
+        Stage("images", State.ANALYZED, Event.IMAGES_DONE,
+              PerRun(settings, lambda s: MakeCandidates(s, images_for)), images_on),
+        Stage("offer", State.IMAGED, Event.OFFERED, PerRun(settings, Offer)),
+        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED,
+              PerRun(settings, lambda s: Gate(s, images_for))),
+        Stage("render", State.APPROVED, Event.RENDER_DONE,
+              PerRun(settings, lambda s: Render(s, video_for)), render_on),
     ]
+
+
+def _comfy_or(chosen: Callable[[Settings], str], comfy: Callable[[], Any], other: Callable[..., Any]) -> Any:
+    """A backend factory that answers ComfyUI's backend when the run's settings choose it."""
+
+    def backend(s: Settings, *rest: Any) -> Any:
+        return comfy() if chosen(s) == "comfyui" else other(s, *rest)
+
+    return backend
 
 
 class Analyze:
@@ -96,7 +111,14 @@ class Analyze:
         cfg = self.settings.analysis
         analysis = Analysis.model_validate_json((job.ref.path / ANALYSIS_FILE).read_bytes())
         song = job.ref.path / job.manifest.song.file_name
+        from daemon.stages.options import fit_scenes, read_options
+
         segments, record = write_plan(self.settings, analysis, song, cfg.seed)
+        # Scenes a caller fixed (HTTP API options) are fitted like a writer's answer.
+        options = read_options(job.ref.path)
+        scenes = options.scenes if options is not None else []
+        segments, transitions = fit_scenes(analysis, segments, scenes,
+                                           clip_seconds=self.settings.video.clip_seconds)
         write_segments(
             job.ref.path,
             segments,
@@ -105,6 +127,7 @@ class Analyze:
             theme=cfg.theme,
             seed=cfg.seed,
             clip_seconds=self.settings.video.clip_seconds,
+            **({"scenes": len(scenes), "scene_transitions": transitions} if scenes else {}),
         )
         job.done("segments", segments=len(segments), writer=record.writer,
                  fell_through=len(record.fell_through))

@@ -45,18 +45,30 @@ def make_video_backend(settings: Settings) -> VideoBackend:
     return KenBurnsBackend(media.find_ffmpeg(settings.assembly.ffmpeg))
 
 
-def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None) -> Timeline:
-    """The timeline for a run's segments under this installation's settings."""
+def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None,
+                  scene_cuts: dict[int, str] | None = None) -> Timeline:
+    """The timeline for a run's segments under these settings.
+
+    ``scene_cuts`` (segment index → transition) are cuts a caller's scenes asked for:
+    a transition there (the run's kind, or the scene's when the run has none), none for "none".
+    """
     cfg = settings.assembly
     fps = settings.video.fps
+    cuts = [b.section != a.section for a, b in zip(segments, segments[1:], strict=False)]
+    kind = cfg.transition
+    for index, asked in (scene_cuts or {}).items():
+        if 0 < index <= len(cuts):
+            cuts[index - 1] = asked != "none"
+            if kind == "none" and asked != "none":
+                kind = asked  # type: ignore[assignment]
     return build_timeline(
         [s.start for s in segments] + [segments[-1].end],
         fps=fps,
         max_frames=max_frames,
         max_slowdown=settings.clips.max_slowdown,
-        section_cuts=[b.section != a.section for a, b in zip(segments, segments[1:], strict=False)],
-        transition=cfg.transition,
-        transition_frames=round(cfg.transition_seconds * fps) if cfg.transition != "none" else 0,
+        section_cuts=cuts,
+        transition=kind,
+        transition_frames=round(cfg.transition_seconds * fps) if kind != "none" else 0,
     )
 
 
@@ -80,7 +92,10 @@ class Render:
         ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)
         backend: VideoBackend = self.backend_for(self.settings)
-        timeline = plan_timeline(self.settings, segments, backend.max_frames)
+        from daemon.stages.options import scene_cuts, segments_meta
+
+        cuts = scene_cuts(segments_meta(job.ref.path), len(segments))
+        timeline = plan_timeline(self.settings, segments, backend.max_frames, cuts)
         images = approved_images(job.ref, job.manifest, ApprovalStore(job.store).load(job.ref), len(segments))
         clips: list[Path] = []
         # Every clip that does not start from another clip's last frame is
