@@ -187,8 +187,24 @@ def fit_scenes(analysis: Analysis, written: list[Segment], scenes: list[SceneOve
         ideas.append(SegmentIdea.model_construct(
             index=scene.segment if scene.segment is not None else n, start=start, end=end,
             visual_prompt=scene.prompt or "", motion_prompt=scene.motion or "", mood=None, theme=None))
-    fitted = fit_ideas(analysis, written, PlanIdeas.model_construct(segments=ideas), theme_fill=written,
-                       clip_seconds=clip_seconds, fixed_count=False)
+    cut = fit_ideas(analysis, written, PlanIdeas.model_construct(segments=ideas), theme_fill=written,
+                    clip_seconds=clip_seconds, fixed_count=False)
+    # fit_ideas gives a segment the prompts of any idea touching it (a writer's ideas cover the whole
+    # song); a scene covers only its own stretch, so a segment takes a scene's words only when the
+    # scene covers its middle, and the written plan's otherwise.
+    spans = [(i.start, i.end) if i.start is not None else _segment_span(written, i.index) for i in ideas]
+    fitted = []
+    for segment in cut:
+        middle = (segment.start + segment.end) / 2
+        scene = next((sc for sc, (a, b) in zip(scenes, spans, strict=True)
+                      if a is not None and b is not None and a <= middle < b), None)
+        base = max(written, key=lambda w: min(w.end, segment.end) - max(w.start, segment.start))
+        fitted.append(segment.model_copy(update={
+            "visual_prompt": (scene.prompt if scene and scene.prompt else base.visual_prompt),
+            "motion_prompt": (scene.motion if scene and scene.motion else base.motion_prompt),
+            "negative_prompt": base.negative_prompt,
+            "mood": segment.mood if scene else base.mood,
+        }))
     transitions: dict[int, str] = {}
     for idea, scene in zip(ideas, scenes, strict=True):
         if scene.transition is None:
@@ -200,6 +216,11 @@ def fit_scenes(analysis: Analysis, written: list[Segment], scenes: list[SceneOve
         if nearest.index > 0:
             transitions[nearest.index] = scene.transition
     return fitted, transitions
+
+
+def _segment_span(segments: list[Segment], index: int) -> tuple[float | None, float | None]:
+    found = next((s for s in segments if s.index == index), None)
+    return (found.start, found.end) if found else (None, None)
 
 
 def _segment_start(segments: list[Segment], index: int | None) -> float | None:

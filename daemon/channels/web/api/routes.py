@@ -280,7 +280,10 @@ class Api:
     def _http(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), "See /api/v1/openapi.json for the calls there are.")
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):
+            message = f"There is no call {request.method} {request.url.path}."
+        return _error(exc.status_code, code, message, "See /api/v1/openapi.json for the calls there are.")
 
     def _too_large(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TooLarge)
