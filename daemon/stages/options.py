@@ -183,7 +183,7 @@ def fit_scenes(analysis: Analysis, written: list[Segment], scenes: list[SceneOve
         if scene.start is not None:
             start = scene.start
             end = scene.start + (scene.duration or clip_seconds)
-        # An empty prompt is filled from the written plan by fit_ideas.
+        # The ideas only place the cuts; the words are laid on below.
         ideas.append(SegmentIdea.model_construct(
             index=scene.segment if scene.segment is not None else n, start=start, end=end,
             visual_prompt=scene.prompt or "", motion_prompt=scene.motion or "", mood=None, theme=None))
@@ -196,14 +196,14 @@ def fit_scenes(analysis: Analysis, written: list[Segment], scenes: list[SceneOve
     fitted = []
     for segment in cut:
         middle = (segment.start + segment.end) / 2
-        scene = next((sc for sc, (a, b) in zip(scenes, spans, strict=True)
-                      if a is not None and b is not None and a <= middle < b), None)
+        covering = next((sc for sc, (a, b) in zip(scenes, spans, strict=True)
+                         if a is not None and b is not None and a <= middle < b), None)
         base = max(written, key=lambda w: min(w.end, segment.end) - max(w.start, segment.start))
         fitted.append(segment.model_copy(update={
-            "visual_prompt": (scene.prompt if scene and scene.prompt else base.visual_prompt),
-            "motion_prompt": (scene.motion if scene and scene.motion else base.motion_prompt),
+            "visual_prompt": (covering.prompt if covering and covering.prompt else base.visual_prompt),
+            "motion_prompt": (covering.motion if covering and covering.motion else base.motion_prompt),
             "negative_prompt": base.negative_prompt,
-            "mood": segment.mood if scene else base.mood,
+            "mood": segment.mood if covering else base.mood,
         }))
     transitions: dict[int, str] = {}
     for idea, scene in zip(ideas, scenes, strict=True):
