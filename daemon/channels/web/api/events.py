@@ -3,7 +3,8 @@
 How this works: ``ChangeWatcher`` looks at the store every ``api.watch_seconds``
 (one directory listing per state and one ``stat`` per run; a manifest is read
 only when its ``run.json`` or ``approvals.json`` changed) and compares each run
-with what it saw last: a new run, a new state, a new finished step or job of a
+with what it saw last: a new run, a new entry in its state history (so a state passed
+through between two looks is told too), a new finished step or job of a
 stage, a new decision. Each difference becomes an ``Event`` appended to
 ``EventLog``: one JSON line in ``<state root>/.api/events.jsonl``, with an id
 one above the last, written before anyone is told. What the watcher saw is
@@ -106,10 +107,11 @@ class _Seen:
     steps: dict[str, list[str]]
     jobs: dict[str, int]
     decisions: int
+    history: int
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "manifest_ns": self.manifest_ns, "approvals_ns": self.approvals_ns,
-                "steps": self.steps, "jobs": self.jobs, "decisions": self.decisions}
+                "steps": self.steps, "jobs": self.jobs, "decisions": self.decisions, "history": self.history}
 
 
 class ChangeWatcher:
@@ -121,10 +123,13 @@ class ChangeWatcher:
         self.on_event = on_event
         self.seen_path = events.path.parent / SEEN_FILE
         self.seen: dict[str, _Seen] = {}
+        # The first look of an API that never ran here takes the store as it is, silently
+        # (a store of 500 old runs is not 3000 news).
+        self.baseline = not self.seen_path.exists()
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             raw = json.loads(self.seen_path.read_text(encoding="utf-8"))
             self.seen = {k: _Seen(v["state"], v["manifest_ns"], v["approvals_ns"], v["steps"], v["jobs"],
-                                  v["decisions"]) for k, v in raw.items()}
+                                  v["decisions"], v["history"]) for k, v in raw.items()}
 
     def poll(self) -> int:
         """Look once; returns how many events it recorded."""
@@ -142,8 +147,9 @@ class ChangeWatcher:
         gone = set(self.seen) - present
         for run_id in gone:
             del self.seen[run_id]
-        if made or gone:
+        if made or gone or self.baseline:
             fsutil.atomic_write_json(self.seen_path, {k: v.to_json() for k, v in self.seen.items()})
+        self.baseline = False
         return made
 
     def _look(self, ref: RunRef) -> int:
@@ -164,11 +170,16 @@ class ChangeWatcher:
                 jobs[job.kind] = jobs.get(job.kind, 0) + 1
         decisions = self._decisions(ref) if approvals_ns else []
         made: list[tuple[str, dict[str, Any]]] = []
+        history = manifest.history
+        # Every state change is in the manifest's history: a state passed through between two
+        # looks (offer takes milliseconds) is told too, in order.
+        told = before.history if before else 1
         if before is None:
-            made.append(("run.created", {"song": manifest.song.original_name, "state": ref.state.value}))
-        elif before.state != ref.state.value:
-            note = manifest.history[-1].note if manifest.history else ""
-            made.append(("run.state", {"state": ref.state.value, "from": before.state, "note": note}))
+            made.append(("run.created", {"song": manifest.song.original_name,
+                                         "state": (history[0].state if history else ref.state).value}))
+        for i in range(told, len(history)):
+            made.append(("run.state", {"state": history[i].state.value, "from": history[i - 1].state.value,
+                                       "note": history[i].note}))
         old_steps = before.steps if before else {}
         for stage, done in steps.items():
             had = set(old_steps.get(stage, []))
@@ -179,11 +190,14 @@ class ChangeWatcher:
                                               "total": sum(1 for j in manifest.jobs.values() if j.kind == kind)}))
         for decision in decisions[before.decisions if before else 0:]:
             made.append(("run.decision", decision))
+        if self.baseline:
+            made = []
         for kind, data in made:
             event = self.events.append(kind, ref.run_id, data)
             if self.on_event is not None:
                 self.on_event(event)
-        self.seen[ref.run_id] = _Seen(ref.state.value, manifest_ns, approvals_ns, steps, jobs, len(decisions))
+        self.seen[ref.run_id] = _Seen(ref.state.value, manifest_ns, approvals_ns, steps, jobs, len(decisions),
+                                      max(1, len(history)))
         return len(made)
 
     def _decisions(self, ref: RunRef) -> list[dict[str, Any]]:
