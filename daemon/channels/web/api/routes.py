@@ -82,8 +82,8 @@ class Api:
         routes = [
             Route("/openapi.json", self.openapi),
             Route("/health", self.health),
-            Route("/runs", self.list_runs, methods=["GET"]),
-            Route("/runs", self.create_run, methods=["POST"]),
+            # One route per path, so a 405 names every method the path has (Allow).
+            Route("/runs", self.runs, methods=["GET", "POST"]),
             Route("/runs/{run_id}", self.show_run),
             Route("/runs/{run_id}/decisions", self.decide, methods=["POST"]),
             Route("/runs/{run_id}/retry", self.retry, methods=["POST"]),
@@ -129,6 +129,11 @@ class Api:
 
     def health(self, request: Request) -> Response:
         return JSONResponse(health_json(self.store.root))
+
+    async def runs(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create_run(request)
+        return await run_in_threadpool(self.list_runs, request)
 
     def list_runs(self, request: Request) -> Response:
         q = request.query_params
@@ -283,7 +288,9 @@ class Api:
         message = str(exc.detail)
         if exc.status_code in (404, 405):
             message = f"There is no call {request.method} {request.url.path}."
-        return _error(exc.status_code, code, message, "See /api/v1/openapi.json for the calls there are.")
+        response = _error(exc.status_code, code, message, "See /api/v1/openapi.json for the calls there are.")
+        response.headers.update(exc.headers or {})  # a 405 names the methods there are (Allow)
+        return response
 
     def _too_large(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TooLarge)
