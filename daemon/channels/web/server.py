@@ -49,6 +49,7 @@ from types import TracebackType
 import structlog
 import uvicorn
 
+from daemon.channels.web.api.checks import doctor_checks as api_checks
 from daemon.channels.web.api.routes import Api
 from daemon.channels.web.app import LOOPBACK_HOSTS, PanelApp
 from daemon.checks import Check
@@ -230,7 +231,7 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
     """``tandava doctor``: the token rule, and the panel's port is free (or already ours)."""
     cfg = settings.web
     if not cfg.enabled:
-        yield Check("web panel", True, "disabled (web.enabled = false)")
+        yield Check("web panel", True, "disabled (web.enabled = false); so is the HTTP API")
         return
     token = cfg.token.get_secret_value()
     if not is_loopback(cfg.host):
@@ -249,6 +250,7 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
         yield Check("web panel token", True, f"{cfg.host} is reachable from this machine only; "
                     f"token {needed}")
     yield _port_check(cfg.host, cfg.port, token)
+    yield from api_checks(settings, url_for(cfg.host, cfg.port), is_loopback(cfg.host))
 
 
 def _port_check(host: str, port: int, token: str) -> Check:
