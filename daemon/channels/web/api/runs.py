@@ -1,9 +1,9 @@
 """How the API reads runs: pages of summaries, one run in full, and the files a client may fetch.
 
 How this works: a list is a directory listing per state (the run ids sort
-by arrival) and a summary per run on the page, cached by the ``run.json``
-``mtime``, so listing 500 runs costs listings and stats, not 500 manifest
-reads. The cursor is the last run id of a page (the next page is the older
+by arrival), reread only when the state's folder changed, and a summary per
+run on the page, cached (as JSON-ready data) by the ``run.json`` ``mtime``:
+a page costs one ``stat`` per state folder and per run shown, not manifest reads. The cursor is the last run id of a page (the next page is the older
 runs). A run in full is read from its manifest, ``segments.json`` and
 ``approvals.json``; candidate images come from the manifest's finished
 image jobs. Files are served by a name the API lists, never by a path from
@@ -12,6 +12,7 @@ the request.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from daemon.channels.web.api.models import (
     Problem,
     RunDetail,
     RunError,
-    RunList,
     RunSummary,
     SegmentOut,
     StageOut,
@@ -61,7 +61,9 @@ class RunReader:
     def __init__(self, store: RunStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix
-        self._cache: dict[str, tuple[int, RunSummary]] = {}
+        self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._listings: dict[State, tuple[int, list[str]]] = {}
+        self._merged: tuple[tuple[Any, ...], list[tuple[str, State]]] | None = None
         self._lock = threading.Lock()
 
     def links(self, run_id: str, files: list[str] | None = None) -> Links:
@@ -79,32 +81,61 @@ class RunReader:
 
     # -- lists ----------------------------------------------------------------
 
-    def list(self, state: State | None, limit: int, cursor: str | None) -> RunList:
-        refs = [r for r in self.store.iter_runs([state] if state else None)]
-        refs.sort(key=lambda r: r.run_id, reverse=True)
-        if cursor is not None:
-            refs = [r for r in refs if r.run_id < cursor]
-        page = refs[:limit]
-        runs = [s for s in (self.summary(r) for r in page) if s is not None]
-        more = len(refs) > limit
-        return RunList(runs=runs, next_cursor=page[-1].run_id if more and page else None)
+    def _ids(self, state: State | None) -> list[tuple[str, State]]:
+        """Run ids (newest first) with their state; a state's listing is reread only when its folder changed."""
+        keys = []
+        for st in [state] if state else list(State):
+            folder = os.path.join(self.store.root, st.value)  # noqa: PTH116, PTH118 - hot path: pathlib costs 5x here
+            try:
+                mtime = os.stat(folder).st_mtime_ns  # noqa: PTH116, PTH118 - hot path: pathlib costs 5x here
+            except OSError:
+                continue
+            with self._lock:
+                cached = self._listings.get(st)
+            if cached is None or cached[0] != mtime:
+                names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_dir()]
+                cached = (mtime, names)
+                with self._lock:
+                    self._listings[st] = cached
+            keys.append((st, cached))
+        key = tuple((st, mtime) for st, (mtime, _) in keys)
+        with self._lock:
+            if self._merged is not None and self._merged[0] == key:
+                return self._merged[1]
+        ids = [(name, st) for st, (_, names) in keys for name in names]
+        ids.sort(reverse=True)
+        with self._lock:
+            self._merged = (key, ids)
+        return ids
 
-    def summary(self, ref: RunRef) -> RunSummary | None:
+    def list(self, state: State | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        """A page of runs as JSON-ready data (the list answer is built without models: it is the hot path)."""
+        ids = self._ids(state)
+        if cursor is not None:
+            ids = [(i, st) for i, st in ids if i < cursor]
+        page = ids[:limit]
+        runs = [s for s in (self.summary(i, st) for i, st in page) if s is not None]
+        more = len(ids) > limit
+        return {"runs": runs, "next_cursor": page[-1][0] if more and page else None}
+
+    def summary(self, run_id: str, state: State) -> dict[str, Any] | None:
+        """A run's summary as JSON-ready data, cached until its run.json changes."""
         try:
-            mtime = (ref.path / MANIFEST).stat().st_mtime_ns
+            mtime = os.stat(os.path.join(self.store.root, state.value, run_id, MANIFEST)).st_mtime_ns  # noqa: PTH116, PTH118 - hot path: pathlib costs 5x here
         except OSError:
             return None
         with self._lock:
-            cached = self._cache.get(ref.run_id)
-        if cached is not None and cached[0] == mtime and cached[1].state is ref.state:
+            cached = self._cache.get(run_id)
+        if cached is not None and cached[0] == mtime and cached[1]["state"] == state.value:
             return cached[1]
+        ref = RunRef(run_id, state, self.store.dir_for(state) / run_id)
         try:
             manifest = self.store.load(ref)
         except StoreError:
             return None
         summary = RunSummary(id=ref.run_id, state=ref.state, song=manifest.song.original_name,
                              created_at=manifest.created_at, updated_at=manifest.updated_at,
-                             links=self.links(ref.run_id))
+                             links=self.links(ref.run_id)).model_dump(mode="json", by_alias=True)
         with self._lock:
             self._cache[ref.run_id] = (mtime, summary)
         return summary
