@@ -179,9 +179,6 @@ class ChangeWatcher:
         if before is None:
             made.append(("run.created", {"song": manifest.song.original_name,
                                          "state": (history[0].state if history else ref.state).value}))
-        for i in range(told, len(history)):
-            made.append(("run.state", {"state": history[i].state.value, "from": history[i - 1].state.value,
-                                       "note": history[i].note}))
         old_steps = before.steps if before else {}
         for stage, done in steps.items():
             had = set(old_steps.get(stage, []))
@@ -192,6 +189,10 @@ class ChangeWatcher:
                                               "total": sum(1 for j in manifest.jobs.values() if j.kind == kind)}))
         for decision in decisions[before.decisions if before else 0:]:
             made.append(("run.decision", decision))
+        # State changes last: the steps and decisions seen in the same look came before the move.
+        for i in range(told, len(history)):
+            made.append(("run.state", {"state": history[i].state.value, "from": history[i - 1].state.value,
+                                       "note": history[i].note}))
         if self.baseline:
             made = []
         for kind, data in made:
