@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -96,6 +97,11 @@ def post_song(url: str, header: bytes, chunks: int, chunk: bytes, tag: bytes) ->
         return (done - sent) * 1000, (done - began) * 1000, response.status
     finally:
         conn.close()
+
+
+def requests_get(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        response.read()
 
 
 def pct(values: list[float], p: float) -> float:
@@ -192,6 +198,7 @@ def main() -> None:
         try:
             assert child.stdout is not None
             url = child.stdout.readline().strip()
+            requests_get(url + "api/v1/runs")  # steady state: the daemon has served a page before
             server = psutil.Process(child.pid)
             cpu_before = sum(server.cpu_times()[:2])
             listing = bench_list(url, args.clients, 20)

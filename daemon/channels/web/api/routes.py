@@ -101,11 +101,8 @@ class Api:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        """Finish interrupted uploads, then watch for changes and send webhooks."""
-        for action in uploads.recover(self.intake, self.store):
-            log.info("api.recovered", action=action)
-        self.watcher.poll()
-        self.reader.list(None, 50, None)  # the first page every client asks for, read once now
+        """Finish interrupted uploads, watch for changes and send webhooks (on threads: the panel
+        starts at once, however many runs there are)."""
         self._thread = threading.Thread(target=self._watch, name="tandava-api-events", daemon=True)
         self._thread.start()
         self.webhooks.start()
@@ -117,11 +114,19 @@ class Api:
         self.webhooks.stop()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.settings.api.watch_seconds):
+        try:
+            for action in uploads.recover(self.intake, self.store):
+                log.info("api.recovered", action=action)
+            self.reader.list(None, 50, None)  # the first page every client asks for, read once now
+        except Exception as exc:  # noqa: BLE001 - the next start tries again; the API still serves
+            log.error("api.recover_failed", error=str(exc), hint="the uploads stay in <state>/.api/uploads")
+        while True:
             try:
                 self.watcher.poll()
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive one bad look
                 log.warning("api.watch_failed", error=str(exc))
+            if self._stop.wait(self.settings.api.watch_seconds):
+                return
 
     # -- routes ---------------------------------------------------------------
 
