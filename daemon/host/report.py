@@ -190,6 +190,14 @@ qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, flat or
 [approval]
 mode = "manual"            # manual (tandava approve …) or auto (the first candidate nobody rejected)
 
+[api]                      # the HTTP API at <panel>/api/v1 (the panel's host, port and token)
+max_upload_mb = {defaults.API_MAX_UPLOAD_MB}     # larger uploads (song and photos) get 413
+webhooks = []              # URLs POSTed every run's state changes, e.g. ["https://n8n.local/webhook/tandava"]
+# the signing secret: TANDAVA_API__WEBHOOK_SECRET in .env (webhooks are not sent without one)
+webhook_backoff_initial_seconds = {defaults.WEBHOOK_BACKOFF_INITIAL_SECONDS}
+webhook_backoff_max_seconds = {defaults.WEBHOOK_BACKOFF_MAX_SECONDS}
+watch_seconds = {defaults.API_WATCH_SECONDS}        # how often changes are looked for (SSE, webhooks)
+
 [clips]
 backend = "kenburns"       # kenburns (a slow camera move over each image) or comfyui (Wan 2.1 image-to-video)
 qc_attempts = {defaults.QC_ATTEMPTS}            # new seeds for a black, frozen or flashing ComfyUI clip before the run fails
