@@ -36,7 +36,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_api_keeps_its_spec(case: schemathesis.Case, live: str) -> None:
     """Generated requests get no 500 and only answers the spec allows."""
     from schemathesis.checks import positive_data_acceptance

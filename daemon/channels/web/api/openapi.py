@@ -78,7 +78,8 @@ def spec(prefix: str) -> dict[str, Any]:
             "get": {
                 "operationId": "listRuns", "summary": "Runs, newest first, a page at a time.",
                 "parameters": [
-                    {"name": "state", "in": "query", "schema": {"type": "string", "enum": [s.value for s in State]}},
+                    {"name": "state", "in": "query", "description": "only runs in this state (empty: every state)",
+                     "schema": {"type": "string", "enum": ["", *(s.value for s in State)]}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
                                                                  "default": 50}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"},
