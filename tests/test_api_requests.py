@@ -227,3 +227,43 @@ def test_openapi_is_3_1_and_names_every_call(api: str) -> None:
             "/runs/{run_id}/files/{name}", "/health", "/events"} <= set(doc["paths"])
     assert "scenes" in doc["components"]["schemas"]["RunOptions"]["properties"]
     assert requests.get(api + "/health", timeout=10).status_code == 200
+
+
+def test_a_big_upload_streams_to_disk_with_memory_flat(api: str, store: RunStore) -> None:
+    """A 100 MB song is written to disk as it arrives: the process grows by under 20 MB, and it becomes a run."""
+    import struct
+    import threading
+
+    import psutil
+
+    size = 100 * 1024 * 1024
+    header = (b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 22050, 44100,
+              2, 16) + b"data" + struct.pack("<I", size))
+    chunk = bytes(range(256)) * 256
+
+    def body() -> Iterator[bytes]:
+        yield b'--B\r\nContent-Disposition: form-data; name="song"; filename="big.wav"\r\n\r\n' + header
+        for _ in range(size // len(chunk)):
+            yield chunk
+        yield b"\r\n--B--\r\n"
+
+    me = psutil.Process()
+    before, peak, done = me.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        response = requests.post(api + "/runs", data=body(), timeout=120,
+                                 headers={"Content-Type": "multipart/form-data; boundary=B"})
+    finally:
+        done.set()
+        sampler.join()
+    assert response.status_code == 201, response.text
+    assert peak[0] - before < 20 * 1024 * 1024
+    ref = store.find(response.json()["id"])
+    assert (ref.path / "big.wav").stat().st_size == len(header) + size
