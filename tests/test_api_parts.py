@@ -128,3 +128,14 @@ def test_doctor_names_the_api_address_and_its_token_rule(settings: Settings) -> 
     settings.api.webhook_secret = SecretStr("s" * 32)
     assert {c.name: c for c in doctor_checks(settings)}["webhooks"].ok
     assert "s" * 32 not in json.dumps([c.detail for c in doctor_checks(settings)])
+
+
+def test_the_event_log_is_compacted_but_keeps_what_a_webhook_owes(tmp_path: Path) -> None:
+    """Past its size the log keeps the last events and all a webhook has yet to deliver; ids go on."""
+    log = EventLog(tmp_path, max_bytes=4000, keep=10)
+    log.floor = lambda: 50
+    for i in range(100):
+        log.append("run.state", f"run{i}", {"state": "analyzed"})
+    kept = [json.loads(line)["id"] for line in (tmp_path / "events.jsonl").read_text("utf-8").splitlines()]
+    assert kept[0] == 51 and kept[-1] == 100
+    assert EventLog(tmp_path).last_id == 100

@@ -9,7 +9,9 @@ stage, a new decision. Each difference becomes an ``Event`` appended to
 ``EventLog``: one JSON line in ``<state root>/.api/events.jsonl``, with an id
 one above the last, written before anyone is told. What the watcher saw is
 saved beside it (``seen.json``), so a daemon that restarts reports what
-changed while it was away, and the ids go on where they stopped.
+changed while it was away, and the ids go on where they stopped. Past 8 MB
+the file is rewritten with the last 5000 events and every event a webhook
+has yet to deliver, so it does not grow without bound.
 
 Watching the store instead of hooking the engine means every way a run moves
 (the engine, ``tandava retry`` in another terminal, a decision in Telegram)
@@ -45,14 +47,19 @@ EVENTS_FILE = "events.jsonl"
 SEEN_FILE = "seen.json"
 # Events kept in memory for SSE clients that resume; older ones are read from the file.
 _MEMORY = 5000
+# Past this size the file is rewritten without the events nobody needs any more.
+_MAX_BYTES = 8 * 1024 * 1024
 
 
 class EventLog:
     """Numbered events, appended to a JSON-lines file and kept (recent ones) in memory."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, max_bytes: int = _MAX_BYTES, keep: int = _MEMORY) -> None:
         self.path = folder / EVENTS_FILE
         folder.mkdir(parents=True, exist_ok=True)
+        self.max_bytes, self.keep = max_bytes, keep
+        # The lowest event id someone still needs (the slowest webhook's cursor); set by its owner.
+        self.floor: Callable[[], int] = lambda: self.last_id
         self._lock = threading.Lock()
         self._recent: list[Event] = []
         self.last_id = 0
@@ -86,9 +93,18 @@ class EventLog:
                 fh.write(event.model_dump_json() + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+                size = fh.tell()
             self._remember(event)
+            if size > self.max_bytes:
+                self._compact()
             self.changed.notify_all()
             return event
+
+    def _compact(self) -> None:
+        """Rewrite the file with the last ``keep`` events and every one a webhook still owes."""
+        keep_after = min(self.floor(), self.last_id - self.keep)
+        kept = [e for e in self._read_file() if e.id > keep_after]
+        fsutil.atomic_write_text(self.path, "".join(e.model_dump_json() + "\n" for e in kept))
 
     def since(self, after: int, limit: int = 1000) -> list[Event]:
         """Events with an id above ``after``, oldest first (at most ``limit``)."""

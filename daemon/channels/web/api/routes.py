@@ -74,6 +74,7 @@ class Api:
         self.webhooks = Webhooks(cfg.webhooks if secret else [], secret, self.events,
                                  backoff_initial=cfg.webhook_backoff_initial_seconds,
                                  backoff_max=cfg.webhook_backoff_max_seconds)
+        self.events.floor = self.webhooks.floor
         if cfg.webhooks and not secret:
             log.error("api.webhooks_unsigned", hint="set api.webhook_secret (TANDAVA_API__WEBHOOK_SECRET in .env); "
                       "webhooks are not sent without it")

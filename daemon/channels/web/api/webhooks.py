@@ -158,6 +158,10 @@ class Webhooks:
         self.hooks = [Webhook(url, secret, events, folder, backoff_initial=backoff_initial,
                               backoff_max=backoff_max, poster=poster) for url in urls]
 
+    def floor(self) -> int:
+        """The lowest event id a webhook has yet to be told (the event log keeps every one after it)."""
+        return min((hook.delivered for hook in self.hooks), default=2**62)
+
     def start(self) -> None:
         for hook in self.hooks:
             hook.start()
