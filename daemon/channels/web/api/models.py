@@ -172,7 +172,6 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-def error_body(status: int, code: str, message: str, hint: str = "") -> dict[str, Any]:
+def error_body(code: str, message: str, hint: str = "") -> dict[str, Any]:
     """The JSON of an error answer."""
-    del status
     return ApiError(error=ErrorDetail(code=code, message=message, hint=hint)).model_dump()

@@ -325,7 +325,7 @@ class Api:
 
 
 def _error(status: int, code: str, message: str, hint: str) -> Response:
-    return JSONResponse(error_body(status, code, message, hint), status_code=status)
+    return JSONResponse(error_body(code, message, hint), status_code=status)
 
 
 def _remove(folder: Path) -> None:

@@ -210,6 +210,3 @@ class RunReader:
             raise Problem(404, "no_such_file", f"Run {ref.run_id} has no file {name!r}.", "")
         return resolved, media
 
-
-def as_json(model: Any) -> Any:
-    return model.model_dump(mode="json", by_alias=True)
