@@ -22,7 +22,8 @@ SCENES = [
     {"start": 10.2, "duration": 4.0, "prompt": "fire on the water", "motion": "pan left"},
 ]
 OPTIONS = {"approval": {"mode": "auto"}, "images": {"backend": "storyboard"}, "clips": {"backend": "kenburns"},
-           "transition": "fade", "candidates": 1, "fps": 16, "width": 160, "height": 96, "scenes": SCENES}
+           "transition": "fade", "candidates": 1, "fps": 16, "width": 160, "height": 96, "scenes": SCENES,
+           "theme": "neutral", "exports": ["vertical"]}
 
 
 def _luma_at(video: Path, seconds: float) -> float:
@@ -36,7 +37,7 @@ def _luma_at(video: Path, seconds: float) -> float:
 
 @pytest.mark.slow
 def test_upload_with_options_follows_sse_to_rendered_and_downloads(settings: Settings, tmp_path: Path) -> None:
-    """A song with options (auto, storyboard, kenburns, fade, two scenes) is followed by SSE to a video that honours them."""
+    """A song with options (auto, storyboard, kenburns, fade, theme, export, two scenes) is followed by SSE to a video that honours them."""
     song = tmp_path / "lotus.wav"
     write_song(song, 16.0, 120.0, section_change_at=8.0)
     with running_daemon(settings) as base:
@@ -50,7 +51,7 @@ def test_upload_with_options_follows_sse_to_rendered_and_downloads(settings: Set
         assert ids == sorted(set(ids))
         assert {"run.created", "run.state", "run.progress", "run.decision"} <= {e["type"] for e in events}
         detail = requests.get(f"{base}/runs/{run_id}", timeout=10).json()
-        assert detail["state"] == "rendered" and "final.mp4" in detail["outputs"]
+        assert detail["state"] == "rendered" and {"final.mp4", "final_vertical.mp4"} <= set(detail["outputs"])
         assert all(d["channel"] == "auto" for d in detail["decisions"])
         url = base.removesuffix("/api/v1") + detail["outputs"]["final.mp4"]
         video = tmp_path / "final.mp4"
@@ -67,6 +68,7 @@ def test_upload_with_options_follows_sse_to_rendered_and_downloads(settings: Set
         assert min(abs(seg["start"] - b) for b in beats) < 1e-6  # on a beat
         assert abs(seg["start"] - scene["start"]) <= 0.5
     assert plan["scene_transitions"] == {str(lotus["index"]): "fade"}
+    assert plan["theme"] == "neutral" and plan["scenes"] == 2
     info = probe(video)
     assert (info.width, info.height, round(info.fps)) == (160, 96, 16)
     assert abs(info.duration - 16.0) < 0.3
