@@ -159,7 +159,8 @@ class Api:
             limit = 0
         if not 1 <= limit <= 500:
             raise Problem(400, "bad_limit", "limit must be a whole number from 1 to 500.", "Leave it out for 50.")
-        return JSONResponse(self.reader.list(state, limit, q.get("cursor") or None))
+        return Response(self.reader.page_bytes(state, limit, q.get("cursor") or None),
+                        media_type="application/json")
 
     def show_run(self, request: Request) -> Response:
         ref = self.reader.ref(request.path_params["run_id"])

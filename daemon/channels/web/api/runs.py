@@ -12,6 +12,7 @@ the request.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -64,6 +65,7 @@ class RunReader:
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._listings: dict[State, tuple[int, list[str]]] = {}
         self._merged: tuple[tuple[Any, ...], list[tuple[str, State]]] | None = None
+        self._pages: dict[tuple[Any, ...], tuple[tuple[Any, ...], bytes]] = {}
         self._lock = threading.Lock()
 
     def links(self, run_id: str, files: list[str] | None = None) -> Links:
@@ -117,6 +119,26 @@ class RunReader:
         runs = [s for s in (self.summary(i, st) for i, st in page) if s is not None]
         more = len(ids) > limit
         return {"runs": runs, "next_cursor": page[-1][0] if more and page else None}
+
+    def page_bytes(self, state: State | None, limit: int, cursor: str | None) -> bytes:
+        """``list`` encoded as the JSON answer, reused while no run on the page changed."""
+        ids = self._ids(state)
+        if cursor is not None:
+            ids = [(i, st) for i, st in ids if i < cursor]
+        signature = (len(ids) > limit, tuple(
+            (i, st, _mtime(os.path.join(self.store.root, st.value, i, MANIFEST)))  # noqa: PTH118 - hot path
+            for i, st in ids[:limit]))
+        key = (state, limit, cursor)
+        with self._lock:
+            cached = self._pages.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        body = json.dumps(self.list(state, limit, cursor), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        with self._lock:
+            if len(self._pages) > 256:  # cursors are many; the first pages are what is asked for
+                self._pages.clear()
+            self._pages[key] = (signature, body)
+        return body
 
     def summary(self, run_id: str, state: State) -> dict[str, Any] | None:
         """A run's summary as JSON-ready data, cached until its run.json changes."""
@@ -210,3 +232,10 @@ class RunReader:
             raise Problem(404, "no_such_file", f"Run {ref.run_id} has no file {name!r}.", "")
         return resolved, media
 
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns  # noqa: PTH116 - hot path: pathlib costs 5x here
+    except OSError:
+        return 0
