@@ -53,6 +53,15 @@ def test_an_upload_without_a_song_is_a_400(api: str) -> None:
     assert "no song part" in _error(response, 400, "no_song")
 
 
+def test_a_broken_multipart_body_is_a_400(api: str, store: RunStore) -> None:
+    """A body that is not valid multipart (schemathesis found this) is a 400 bad_multipart, not a 500."""
+    response = requests.post(api + "/runs", data=b"--B\r\nlorem ipsum--B--\r\n", timeout=10,
+                             headers={"Content-Type": "multipart/form-data; boundary=B"})
+    assert "cannot be read" in _error(response, 400, "bad_multipart")
+    uploads = store.root / UPLOADS_DIR
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
 def test_a_text_file_as_the_song_is_a_415_with_the_reason(api: str) -> None:
     """A text file sent as the song is refused with 415 saying it is text."""
     response = requests.post(api + "/runs", files={"song": ("song.mp3", b"just some words\n", "audio/mpeg")},

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -277,6 +278,11 @@ async def receive(request: Request, root: Path, *, limit: int) -> Upload:
                 raise TooLarge(limit)
             parser.write(chunk)
         parser.finalize()
+    except FormParserError as exc:
+        receiver.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UploadRefused(400, "bad_multipart", f"The multipart body cannot be read: {exc}.",
+                            "Send it as a client's multipart/form-data (curl -F song=@song.mp3).") from None
     except BaseException:
         receiver.close()
         shutil.rmtree(folder, ignore_errors=True)
