@@ -104,7 +104,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()
-        channels = start_channels(settings, store)
+        channels = start_channels(settings, store, intake=intake)
         log.info(
             "daemon.started",
             inbox=str(settings.paths.inbox),
@@ -152,7 +152,7 @@ class Channel(Protocol):
     def stop(self) -> None: ...
 
 
-def start_channels(settings: Settings, store: RunStore) -> list[Channel]:
+def start_channels(settings: Settings, store: RunStore, *, intake: Intake | None = None) -> list[Channel]:
     """Start the approval channels that are enabled; one that cannot start is logged, not fatal.
 
     Only the long-running daemon serves them: ``--once`` processes and exits.
@@ -161,7 +161,7 @@ def start_channels(settings: Settings, store: RunStore) -> list[Channel]:
     if settings.web.enabled:
         from daemon.channels.web.server import WebPanel
 
-        panel = WebPanel(settings, store)
+        panel = WebPanel(settings, store, intake=intake)
         try:
             url = panel.start()
         except (TandavaError, OSError) as exc:

@@ -224,6 +224,22 @@ class WebConfig(_Section):
     token: SecretStr = SecretStr("")
 
 
+class ApiConfig(_Section):
+    """The HTTP API (served by the web panel under /api/v1, with its host, port and token)."""
+
+    # Uploads larger than this (song and photos together) are refused with 413.
+    max_upload_mb: float = Field(defaults.API_MAX_UPLOAD_MB, gt=0)
+    # URLs POSTed a signed JSON event on every state change of a run.
+    webhooks: list[str] = Field(default_factory=list)
+    # Signs webhook bodies (HMAC-SHA256); from TANDAVA_API__WEBHOOK_SECRET or .env, never logged.
+    webhook_secret: SecretStr = SecretStr("")
+    # A receiver that is down is tried again after this, doubling up to the maximum.
+    webhook_backoff_initial_seconds: float = Field(defaults.WEBHOOK_BACKOFF_INITIAL_SECONDS, gt=0)
+    webhook_backoff_max_seconds: float = Field(defaults.WEBHOOK_BACKOFF_MAX_SECONDS, gt=0)
+    # How often the store is looked at for changes to tell (SSE events and webhooks).
+    watch_seconds: float = Field(defaults.API_WATCH_SECONDS, gt=0)
+
+
 class AssemblyConfig(_Section):
     transition: Literal["none", "fade", "crossfade"] = "crossfade"
     transition_seconds: float = Field(defaults.TRANSITION_SECONDS, ge=0, le=5)
@@ -284,6 +300,7 @@ class Settings(BaseSettings):
     google: GoogleConfig = Field(default_factory=GoogleConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -110,6 +110,13 @@ TELEGRAM_REMINDER_HOURS = 12.0
 TELEGRAM_MESSAGES_PER_SECOND = 1.0
 # Not 8080 or 8188 (ComfyUI): a port a local panel rarely shares.
 WEB_PORT = 8420
+# HTTP API (issue 14): a song of an hour in WAV is ~600 MB; photos add little.
+API_MAX_UPLOAD_MB = 1024.0
+# A receiver that is down is asked again soon, then at most every five minutes.
+WEBHOOK_BACKOFF_INITIAL_SECONDS = 2.0
+WEBHOOK_BACKOFF_MAX_SECONDS = 300.0
+# Events reach an SSE client or a webhook within about this long of the change.
+API_WATCH_SECONDS = 0.5
 
 # Prompt writers (issue 6).
 GEMINI_MODEL = "gemini-2.5-flash"

@@ -39,6 +39,7 @@ SECTION_NOTES: dict[str, str] = {
     "comfy.managed": "A ComfyUI that Tandava launches, watches and restarts (optional).",
     "telegram": "The Telegram approval bot. Its token: TANDAVA_TELEGRAM__TOKEN=… in .env beside this file.",
     "web": "The control panel, served while `tandava run` runs.",
+    "api": "The HTTP API, served by the panel under /api/v1 with its host, port and token rule.",
     "google": "Google's models as backends (gemini images, veo clips): prices, caps and the route. "
               "The key: GOOGLE_API_KEY in .env beside this file.",
 }
@@ -149,6 +150,12 @@ NOTES: dict[str, str] = {
     "google.keep_hours": "Google keeps outputs this long; an older operation is sent again only within the caps",
     "google.prices_date": "when the price table below was read from Google's pricing page",
     "google.prices": "USD per image and per second of video, per model (update from Google's pricing page)",
+    "api.max_upload_mb": "uploads larger than this (song and photos together) are refused with 413",
+    "api.webhooks": "URLs POSTed a signed JSON event on every state change of a run",
+    "api.webhook_secret": "signs webhook bodies (HMAC-SHA256): TANDAVA_API__WEBHOOK_SECRET in .env; never logged",
+    "api.webhook_backoff_initial_seconds": "a receiver that is down is tried again after this, doubling",
+    "api.webhook_backoff_max_seconds": "up to this",
+    "api.watch_seconds": "how often the store is looked at for events to tell (SSE and webhooks)",
     "log.level": "DEBUG, INFO, WARNING or ERROR",
     "log.console": "auto (pretty on a terminal, JSON otherwise and under journald), json or pretty",
     "log.max_bytes": "roll the log at this size",
@@ -172,6 +179,7 @@ EXAMPLES: dict[str, str] = {
     "web.token": '"a-long-random-string"',
     "gemini.api_key": '"…"',
     "google.api_key": '"…"',
+    "api.webhook_secret": '"a-long-random-string"',
     "google.credentials_file": '"service-account.json"',
     "google.references": '["refs/shiva.png"]',
 }

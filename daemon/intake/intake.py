@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import stat
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
@@ -48,12 +49,15 @@ class Intake:
         """The watcher's callback: like ``accept``, without a result."""
         self.accept(path)
 
-    def accept(self, path: Path) -> RunRef | None:
-        """Take ``path`` into the store; returns the new run, or None for a duplicate or a vanished file."""
-        with self._lock:
-            return self._accept(path)
+    def accept(self, path: Path, *, extras: Mapping[str, Path] | None = None) -> RunRef | None:
+        """Take ``path`` into the store; returns the new run, or None for a duplicate or a vanished file.
 
-    def _accept(self, path: Path) -> RunRef | None:
+        ``extras`` (the HTTP API's options and photos) go into the run folder with the song.
+        """
+        with self._lock:
+            return self._accept(path, extras)
+
+    def _accept(self, path: Path, extras: Mapping[str, Path] | None = None) -> RunRef | None:
         try:
             before = path.lstat()
         except FileNotFoundError:
@@ -82,7 +86,7 @@ class Intake:
                 self._move_aside(path, existing)
                 return None
         try:
-            ref = self.store.create(path, digest, id_digest=id_digest)
+            ref = self.store.create(path, digest, id_digest=id_digest, extras=extras)
         except StoreError as exc:
             if isinstance(exc.__cause__, fsutil.FileChangedError):  # copied across disks while written
                 raise StillChanging(str(exc.__cause__)) from exc

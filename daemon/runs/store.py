@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -217,11 +217,14 @@ class RunStore:
                     return ref
         return None
 
-    def create(self, song_path: Path, digest: str, *, id_digest: str | None = None) -> RunRef:
+    def create(self, song_path: Path, digest: str, *, id_digest: str | None = None,
+               extras: Mapping[str, Path] | None = None) -> RunRef:
         """Turn a song in the inbox into a run in incoming/, moving the file into it.
 
         ``digest`` is the content hash ("" when unreadable; ``id_digest`` then
-        names the run instead).
+        names the run instead). ``extras`` (name in the run folder → a file or
+        folder) are linked or copied in before the song moves, so the run is
+        never visible without them and their sources stay until the run exists.
         """
         now = self.clock()
         run_id = new_run_id(now, song_path.name, id_digest or digest)
@@ -246,6 +249,8 @@ class RunStore:
         try:
             staging.mkdir(parents=True)
             self.save(RunRef(run_id, State.INCOMING, staging), manifest)
+            for name, source in (extras or {}).items():
+                _link_or_copy_tree(source, staging / name)
             fsutil.move_file(song_path, staging / song_path.name)
             os.replace(staging, final)
         except OSError as exc:
@@ -368,3 +373,18 @@ class RunStore:
                 "or give this one another state root"
             )
         return held.release
+
+
+def _link_or_copy_tree(source: Path, dest: Path) -> None:
+    """``source`` (a file or a folder) at ``dest``: hard links on the same volume, copies elsewhere."""
+
+    def place(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir():
+        shutil.copytree(source, dest, copy_function=place)
+    else:
+        place(str(source), str(dest))

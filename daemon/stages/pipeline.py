@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon import defaults
 from daemon.config import Settings
@@ -50,15 +50,18 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None,
     from daemon.stages.candidates import MakeCandidates, image_backend_for
     from daemon.stages.gate import Gate, Offer
     from daemon.stages.google import GoogleBackends, prompt_rewriter, uses_google
+    from daemon.stages.options import PerRun
     from daemon.stages.render import Render, head_start, make_video_backend
 
     images_for: Callable[[Settings, StageRun], ImageBackend] = image_backend_for
     video_for: Callable[[Settings], VideoBackend] = make_video_backend
     images_on, render_on = "cpu", "cpu"
-    if comfy is not None and settings.images.backend == "comfyui":
-        images_for, images_on = (lambda _s, _j: comfy.image), "gpu"
-    if comfy is not None and settings.clips.backend == "comfyui":
-        video_for, render_on = (lambda _s: comfy.video), "gpu"
+    # The backend is asked for with each run's own settings (a run's options may choose another).
+    if comfy is not None:
+        images_for = _comfy_or(lambda s: s.images.backend, lambda: comfy.image, image_backend_for)
+        video_for = _comfy_or(lambda s: s.clips.backend, lambda: comfy.video, make_video_backend)
+        images_on = "gpu" if settings.images.backend == "comfyui" else "cpu"
+        render_on = "gpu" if settings.clips.backend == "comfyui" else "cpu"
     if google is None and uses_google(settings):
         google = GoogleBackends.open(settings)
     if google is not None and google.image is not None:
@@ -67,16 +70,30 @@ def build_stages(settings: Settings, comfy: ComfyBackends | None = None,
     if google is not None and google.video is not None:
         veo = google.video
         video_for = lambda _s: veo  # noqa: E731
+    rewrite = prompt_rewriter(settings)
+
+    def make_candidates(run_settings: Settings) -> MakeCandidates:
+        return MakeCandidates(run_settings, images_for,
+                              head_start=lambda job: head_start(run_settings, video_for, job))
+
     return [
-        Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, Analyze(settings)),
-        Stage("images", State.ANALYZED, Event.IMAGES_DONE,
-              MakeCandidates(settings, images_for, head_start=lambda job: head_start(settings, video_for, job)),
-              images_on),
-        Stage("offer", State.IMAGED, Event.OFFERED, Offer(settings)),
-        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED, Gate(settings, images_for)),
+        Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, PerRun(settings, Analyze)),
+        Stage("images", State.ANALYZED, Event.IMAGES_DONE, PerRun(settings, make_candidates), images_on),
+        Stage("offer", State.IMAGED, Event.OFFERED, PerRun(settings, Offer)),
+        Stage("approval", State.PENDING_APPROVAL, Event.ALL_APPROVED,
+              PerRun(settings, lambda s: Gate(s, images_for))),
         Stage("render", State.APPROVED, Event.RENDER_DONE,
-              Render(settings, video_for, rewrite=prompt_rewriter(settings)), render_on),
+              PerRun(settings, lambda s: Render(s, video_for, rewrite=rewrite)), render_on),
     ]
+
+
+def _comfy_or(chosen: Callable[[Settings], str], comfy: Callable[[], Any], other: Callable[..., Any]) -> Any:
+    """A backend factory that answers ComfyUI's backend when the run's settings choose it."""
+
+    def backend(s: Settings, *rest: Any) -> Any:
+        return comfy() if chosen(s) == "comfyui" else other(s, *rest)
+
+    return backend
 
 
 class Analyze:
@@ -132,7 +149,14 @@ class Analyze:
         cfg = self.settings.analysis
         analysis = Analysis.model_validate_json((job.ref.path / ANALYSIS_FILE).read_bytes())
         song = job.ref.path / job.manifest.song.file_name
+        from daemon.stages.options import fit_scenes, read_options
+
         segments, record = write_plan(self.settings, analysis, song, cfg.seed)
+        # Scenes a caller fixed (HTTP API options) are fitted like a writer's answer.
+        options = read_options(job.ref.path)
+        scenes = options.scenes if options is not None else []
+        segments, transitions = fit_scenes(analysis, segments, scenes,
+                                           clip_seconds=self.settings.video.clip_seconds)
         write_segments(
             job.ref.path,
             segments,
@@ -141,6 +165,7 @@ class Analyze:
             theme=cfg.theme,
             seed=cfg.seed,
             clip_seconds=self.settings.video.clip_seconds,
+            **({"scenes": len(scenes), "scene_transitions": transitions} if scenes else {}),
         )
         job.done("segments", segments=len(segments), writer=record.writer,
                  fell_through=len(record.fell_through))

@@ -72,7 +72,10 @@ def head_start(settings: Settings, backend_for: Callable[[Settings], VideoBacken
                                for seg, cand in approved.items()}
     render = Render(settings, backend_for)
     queued = 0
-    for request in plan_timeline(settings, segments, backend.max_frames).clips:
+    from daemon.stages.options import scene_cuts, segments_meta
+
+    cuts = scene_cuts(segments_meta(job.ref.path), len(segments))
+    for request in plan_timeline(settings, segments, backend.max_frames, cuts).clips:
         if queued >= count:
             break
         if request.chained_from is not None or request.segment not in images:
@@ -122,7 +125,10 @@ class Render:
         ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)
         backend: VideoBackend = self.backend_for(self.settings)
-        timeline = plan_timeline(self.settings, segments, backend.max_frames,
+        from daemon.stages.options import scene_cuts, segments_meta
+
+        cuts = scene_cuts(segments_meta(job.ref.path), len(segments))
+        timeline = plan_timeline(self.settings, segments, backend.max_frames, cuts,
                                  shortest=getattr(backend, "bills_by_second", False))
         images = approved_images(job.ref, job.manifest, ApprovalStore(job.store).load(job.ref), len(segments))
         from daemon.stages.google import write_estimate

@@ -321,23 +321,33 @@ def _split(n: int, head: int, tail: int, cap: int | None) -> list[tuple[int, int
     return parts
 
 
-def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None, *,
-                  shortest: bool = False) -> Timeline:
-    """The timeline for a run's segments under this installation's settings.
+def plan_timeline(settings: Settings, segments: list[Segment], max_frames: int | None,
+                  scene_cuts: dict[int, str] | None = None, *, shortest: bool = False) -> Timeline:
+    """The timeline for a run's segments under these settings.
 
+    ``scene_cuts`` (segment index → transition) are cuts a caller's scenes asked for:
+    a transition there (the run's kind, or the scene's when the run has none), none for "none".
     ``shortest``: ask for only the frames each clip shows (a backend that bills
     by the second and picks its own shortest length, Veo), not the model's
-    native length."""
+    native length.
+    """
     cfg = settings.assembly
     fps = settings.video.fps
+    cuts = [b.section != a.section for a, b in zip(segments, segments[1:], strict=False)]
+    kind = cfg.transition
+    for index, asked in (scene_cuts or {}).items():
+        if 0 < index <= len(cuts):
+            cuts[index - 1] = asked != "none"
+            if kind == "none" and asked != "none":
+                kind = asked  # type: ignore[assignment]
     timeline = build_timeline(
         [s.start for s in segments] + [segments[-1].end],
         fps=fps,
         max_frames=max_frames,
         max_slowdown=settings.clips.max_slowdown,
-        section_cuts=[b.section != a.section for a, b in zip(segments, segments[1:], strict=False)],
-        transition=cfg.transition,
-        transition_frames=round(cfg.transition_seconds * fps) if cfg.transition != "none" else 0,
+        section_cuts=cuts,
+        transition=kind,
+        transition_frames=round(cfg.transition_seconds * fps) if kind != "none" else 0,
     )
     if not shortest:
         return timeline

@@ -51,7 +51,7 @@ from starlette.responses import (
     RedirectResponse,
     Response,
 )
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.approval import decisions
@@ -60,6 +60,7 @@ from daemon.approval.store import DECIDING_STATES, DecisionRefused, Verdict, can
 from daemon.channels.web import pages as web_pages
 from daemon.channels.web import review
 from daemon.channels.web.assets import CSS, ICON
+from daemon.channels.web.bodies import BadLength, TooLarge, read_capped
 from daemon.channels.web.script import JS
 from daemon.channels.web.thumbs import WIDTHS, cache_dir, thumbnail
 from daemon.channels.web.views import ViewCache
@@ -111,6 +112,9 @@ def _same(a: str, b: str) -> bool:
 
 
 def _refusal(status: int, title: str, text: str, scope: Scope) -> Response:
+    if str(scope.get("path", "")).startswith("/api/"):  # the API's one error shape
+        code = {401: "token_needed", 403: "forbidden", 404: "not_found"}.get(status, "refused")
+        return JSONResponse({"error": {"code": code, "message": text, "hint": ""}}, status_code=status)
     if FETCH_HEADER.encode("latin-1") in dict(scope.get("headers", [])):
         return JSONResponse({"error": text}, status_code=status)
     page = web_pages.document(title, web_pages.message_main(title, text))
@@ -189,13 +193,13 @@ class PanelApp:
     """Routes of the panel over one run store; ``app`` is the ASGI application."""
 
     def __init__(self, store: RunStore, *, token: str, hosts: frozenset[str] | None, csrf: str,
-                 poll_seconds: float, inbox: Path | None = None) -> None:
+                 poll_seconds: float, inbox: Path | None = None, api: ASGIApp | None = None) -> None:
         self.store = store
         self.views = ViewCache(store)
         self.csrf = csrf
         self.poll_ms = max(0, round(poll_seconds * 1000))
         self.inbox_hint = f" ({inbox})" if inbox is not None else ""
-        routes = [
+        routes: list[BaseRoute] = [
             Route("/", self.index),
             Route("/states/{state}", self.state_page),
             Route("/runs/{run_id}", self.run_page),
@@ -211,6 +215,8 @@ class PanelApp:
             Route("/static/icon.svg", lambda _: Response(ICON, media_type="image/svg+xml")),
             Route("/healthz", lambda _: JSONResponse(health_json(self.store.root))),
         ]
+        if api is not None:
+            routes.append(Mount("/api/v1", app=api))
         handlers: dict[Any, Callable[[Request, Exception], Response]] = {
             RunNotFound: self._not_found,
             # DecisionRefused and StoreLocked are StoreErrors; IllegalTransition (a retry of a
@@ -364,9 +370,14 @@ class PanelApp:
     # -- actions --------------------------------------------------------------
 
     async def _form(self, request: Request) -> dict[str, str]:
-        body = await request.body()
-        if len(body) > _MAX_FORM_BYTES:
-            raise HTTPException(413, "That form is too large.")
+        # Refused on Content-Length before a byte is read, then read with a cap: a big
+        # POST (with or without an Origin) never makes the daemon hold it in memory.
+        try:
+            body = await read_capped(request, _MAX_FORM_BYTES)
+        except TooLarge:
+            raise HTTPException(413, "That form is too large.") from None
+        except BadLength:
+            raise HTTPException(400, "Content-Length must be a number of bytes.") from None
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if body and ctype != "application/x-www-form-urlencoded":
             raise HTTPException(415, "Send the form as application/x-www-form-urlencoded.")

@@ -49,10 +49,13 @@ from types import TracebackType
 import structlog
 import uvicorn
 
+from daemon.channels.web.api.checks import doctor_checks as api_checks
+from daemon.channels.web.api.routes import Api
 from daemon.channels.web.app import LOOPBACK_HOSTS, PanelApp
 from daemon.checks import Check
 from daemon.config import Settings
 from daemon.errors import ConfigError
+from daemon.intake.intake import Intake
 from daemon.runs.store import RunStore
 
 log = structlog.get_logger("tandava.web")
@@ -136,10 +139,14 @@ class _ThreadServer(uvicorn.Server):
 class WebPanel:
     """The web control panel of one daemon; ``start`` serves it, ``stop`` ends it."""
 
-    def __init__(self, settings: Settings, store: RunStore, *, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, settings: Settings, store: RunStore, *, poll_seconds: float = POLL_SECONDS,
+                 intake: Intake | None = None) -> None:
         self.settings = settings
         self.store = store
         self.poll_seconds = poll_seconds
+        # The HTTP API takes songs through the daemon's intake (its own when none is given).
+        self.intake = intake or Intake(store, settings.paths.inbox)
+        self._api: Api | None = None
         self._server: _ThreadServer | None = None
         self._thread: threading.Thread | None = None
         self._url = ""
@@ -159,9 +166,10 @@ class WebPanel:
         sock = bind(cfg.host, cfg.port)
         # On loopback the Host header must name this machine: DNS rebinding cannot reach in.
         hosts = LOOPBACK_HOSTS | {cfg.host.strip("[]").lower()} if is_loopback(cfg.host) else None
+        api = Api(self.settings, self.store, self.intake)
         panel = PanelApp(self.store, token=token, hosts=hosts,
                          csrf=secrets.token_urlsafe(24), poll_seconds=self.poll_seconds,
-                         inbox=self.settings.paths.inbox)
+                         inbox=self.settings.paths.inbox, api=api.app)
         config = uvicorn.Config(
             panel.app, log_config=None, log_level=logging.WARNING, access_log=False,
             lifespan="off", loop="asyncio", http="h11", ws="none", server_header=False,
@@ -179,6 +187,8 @@ class WebPanel:
             time.sleep(0.005)
         self._server, self._thread = server, thread
         self._url = url_for(cfg.host, sock.getsockname()[1])
+        api.start()
+        self._api = api
         log.info("web.started", url=self._url, auth="token" if token else "loopback only")
         return self._url
 
@@ -187,6 +197,9 @@ class WebPanel:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
         server.should_exit = True
         thread.join(timeout)
         if thread.is_alive():
@@ -218,7 +231,7 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
     """``tandava doctor``: the token rule, and the panel's port is free (or already ours)."""
     cfg = settings.web
     if not cfg.enabled:
-        yield Check("web panel", True, "disabled (web.enabled = false)")
+        yield Check("web panel", True, "disabled (web.enabled = false); so is the HTTP API")
         return
     token = cfg.token.get_secret_value()
     if not is_loopback(cfg.host):
@@ -237,6 +250,7 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
         yield Check("web panel token", True, f"{cfg.host} is reachable from this machine only; "
                     f"token {needed}")
     yield _port_check(cfg.host, cfg.port, token)
+    yield from api_checks(settings, url_for(cfg.host, cfg.port), is_loopback(cfg.host))
 
 
 def _port_check(host: str, port: int, token: str) -> Check:
