@@ -137,9 +137,13 @@ class MakeCandidates:
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
                     start_job(job, backend, jid, record)
+        total, made = len(segments) * count, 0
+        job.report("candidates", made, total)
         for segment in segments:
             for index in range(count):
                 ensure_candidate(job, backend, segment, index, settings=self.settings, segments=len(segments))
+                made += 1
+                job.report("candidates", made, total)
         job.done("candidates", count=len(segments) * self.settings.images.candidates)
 
 
