@@ -9,9 +9,11 @@ left, then start taking songs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -27,6 +29,7 @@ from daemon.stages.pipeline import build_stages
 
 if TYPE_CHECKING:
     from daemon.backends.comfy.backend import ComfyBackends
+    from daemon.host.live import Frame, LiveView
 
 log = structlog.get_logger("tandava.daemon")
 
@@ -46,10 +49,12 @@ def open_comfy(settings: Settings) -> ComfyBackends:
     return ComfyBackends.open(settings, ollama_url=ollama_to_unload(settings))
 
 
-def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) -> int:
+def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
+        view: LiveView | None = None) -> int:
     """Serve the inbox until ``stop_event`` is set; with ``once``, until nothing is left to do.
 
-    Returns a process exit code.
+    With ``view`` (a person at a terminal), the engine's progress is shown live
+    while it runs. Returns a process exit code.
     """
     from daemon.intake.watcher import InboxWatcher
 
@@ -84,16 +89,16 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             backoff_max=settings.engine.backoff_max_seconds,
             tick_seconds=settings.engine.tick_seconds,
         )
+        backends = comfy_backends(comfy.pool) if comfy is not None else None
         health = HealthReporter(
-            settings, store,
-            backends=comfy_backends(comfy.pool) if comfy is not None else None,
-            in_flight=engine.in_flight,
+            settings, store, backends=backends, in_flight=engine.in_flight, progress=engine.board.as_json,
         )
         if once:
             for path in watcher.scan_once():
                 intake.accept(path)
             log.info("daemon.once", inbox=str(settings.paths.inbox))
-            engine.run(stop_event, once=True, on_tick=health.tick)
+            with _showing(view, settings, engine, health, backends, channels):
+                engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()
         channels = start_channels(settings, store)
@@ -119,7 +124,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             beat()
             heartbeat()
 
-        engine.run(stop_event, on_tick=on_tick)
+        with _showing(view, settings, engine, health, backends, channels):
+            engine.run(stop_event, on_tick=on_tick)
         log.info("daemon.stopping")
         return 0
     finally:
@@ -134,6 +140,26 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         release()
         log.info("daemon.stopped")
 
+
+
+def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: HealthReporter,
+             backends: Callable[[], list[dict[str, Any]]] | None,
+             channels: list[Channel]) -> contextlib.AbstractContextManager[None]:
+    """The live view of this daemon while the engine runs: all from memory, nothing read per refresh."""
+    if view is None:
+        return contextlib.nullcontext()
+    from daemon.host.live import Footer, Frame
+
+    panel = next((str(getattr(c, "url", "")) for c in channels if getattr(c, "url", "")), "")
+
+    def frame() -> Frame:
+        last = health.last
+        return Frame(engine.board.runs(), Footer(
+            inbox=str(settings.paths.inbox), panel=panel, backends=backends() if backends else [],
+            counts=dict(last.counts) if last is not None else {}, finished=len(engine.board.finished()),
+        ))
+
+    return view.showing(frame)
 
 
 class Channel(Protocol):

@@ -12,6 +12,7 @@ from pathlib import Path
 from daemon import defaults
 from daemon.errors import StoreError
 from daemon.runs.manifest import Manifest
+from daemon.runs.progress import StepCount
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
 
@@ -70,7 +71,7 @@ def _progress(store: RunStore, ref: RunRef) -> str:
         f"{stage}: " + (
             str(progress.detail["waiting"]) if "waiting" in progress.detail
             else f"{', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
-        )
+        ) + _count(progress.detail)
         for stage, progress in manifest.stages.items()
         if progress.finished_at is None
     ]
@@ -82,6 +83,12 @@ def _progress(store: RunStore, ref: RunRef) -> str:
         if "segments" in info:
             parts.append(f"{info['segments']} segments")
     return "; ".join(parts) or manifest.song.original_name
+
+
+def _count(detail: dict[str, object]) -> str:
+    """``; clips 12/41`` or ``; assembly 64 %`` when the stage recorded how far it got."""
+    count = StepCount.from_detail(detail)
+    return f"; {count.label()}" if count is not None and "waiting" not in detail else ""
 
 
 def show_lines(store: RunStore, run_id: str) -> Iterator[str]:

@@ -144,7 +144,7 @@ class ProgressBoard:
     def as_json(self) -> dict[str, dict[str, Any]]:
         """The board for the health file: per run, its stage, count and waiting reason."""
         return {
-            r.run_id: {"state": r.state, "stage": r.stage, "waiting": r.waiting,
+            r.run_id: {"state": r.state, "stage": r.stage, "waiting": r.waiting, "ask": r.ask,
                        **({"progress": r.count.to_json()} if r.count is not None else {})}
             for r in self.runs()
         }
