@@ -109,8 +109,10 @@ def run_url(panel: str, run_id: str) -> str:
 
 def line_parts(run: RunProgress, panel: str, *, narrow: bool) -> tuple[str, str, str]:
     """(where, what, detail) of a run's line; ``what`` is empty for a line without a bar."""
-    stage = run.stage or f"queued in {run.state}"
-    where = stage if narrow or not run.stage else f"{run.state} › {stage}"
+    if not run.stage:
+        where = "queued" if narrow else f"queued in {run.state}"
+    else:
+        where = run.stage if narrow else f"{run.state} › {run.stage}"
     if run.waiting:
         if run.state == "pending_approval":
             url = run_url(panel, run.run_id)
@@ -121,26 +123,31 @@ def line_parts(run: RunProgress, panel: str, *, narrow: bool) -> tuple[str, str,
 
 
 def render_frame(frame: Frame, width: int, etas: EtaClock | None = None, *, max_rows: int = 40) -> RenderableType:
-    """The live area for ``frame`` at ``width`` columns: every line cut to fit, none wrapped."""
+    """The live area for ``frame`` at ``width`` columns: every line cut to fit, none wrapped.
+
+    Every run's line has the same column widths (song, where, then the bar and
+    its label, or what it waits for), so the lines line up.
+    """
     narrow = width < NARROW_COLUMNS
-    song_w = max(8, min(32, width // 4))
-    bar_w = 10 if narrow else 24
+    song_w = max(8, min(28, width // 4))
+    where_w = 9 if narrow else 27  # "approval"; "pending_approval › approval"
+    rest = max(10, width - song_w - where_w - 2)
+    bar_w = min(24, max(6, rest // 3))
     lines: list[RenderableType] = []
     shown = frame.runs[:max_rows]
     for run in shown:
         where, what, detail = line_parts(run, frame.footer.panel, narrow=narrow)
         row = Table.grid(padding=(0, 1))
         row.add_column(width=song_w, no_wrap=True, overflow="ellipsis")
-        row.add_column(no_wrap=True, overflow="ellipsis", max_width=24)
+        row.add_column(width=where_w, no_wrap=True, overflow="ellipsis")
         if what and run.count is not None:
             row.add_column(width=bar_w, no_wrap=True)
-            row.add_column(no_wrap=True, overflow="ellipsis")
+            row.add_column(width=max(1, rest - bar_w - 1), no_wrap=True, overflow="ellipsis")
             eta = format_eta(etas.eta(run)) if etas is not None else ""
-            label = f"{what}  {eta}".rstrip()
-            row.add_row(run.song, where, ProgressBar(total=100.0, completed=run.count.fraction * 100, width=bar_w),
-                        label)
+            bar = ProgressBar(total=100.0, completed=run.count.fraction * 100, width=bar_w)
+            row.add_row(run.song, where, bar, f"{what}  {eta}".rstrip())
         else:
-            row.add_column(no_wrap=True, overflow="ellipsis")
+            row.add_column(width=rest, no_wrap=True, overflow="ellipsis")
             row.add_row(run.song, where, detail)
         lines.append(row)
     if len(frame.runs) > len(shown):
@@ -156,8 +163,6 @@ def footer_lines(footer: Footer) -> list[str]:
     first = []
     if footer.daemon:
         first.append(footer.daemon)
-    if footer.inbox:
-        first.append(f"inbox {footer.inbox}")
     if footer.panel:
         first.append(f"panel {footer.panel}")
     if footer.backends:
@@ -165,6 +170,8 @@ def footer_lines(footer: Footer) -> list[str]:
         first.append(f"ComfyUI {up}/{len(footer.backends)} up")
     if footer.spend:
         first.append(f"today {footer.spend}")
+    if footer.inbox:  # last: a long path is what the width cuts
+        first.append(f"inbox {footer.inbox}")
     counts = [f"{n} {state}" for state, n in footer.counts.items() if n]
     second = ("runs: " + ", ".join(counts)) if counts else ""
     if footer.finished:
