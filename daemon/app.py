@@ -97,7 +97,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
             for path in watcher.scan_once():
                 intake.accept(path)
             log.info("daemon.once", inbox=str(settings.paths.inbox))
-            with _showing(view, settings, engine, health, backends, channels):
+            with _showing(view, settings, engine, health, backends, channels, stop_event):
                 engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()
@@ -124,7 +124,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
             beat()
             heartbeat()
 
-        with _showing(view, settings, engine, health, backends, channels):
+        with _showing(view, settings, engine, health, backends, channels, stop_event):
             engine.run(stop_event, on_tick=on_tick)
         log.info("daemon.stopping")
         return 0
@@ -144,7 +144,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
 
 def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: HealthReporter,
              backends: Callable[[], list[dict[str, Any]]] | None,
-             channels: list[Channel]) -> contextlib.AbstractContextManager[None]:
+             channels: list[Channel], stop_event: threading.Event) -> contextlib.AbstractContextManager[None]:
     """The live view of this daemon while the engine runs: all from memory, nothing read per refresh."""
     if view is None:
         return contextlib.nullcontext()
@@ -154,8 +154,9 @@ def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: 
 
     def frame() -> Frame:
         last = health.last
+        stopping = "stopping: finishing the work in flight (Ctrl-C again aborts)" if stop_event.is_set() else ""
         return Frame(engine.board.runs(), Footer(
-            inbox=str(settings.paths.inbox), panel=panel, backends=backends() if backends else [],
+            daemon=stopping, inbox=str(settings.paths.inbox), panel=panel, backends=backends() if backends else [],
             counts=dict(last.counts) if last is not None else {}, finished=len(engine.board.finished()),
         ))
 

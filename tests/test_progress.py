@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import AssemblyConfig
+from daemon.config import AssemblyConfig, Settings
 from daemon.music.synth import write_song
 from daemon.runs.progress import ProgressBoard, StepCount
+from daemon.runs.states import Event
+from daemon.runs.store import RunRef, RunStore
 from daemon.video.assembly import assemble
 from daemon.video.media import find_ffmpeg, parse_progress_line, run_ffmpeg
 from daemon.video.timeline import build_timeline
@@ -89,3 +91,60 @@ def test_run_ffmpeg_with_progress_still_names_a_failure(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="ffmpeg failed to read nothing"):
         run_ffmpeg(find_ffmpeg(), ["-i", str(tmp_path / "missing.wav"), str(tmp_path / "out.mp4")],
                    what="read nothing", progress=lambda _s: None)
+
+
+def _run_with(store: RunStore, tmp_path: Path, name: str, digest: str) -> RunRef:
+    song = tmp_path / name
+    song.write_bytes(b"ID3" + name.encode())
+    return store.create(song, digest)
+
+
+def test_status_health_and_panel_show_the_recorded_count(store: RunStore, tmp_path: Path,
+                                                         settings: Settings) -> None:
+    """The assembly's percentage recorded in run.json reaches status; the board's count reaches the health file."""
+    from daemon.channels.web.views import stage_lines
+    from daemon.host.report import status_lines
+    from daemon.runs.health import HealthReporter, health_lines
+
+    ref = _run_with(store, tmp_path, "song.mp3", "ab" * 32)
+    for event in (Event.ANALYSIS_DONE, Event.IMAGES_DONE, Event.OFFERED, Event.ALL_APPROVED):
+        ref = store.move(ref, event)
+    manifest = store.load(ref)
+    render = manifest.progress("render")
+    render.started_at = store.clock()
+    render.detail["progress"] = StepCount("assembly", 96.0, 150.0, unit="s").to_json()
+    store.save(ref, manifest)
+    assert "render: starting (attempt 0); assembly 64 %" in "\n".join(status_lines(store.root))
+    assert stage_lines(store.load(ref)) == ["render: starting (attempt 0); assembly 64 %"]
+    board = ProgressBoard()
+    board.begin(ref.run_id, "song.mp3", "approved", "render")
+    board.report(ref.run_id, StepCount("clips", 3, 8))
+    reporter = HealthReporter(settings, store, in_flight=lambda: [ref.run_id], progress=board.as_json)
+    reporter.tick()
+    assert f"working on: {ref.run_id} (clips 3/8)" in list(health_lines(store.root))
+    assert reporter.last is not None and reporter.last.progress[ref.run_id]["stage"] == "render"
+
+
+def test_summary_names_videos_decisions_and_failures_with_what_to_do(store: RunStore, tmp_path: Path) -> None:
+    """The summary lists the video's path, the approve command and panel URL, and the reason with retry."""
+    from daemon.errors import PermanentError
+    from daemon.host.summary import summarize, summary_lines
+    from daemon.runs.manifest import utcnow
+
+    since = utcnow()
+    waiting = _run_with(store, tmp_path, "waits.mp3", "ab" * 32)
+    for event in (Event.ANALYSIS_DONE, Event.IMAGES_DONE, Event.OFFERED):
+        waiting = store.move(waiting, event)
+    manifest = store.load(waiting)
+    manifest.progress("approval").detail["waiting"] = "waiting for a person to approve 3 of 5 segment(s): `...`"
+    store.save(waiting, manifest)
+    broken = _run_with(store, tmp_path, "broken.mp3", "cd" * 32)
+    store.fail(broken, "analyze", PermanentError("the song is not audio", "Re-export it.", cause="BadInput"))
+    lines = list(summary_lines(summarize(store, since, panel="http://127.0.0.1:8420/")))
+    text = "\n".join(lines)
+    assert "waits.mp3: waiting for a person to approve 3 of 5 segment(s)" in text
+    assert f"    tandava pending; tandava approve {waiting.run_id} --all" in lines
+    assert f"    http://127.0.0.1:8420/runs/{waiting.run_id}" in lines
+    assert "broken.mp3: analyze: the song is not audio" in text
+    assert "    fix: Re-export it." in lines and f"    tandava retry {broken.run_id}" in lines
+    assert "made" not in text
