@@ -157,7 +157,7 @@ def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: 
         stopping = "stopping: finishing the work in flight (Ctrl-C again aborts)" if stop_event.is_set() else ""
         return Frame(engine.board.runs(), Footer(
             daemon=stopping, inbox=str(settings.paths.inbox), panel=panel, backends=backends() if backends else [],
-            counts=dict(last.counts) if last is not None else {}, finished=len(engine.board.finished()),
+            counts=dict(last.counts) if last is not None else {}, finished=engine.board.finished_count,
         ))
 
     return view.showing(frame)

@@ -26,6 +26,7 @@ from daemon.host.live import (
     Frame,
     LiveView,
     footer_lines,
+    format_eta,
     logging_for,
     render_frame,
     view_for,
@@ -129,7 +130,7 @@ def test_lines_are_cut_to_the_width_never_wrapped(width: int) -> None:
     """At 60, 80 and 132 columns every line fits and each run is one line: nothing wraps."""
     console = _recorded(width)
     frame = _frame()
-    console.print(render_frame(frame, width, EtaClock()))
+    console.print(render_frame(frame, console, EtaClock()))
     lines = console.export_text().rstrip("\n").split("\n")
     print("\n".join(lines))
     assert all(console.measure(line).maximum <= width for line in lines)
@@ -140,7 +141,7 @@ def test_lines_are_cut_to_the_width_never_wrapped(width: int) -> None:
 def test_wide_line_names_the_state_and_stage_the_bar_and_the_panel_url() -> None:
     """A wide terminal shows state › stage, counts, the assembly's percentage and the run's panel URL."""
     console = _recorded(200)
-    console.print(render_frame(_frame(), 200, EtaClock()))
+    console.print(render_frame(_frame(), console, EtaClock()))
     text = console.export_text()
     assert "analyzed › images" in text and "candidates 23/82" in text and "assembly 62 %" in text
     assert "waiting for you: 41 of 41 segments to approve — http://127.0.0.1:8420/runs/20261204-100002_c_3" in text
@@ -155,6 +156,7 @@ def test_eta_comes_from_the_measured_rate() -> None:
     assert etas.eta(run) is None  # nothing measured yet
     now[0] = 10.0
     assert etas.eta(RunProgress("r", "s", "analyzed", "images", StepCount("candidates", 20, 60))) == 40.0
+    assert (format_eta(40.0), format_eta(62.0), format_eta(3725.0)) == ("ETA 0:40", "ETA 1:00", "ETA 1:02:00")
 
 
 def test_a_cp1252_console_gets_ascii_bars_and_escaped_names() -> None:
@@ -162,7 +164,7 @@ def test_a_cp1252_console_gets_ascii_bars_and_escaped_names() -> None:
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="cp1252", errors="backslashreplace")
     console = Console(file=stream, width=100, force_terminal=True, color_system=None, legacy_windows=False)
-    console.print(render_frame(_frame(), 100, EtaClock()))
+    console.print(render_frame(_frame(), console, EtaClock()))
     stream.flush()
     out = raw.getvalue().decode("cp1252")
     assert "candidates 23/82" in out and "━" not in out and "-" * 5 in out
@@ -182,9 +184,16 @@ def test_dumb_terminals_get_plain_lines_and_no_color_gets_no_color(monkeypatch: 
     view = view_for(stream, "auto")
     assert view is not None and view.mode == "plain"
     runs = [RunProgress("r", "song.mp3", "approved", "render", StepCount("clips", n, 40)) for n in (1, 2, 3, 11)]
-    frames = iter([Frame([r], Footer()) for r in runs])
-    with view.showing(lambda: next(frames, Frame([runs[-1]], Footer()))):
-        time.sleep(1.3)
+    frames, served = iter([Frame([r], Footer()) for r in runs]), threading.Event()
+
+    def source() -> Frame:
+        frame = next(frames, None)
+        if frame is None:
+            served.set()
+        return frame or Frame([runs[-1]], Footer())
+
+    with view.showing(source):
+        assert served.wait(30)
     lines = stream.getvalue().splitlines()
     assert lines == ["song.mp3  approved › render  clips 0 %", "song.mp3  approved › render  clips 25 %"]
     assert "\x1b" not in stream.getvalue()
@@ -214,6 +223,7 @@ def test_warnings_print_above_the_view_and_info_only_with_verbose(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="Ctrl-C is sent as SIGINT to the child")
 def test_status_watch_shows_a_daemon_in_another_process_and_exits_on_ctrl_c(settings: Settings) -> None:
     """`status --watch` against a running daemon shows its waiting run, then exits 0 on Ctrl-C."""
     settings.video.width, settings.video.height = 160, 96

@@ -33,7 +33,6 @@ from typing import Any, Literal, TextIO
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from daemon.logs import console_wants_json
@@ -96,10 +95,16 @@ class EtaClock:
 
 
 def format_eta(seconds: float | None) -> str:
-    """``ETA 1:05``, ``ETA 1:02:03``, or "" when unknown."""
+    """``ETA 1:05``, ``ETA 1:02:03``, or "" when unknown.
+
+    Rounded more the further it is (5 s under a minute, 15 s under ten, then
+    the minute): an estimate is no better than that, and the line is redrawn
+    only when its text changes.
+    """
     if seconds is None:
         return ""
-    s = round(seconds)
+    step = 5 if seconds < 60 else 15 if seconds < 600 else 60
+    s = round(seconds / step) * step
     return f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"ETA {s // 60}:{s % 60:02d}"
 
 
@@ -122,12 +127,16 @@ def line_parts(run: RunProgress, panel: str, *, narrow: bool) -> tuple[str, str,
     return where, run.count.label() if run.count else "", ""
 
 
-def render_frame(frame: Frame, width: int, etas: EtaClock | None = None, *, max_rows: int = 40) -> RenderableType:
-    """The live area for ``frame`` at ``width`` columns: every line cut to fit, none wrapped.
+def render_frame(frame: Frame, console: Console, etas: EtaClock | None = None, *,
+                 max_rows: int = 40) -> RenderableType:
+    """The live area for ``frame`` at the console's width: every line cut to fit, none wrapped.
 
     Every run's line has the same column widths (song, where, then the bar and
-    its label, or what it waits for), so the lines line up.
+    its label, or what it waits for), so the lines line up. Lines are plain
+    ``Text`` (a table per refresh costs several times more CPU); the bar is
+    rich's ``ProgressBar``, which falls back to ASCII where the console needs it.
     """
+    width = console.size.width
     narrow = width < NARROW_COLUMNS
     song_w = max(8, min(28, width // 4))
     where_w = 9 if narrow else 27  # "approval"; "pending_approval › approval"
@@ -137,25 +146,35 @@ def render_frame(frame: Frame, width: int, etas: EtaClock | None = None, *, max_
     shown = frame.runs[:max_rows]
     for run in shown:
         where, what, detail = line_parts(run, frame.footer.panel, narrow=narrow)
-        row = Table.grid(padding=(0, 1))
-        row.add_column(width=song_w, no_wrap=True, overflow="ellipsis")
-        row.add_column(width=where_w, no_wrap=True, overflow="ellipsis")
+        line = Text.assemble(_cell(run.song, song_w), " ", _cell(where, where_w), " ",
+                             no_wrap=True, overflow="ellipsis", end="\n")
         if what and run.count is not None:
-            row.add_column(width=bar_w, no_wrap=True)
-            row.add_column(width=max(1, rest - bar_w - 1), no_wrap=True, overflow="ellipsis")
-            eta = format_eta(etas.eta(run)) if etas is not None else ""
             bar = ProgressBar(total=100.0, completed=run.count.fraction * 100, width=bar_w)
-            row.add_row(run.song, where, bar, f"{what}  {eta}".rstrip())
+            drawn = 0
+            for segment in console.render(bar, console.options.update(width=bar_w)):
+                line.append(segment.text, segment.style)
+                drawn += segment.cell_length
+            # Without colours rich draws only the done part: pad, so the labels line up.
+            line.append(" " * max(0, bar_w - drawn))
+            eta = format_eta(etas.eta(run)) if etas is not None else ""
+            line.append(" " + f"{what}  {eta}".rstrip())
         else:
-            row.add_column(width=rest, no_wrap=True, overflow="ellipsis")
-            row.add_row(run.song, where, detail)
-        lines.append(row)
+            line.append(detail)
+        line.truncate(width, overflow="ellipsis")
+        lines.append(line)
     if len(frame.runs) > len(shown):
         lines.append(_cut(f"… and {len(frame.runs) - len(shown)} more (tandava status)"))
     if not frame.runs:
         lines.append(_cut("nothing in the pipeline: drop a song into the inbox"))
     lines.extend(_cut(text) for text in footer_lines(frame.footer))
     return Group(*lines)
+
+
+def _cell(text: str, width: int) -> Text:
+    """``text`` cut (with an ellipsis) or padded to exactly ``width`` cells."""
+    cell = Text(text)
+    cell.truncate(width, overflow="ellipsis", pad=True)
+    return cell
 
 
 def footer_lines(footer: Footer) -> list[str]:
@@ -256,7 +275,7 @@ class LiveView:
             return key
         self.refreshes += 1
         height = max(4, self.console.size.height - 4)
-        self._live.update(render_frame(frame, self.console.size.width, self.etas, max_rows=height), refresh=True)
+        self._live.update(render_frame(frame, self.console, self.etas, max_rows=height), refresh=True)
         return key
 
     def _print_changes(self, frame: Frame) -> None:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 # A run in these states has left the pipeline: its row leaves the board.
 FINISHED_STATES = frozenset({"rendered", "failed"})
+# Finished runs remembered by id (a daemon runs for months; the count is kept apart).
+FINISHED_KEPT = 100
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class ProgressBoard:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._runs: dict[str, RunProgress] = {}
-        self._finished: list[tuple[str, str]] = []
+        self._finished: deque[tuple[str, str]] = deque(maxlen=FINISHED_KEPT)
+        self.finished_count = 0
         self._lock = threading.Lock()
         # Bumped on every change: a reader can tell that nothing moved.
         self.version = 0
@@ -127,6 +131,7 @@ class ProgressBoard:
             old = self._runs.pop(run_id, None)
             if state in FINISHED_STATES:
                 self._finished.append((run_id, state))
+                self.finished_count += 1
             elif old is not None:
                 self._runs[run_id] = RunProgress(run_id, old.song, state)
             self.version += 1
@@ -137,7 +142,7 @@ class ProgressBoard:
             return [self._runs[k] for k in sorted(self._runs)]
 
     def finished(self) -> list[tuple[str, str]]:
-        """(run id, "rendered" or "failed") of runs that finished since the board was made."""
+        """(run id, "rendered" or "failed") of the last runs that finished (``finished_count``: all of them)."""
         with self._lock:
             return list(self._finished)
 
