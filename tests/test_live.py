@@ -145,6 +145,9 @@ def test_wide_line_names_the_state_and_stage_the_bar_and_the_panel_url() -> None
     text = console.export_text()
     assert "analyzed › images" in text and "candidates 23/82" in text and "assembly 62 %" in text
     assert "waiting for you: 41 of 41 segments to approve — http://127.0.0.1:8420/runs/20261204-100002_c_3" in text
+    narrow = _recorded(100)
+    narrow.print(render_frame(_frame(), narrow, EtaClock()))
+    assert "segments to approve — http://127.0.0.1:8420/\n" in narrow.export_text()  # the page would not fit
     assert "━" in text
 
 

@@ -112,17 +112,23 @@ def run_url(panel: str, run_id: str) -> str:
     return f"{panel.rstrip('/')}/runs/{run_id}" if panel else ""
 
 
-def line_parts(run: RunProgress, panel: str, *, narrow: bool) -> tuple[str, str, str]:
-    """(where, what, detail) of a run's line; ``what`` is empty for a line without a bar."""
+def line_parts(run: RunProgress, panel: str, *, narrow: bool, room: int = 1000) -> tuple[str, str, str]:
+    """(where, what, detail) of a run's line; ``what`` is empty for a line without a bar.
+
+    A run waiting for a person names the panel's page of the run, or the
+    panel itself when the page's address would not fit in ``room`` columns.
+    """
     if not run.stage:
         where = "queued" if narrow else f"queued in {run.state}"
     else:
         where = run.stage if narrow else f"{run.state} › {run.stage}"
     if run.waiting:
         if run.state == "pending_approval":
+            ask = f"waiting for you: {run.ask or 'a decision'}"
             url = run_url(panel, run.run_id)
-            ask = run.ask or "a decision"
-            return where, "", f"waiting for you: {ask}" + (f" — {url}" if url else "")
+            if len(ask) + len(url) + 3 > room:
+                url = panel
+            return "", "", ask + (f" — {url}" if url else "")
         return where, "", f"waiting: {run.waiting}"
     return where, run.count.label() if run.count else "", ""
 
@@ -145,9 +151,11 @@ def render_frame(frame: Frame, console: Console, etas: EtaClock | None = None, *
     lines: list[RenderableType] = []
     shown = frame.runs[:max_rows]
     for run in shown:
-        where, what, detail = line_parts(run, frame.footer.panel, narrow=narrow)
-        line = Text.assemble(_cell(run.song, song_w), " ", _cell(where, where_w), " ",
-                             no_wrap=True, overflow="ellipsis", end="\n")
+        where, what, detail = line_parts(run, frame.footer.panel, narrow=narrow, room=width - song_w - 1)
+        line = Text.assemble(_cell(run.song, song_w), " ", no_wrap=True, overflow="ellipsis", end="\n")
+        if where:  # a run waiting for you has the whole line for what to do
+            line.append_text(_cell(where, where_w))
+            line.append(" ")
         if what and run.count is not None:
             bar = ProgressBar(total=100.0, completed=run.count.fraction * 100, width=bar_w)
             drawn = 0
