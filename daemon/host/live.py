@@ -6,7 +6,8 @@ what the health reporter last counted, so a refresh reads nothing from disk;
 ``status --watch`` passes one that reads the state root instead
 (``daemon.host.watch``). ``LiveView`` asks its source at most
 ``refresh_per_second`` times a second on a thread of its own and redraws only
-when the text changed (a new count, a new ETA second). It draws with rich's
+when the text changed: at once for a new run, stage or wait, at most twice a
+second for counts and ETAs (``bench/bench_live.py`` measures the cost). It draws with rich's
 ``Live``: no escape codes of our own, and rich knows Windows consoles,
 ``NO_COLOR`` and encodings that cannot show a bar (it falls back to ASCII).
 
@@ -40,6 +41,8 @@ from daemon.runs.progress import RunProgress, StepCount
 
 # A person reads a few changes a second; more costs CPU and shows nothing new.
 REFRESH_PER_SECOND = 4.0
+# Counts that move faster than this (fast backends) are drawn at this pace; it is CPU for nothing.
+COUNT_REDRAW_SECONDS = 0.5
 # Below this width the state is left out of a run's line and the bar shortened.
 NARROW_COLUMNS = 80
 ViewMode = Literal["live", "plain"]
@@ -234,6 +237,8 @@ class LiveView:
         self.refreshes = 0
         self._live: Live | None = None
         self._plain_seen: dict[str, str] = {}
+        self._shape: list[tuple[str, str, str, str, bool]] = []
+        self._drawn_at = 0.0
 
     def log_sink(self, line: str) -> None:
         """Print a log line above the live area (rich keeps the area below it)."""
@@ -281,6 +286,14 @@ class LiveView:
         key = (frame, tuple(format_eta(self.etas.eta(r)) for r in frame.runs))
         if key == last or self._live is None:
             return key
+        # A count that moved waits for the next half second; a new run, stage or wait, or a
+        # step that completed, shows at once.
+        shape = [(r.run_id, r.state, r.stage, r.waiting, r.count is not None and r.count.fraction >= 1.0)
+                 for r in frame.runs]
+        now = time.monotonic()
+        if shape == self._shape and now - self._drawn_at < COUNT_REDRAW_SECONDS:
+            return last
+        self._shape, self._drawn_at = shape, now
         self.refreshes += 1
         height = max(4, self.console.size.height - 4)
         self._live.update(render_frame(frame, self.console, self.etas, max_rows=height), refresh=True)
