@@ -258,3 +258,43 @@ def test_status_watch_shows_a_daemon_in_another_process_and_exits_on_ctrl_c(sett
     finally:
         daemon.send_signal(signal.SIGINT)
         daemon.wait(timeout=60)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal")
+def test_run_once_on_a_terminal_shows_the_view_then_the_summary(settings: Settings) -> None:
+    """`tandava run --once` on a terminal: a live area, no info lines, then what was made with its path."""
+    import pty
+
+    conf = settings.config_file
+    assert conf is not None
+    conf.write_text(conf.read_text(encoding="utf-8") + '\n[approval]\nmode = "auto"\n[video]\nwidth = 160\n'
+                    'height = 96\n', encoding="utf-8")
+    _drop_song(settings, seconds=6.0)
+    env = {k: v for k, v in os.environ.items() if k not in {"JOURNAL_STREAM", "NO_COLOR"}}
+    env.update(TERM="xterm-256color", COLUMNS="70", LINES="24")
+    master, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(conf), "run", "--once"],
+                            stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        assert proc.wait(timeout=120) == 0
+    raw = b"".join(chunks).decode("utf-8", "replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).replace("\r", "")
+    (run_dir,) = (settings.paths.state_root / "rendered").iterdir()
+    assert "\x1b[" in raw  # the area was drawn and redrawn in place
+    assert "job.done" not in text and '"event"' not in text
+    assert "made 1 video(s):" in text and f"video: {run_dir / 'final.mp4'}" in text
+    # Cursor moves end a drawn line as a newline does; paths and commands stand whole on their own lines.
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", raw).replace("\r", "\n").splitlines()
+    assert all(len(line) <= 70 for line in drawn if not line.startswith("    ")), max(drawn, key=len)
