@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         **logging_for(view, verbose=args.verbose),
     )
     stop_event = threading.Event()
-    _install_stop_handlers(stop_event)
+    _install_stop_handlers(stop_event, on_abort=view.restore if view is not None else None)
     started = utcnow()
     code = run(settings, stop_event, once=args.once, view=view)
     if args.once:
@@ -426,14 +426,16 @@ def _make_streams_safe() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def _install_stop_handlers(stop_event: threading.Event) -> None:
-    """First signal: warm stop (drain). Second: abort now."""
+def _install_stop_handlers(stop_event: threading.Event, on_abort: Callable[[], None] | None = None) -> None:
+    """First signal: warm stop (drain). Second: abort now (``on_abort`` first: give the terminal back)."""
     log = structlog.get_logger("tandava.cli")
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stop_event.is_set():
             log.warning("daemon.aborting", signal=signum)
             logging_flush()
+            if on_abort is not None:
+                on_abort()
             os._exit(130)
         log.info("daemon.stop_requested", signal=signum)
         stop_event.set()

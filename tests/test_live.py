@@ -271,7 +271,7 @@ def test_run_once_on_a_terminal_shows_the_view_then_the_summary(settings: Settin
                     'height = 96\n', encoding="utf-8")
     _drop_song(settings, seconds=6.0)
     env = {k: v for k, v in os.environ.items() if k not in {"JOURNAL_STREAM", "NO_COLOR"}}
-    env.update(TERM="xterm-256color", COLUMNS="70", LINES="24")
+    env.update(TERM="xterm-256color", COLUMNS="60", LINES="24")
     master, child = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(conf), "run", "--once"],
                             stdin=child, stdout=child, stderr=child, env=env)
@@ -297,4 +297,4 @@ def test_run_once_on_a_terminal_shows_the_view_then_the_summary(settings: Settin
     assert "made 1 video(s):" in text and f"video: {run_dir / 'final.mp4'}" in text
     # Cursor moves end a drawn line as a newline does; paths and commands stand whole on their own lines.
     drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", raw).replace("\r", "\n").splitlines()
-    assert all(len(line) <= 70 for line in drawn if not line.startswith("    ")), max(drawn, key=len)
+    assert all(len(line) <= 60 for line in drawn if not line.startswith("    ")), max(drawn, key=len)

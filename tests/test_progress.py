@@ -103,7 +103,7 @@ def test_status_health_and_panel_show_the_recorded_count(store: RunStore, tmp_pa
                                                          settings: Settings) -> None:
     """The assembly's percentage recorded in run.json reaches status; the board's count reaches the health file."""
     from daemon.channels.web.views import stage_lines
-    from daemon.host.report import status_lines
+    from daemon.host.report import show_lines, status_lines
     from daemon.runs.health import HealthReporter, health_lines
 
     ref = _run_with(store, tmp_path, "song.mp3", "ab" * 32)
@@ -116,6 +116,7 @@ def test_status_health_and_panel_show_the_recorded_count(store: RunStore, tmp_pa
     store.save(ref, manifest)
     assert "render: starting (attempt 0); assembly 64 %" in "\n".join(status_lines(store.root))
     assert stage_lines(store.load(ref)) == ["render: starting (attempt 0); assembly 64 %"]
+    assert any(line.endswith("; assembly 64 %") for line in show_lines(store, ref.run_id))
     board = ProgressBoard()
     board.begin(ref.run_id, "song.mp3", "approved", "render")
     board.report(ref.run_id, StepCount("clips", 3, 8))

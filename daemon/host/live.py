@@ -240,6 +240,10 @@ class LiveView:
         self._shape: list[tuple[str, str, str, str, bool]] = []
         self._drawn_at = 0.0
 
+    def restore(self) -> None:
+        """Give the terminal back as it was (the cursor shown) before an abort that skips ``showing``'s end."""
+        self.console.show_cursor(True)
+
     def log_sink(self, line: str) -> None:
         """Print a log line above the live area (rich keeps the area below it)."""
         self.console.print(Text(line), soft_wrap=True, highlight=False, markup=False)

@@ -108,7 +108,8 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
         for name, progress in manifest.stages.items():
             done = "finished" if progress.finished_at else "in progress"
             steps = ", ".join(progress.steps_done) or "-"
-            extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
+            extra = " ".join(f"{k}={v}" for k, v in progress.detail.items() if k != "progress") + _count(
+                progress.detail)
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
     yield from _writing_lines(ref.path)
     if manifest.errors:
