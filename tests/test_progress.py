@@ -38,8 +38,9 @@ def test_board_follows_a_run_through_its_stages() -> None:
     board.begin("r1", "song.wav", "analyzed", "images")
     board.report("r1", StepCount("candidates", 3, 8))
     assert board.runs()[0].count == StepCount("candidates", 3, 8)
-    board.moved("r1", "imaged")
-    assert (board.runs()[0].state, board.runs()[0].stage, board.runs()[0].count) == ("imaged", "", None)
+    board.moved("r1", "imaged")  # queued, still saying what is done
+    assert (board.runs()[0].state, board.runs()[0].stage, board.runs()[0].count) == (
+        "imaged", "", StepCount("candidates", 3, 8))
     board.begin("r1", "song.wav", "pending_approval", "approval")
     board.wait("r1", "waiting for a person", "2 of 4 segments to approve")
     board.begin("r1", "song.wav", "pending_approval", "approval")  # a re-check keeps what it waits for

@@ -96,13 +96,17 @@ class ProgressBoard:
         self.version = 0
 
     def begin(self, run_id: str, song: str, state: str, stage: str, count: StepCount | None = None) -> None:
-        """A stage starts (or looks again at) a run; a waiting reason of the same stage is kept."""
+        """A stage starts (or looks again at) a run; a waiting reason of the same stage is kept.
+
+        Until the stage counts something itself, the run shows the last count
+        it had (``candidates 82/82`` while it is offered): what is done stays said.
+        """
         with self._lock:
             old = self._runs.get(run_id)
             same = old is not None and old.stage == stage and old.state == state
             self._runs[run_id] = RunProgress(
                 run_id, song, state, stage,
-                count if count is not None else (old.count if same and old else None),
+                count if count is not None else (old.count if old else None),
                 old.waiting if same and old else "", old.ask if same and old else "",
             )
             self.version += 1
@@ -133,7 +137,7 @@ class ProgressBoard:
                 self._finished.append((run_id, state))
                 self.finished_count += 1
             elif old is not None:
-                self._runs[run_id] = RunProgress(run_id, old.song, state)
+                self._runs[run_id] = RunProgress(run_id, old.song, state, count=old.count)
             self.version += 1
 
     def runs(self) -> list[RunProgress]:
