@@ -6,10 +6,11 @@ what the health reporter last counted, so a refresh reads nothing from disk;
 ``status --watch`` passes one that reads the state root instead
 (``daemon.host.watch``). ``LiveView`` asks its source at most
 ``refresh_per_second`` times a second on a thread of its own and redraws only
-when the text changed: at once for a new run, stage or wait, at most twice a
-second for counts and ETAs (``bench/bench_live.py`` measures the cost). It draws with rich's
-``Live``: no escape codes of our own, and rich knows Windows consoles,
-``NO_COLOR`` and encodings that cannot show a bar (it falls back to ASCII).
+when the text changed: at once for a new run, stage, wait or a completed
+step, at most twice a second for counts and ETAs (``bench/bench_live.py``
+measures the cost). It draws with rich's ``Live``: no escape codes of our
+own, and rich knows Windows consoles, ``NO_COLOR`` and encodings that cannot
+show a bar (it falls back to ASCII).
 
 Every line is cut to the terminal's width (ellipsis), never wrapped, so the
 area keeps its height. Log lines at warning and above are printed above the
@@ -57,7 +58,7 @@ class Footer:
     backends: list[dict[str, Any]] = field(default_factory=list)
     spend: str = ""  # today's cloud spend, when a paid backend recorded one
     counts: dict[str, int] = field(default_factory=dict)
-    daemon: str = ""  # for status --watch: is the daemon alive
+    daemon: str = ""  # the daemon itself: alive (status --watch), or stopping
     finished: int = 0  # runs that finished since the view started
 
 
@@ -82,8 +83,8 @@ class EtaClock:
     def eta(self, run: RunProgress) -> float | None:
         """Seconds left for the run's step, or None until it has moved since first seen."""
         count = run.count
-        if count is None:
-            return None
+        if count is None or count.fraction >= 1.0:
+            return None  # nothing counted, or nothing left
         key, now = (run.run_id, count.step), self.clock()
         t0, done0 = self._first.setdefault(key, (now, count.done))
         if count.done <= done0 or now <= t0:
@@ -263,7 +264,7 @@ class LiveView:
         finally:
             stop.set()
             thread.join()
-            self._draw(source)
+            self._draw(source, force=True)
             if self._live is not None:
                 self._live.stop()
                 self._live = None
@@ -277,7 +278,7 @@ class LiveView:
         finally:
             self.cpu_seconds += time.thread_time() - started
 
-    def _draw(self, source: Source, last: object = None) -> object:
+    def _draw(self, source: Source, last: object = None, *, force: bool = False) -> object:
         """Redraw if the frame's text changed; returns what was drawn (to compare with next time)."""
         try:
             frame = source()
@@ -295,7 +296,7 @@ class LiveView:
         shape = [(r.run_id, r.state, r.stage, r.waiting, r.count is not None and r.count.fraction >= 1.0)
                  for r in frame.runs]
         now = time.monotonic()
-        if shape == self._shape and now - self._drawn_at < COUNT_REDRAW_SECONDS:
+        if shape == self._shape and now - self._drawn_at < COUNT_REDRAW_SECONDS and not force:
             return last
         self._shape, self._drawn_at = shape, now
         self.refreshes += 1
