@@ -124,7 +124,7 @@ def _frame() -> Frame:
          RunProgress("20261204-100003_d_4", "d.mp3", "approved", "render", None,
                      "ComfyUI at 127.0.0.1:8188 is down: not answering")],
         Footer(inbox="/srv/tandava/a/very/long/path/to/the/inbox/folder/of/this/installation",
-               panel="http://127.0.0.1:8420/", backends=[{"up": True}, {"up": False}], spend="$1.20",
+               panel="http://127.0.0.1:8420/", backends=[{"name": "gpu0", "up": True}, {"name": "gpu1", "up": False}], spend="$1.20",
                counts={"analyzed": 1, "pending_approval": 1, "approved": 2}),
     )
 
@@ -152,7 +152,7 @@ def test_wide_line_names_the_state_and_stage_the_bar_and_the_panel_url() -> None
     narrow = _recorded(100)
     narrow.print(render_frame(_frame(), narrow, EtaClock()))
     assert "segments to approve — http://127.0.0.1:8420/\n" in narrow.export_text()  # the page would not fit
-    assert "━" in text
+    assert "━" in text and "ComfyUI 1/2 up (down: gpu1)" in text
 
 
 def test_eta_comes_from_the_measured_rate() -> None:

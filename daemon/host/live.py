@@ -197,8 +197,9 @@ def footer_lines(footer: Footer) -> list[str]:
     if footer.panel:
         first.append(f"panel {footer.panel}")
     if footer.backends:
-        up = sum(1 for b in footer.backends if b.get("up"))
-        first.append(f"ComfyUI {up}/{len(footer.backends)} up")
+        down = [str(b.get("name") or b.get("url") or "?") for b in footer.backends if not b.get("up")]
+        first.append(f"ComfyUI {len(footer.backends) - len(down)}/{len(footer.backends)} up"
+                     + (f" (down: {', '.join(down)})" if down else ""))
     if footer.spend:
         first.append(f"today {footer.spend}")
     if footer.inbox:  # last: a long path is what the width cuts
