@@ -298,3 +298,30 @@ def test_run_once_on_a_terminal_shows_the_view_then_the_summary(settings: Settin
     # Cursor moves end a drawn line as a newline does; paths and commands stand whole on their own lines.
     drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", raw).replace("\r", "\n").splitlines()
     assert all(len(line) <= 60 for line in drawn if not line.startswith("    ")), max(drawn, key=len)
+
+
+def test_watch_reads_a_state_root_and_changes_nothing(store: RunStore, tmp_path: Path) -> None:
+    """status --watch shows a waiting run from disk, with its count, and leaves every file as it was."""
+    from daemon.host.watch import watch
+    from daemon.runs.states import Event
+
+    song = tmp_path / "quiet.mp3"
+    song.write_bytes(b"ID3 quiet")
+    ref = store.move(store.create(song, "ef" * 32), Event.ANALYSIS_DONE)
+    manifest = store.load(ref)
+    images = manifest.progress("images")
+    images.started_at = store.clock()
+    images.detail["progress"] = StepCount("candidates", 5, 12).to_json()
+    store.save(ref, manifest)
+
+    def tree() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in store.root.rglob("*")}
+
+    before = tree()
+    out = io.StringIO()
+    ends = time.monotonic() + 1.5
+    assert watch(store.root, out, stop=lambda: time.monotonic() > ends) == 0
+    assert tree() == before
+    text = out.getvalue()
+    assert "quiet.mp3  analyzed › images  candidates 25 %" in text  # plain: not a terminal
+    assert "no daemon has written a heartbeat" not in text  # the footer is for the live area only
