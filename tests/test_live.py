@@ -249,11 +249,29 @@ def test_status_watch_shows_a_daemon_in_another_process_and_exits_on_ctrl_c(sett
         time.sleep(3.0)  # the gate records what it waits for
         watcher = subprocess.Popen([*base, "status", "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, encoding="utf-8")
-        time.sleep(3.0)
+        assert watcher.stdout is not None
+        lines: list[str] = []
+        shown = threading.Event()
+
+        def read() -> None:
+            assert watcher.stdout is not None
+            for line in watcher.stdout:
+                lines.append(line)
+                if SONG in line:
+                    shown.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert shown.wait(90), "status --watch never showed the run"  # a loaded machine starts slowly
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=30)
-        assert watcher.returncode == 0, err
-        assert SONG in out and "waiting for you" in out and "segments to approve" in out.replace("segment(s)", "segments")
+        assert watcher.wait(timeout=30) == 0
+        reader.join(timeout=10)
+        err = watcher.stderr.read() if watcher.stderr else ""
+        watcher.stdout.close()
+        if watcher.stderr:
+            watcher.stderr.close()
+        out = "".join(lines)
+        assert "waiting for you" in out and "segments to approve" in out.replace("segment(s)", "segments")
         assert "Traceback" not in err
     finally:
         daemon.send_signal(signal.SIGINT)
