@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -64,6 +64,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
     comfy: ComfyBackends | None = None
     channels: list[Channel] = []
     health: HealthReporter | None = None
+    showing = contextlib.ExitStack()
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -89,16 +90,18 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
             backoff_max=settings.engine.backoff_max_seconds,
             tick_seconds=settings.engine.tick_seconds,
         )
-        backends = comfy_backends(comfy.pool) if comfy is not None else None
         health = HealthReporter(
-            settings, store, backends=backends, in_flight=engine.in_flight, progress=engine.board.as_json,
+            settings, store,
+            backends=comfy_backends(comfy.pool) if comfy is not None else None,
+            in_flight=engine.in_flight,
+            progress=engine.board.as_json,
         )
+        showing.enter_context(_showing(view, settings, engine, health, lambda: channels, stop_event))
         if once:
             for path in watcher.scan_once():
                 intake.accept(path)
             log.info("daemon.once", inbox=str(settings.paths.inbox))
-            with _showing(view, settings, engine, health, backends, channels, stop_event):
-                engine.run(stop_event, once=True, on_tick=health.tick)
+            engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()
         channels = start_channels(settings, store)
@@ -124,11 +127,11 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
             beat()
             heartbeat()
 
-        with _showing(view, settings, engine, health, backends, channels, stop_event):
-            engine.run(stop_event, on_tick=on_tick)
+        engine.run(stop_event, on_tick=on_tick)
         log.info("daemon.stopping")
         return 0
     finally:
+        showing.close()
         for channel in reversed(channels):
             channel.stop()
         if watcher is not None:
@@ -143,20 +146,20 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
 
 
 def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: HealthReporter,
-             backends: Callable[[], list[dict[str, Any]]] | None,
-             channels: list[Channel], stop_event: threading.Event) -> contextlib.AbstractContextManager[None]:
-    """The live view of this daemon while the engine runs: all from memory, nothing read per refresh."""
+             channels: Callable[[], list[Channel]],
+             stop_event: threading.Event) -> contextlib.AbstractContextManager[None]:
+    """The live view of this daemon while it runs: all from memory, nothing read per refresh."""
     if view is None:
         return contextlib.nullcontext()
     from daemon.host.live import Footer, Frame
 
-    panel = next((str(getattr(c, "url", "")) for c in channels if getattr(c, "url", "")), "")
-
     def frame() -> Frame:
         last = health.last
+        panel = next((str(getattr(c, "url", "")) for c in channels() if getattr(c, "url", "")), "")
         stopping = "stopping: finishing the work in flight (Ctrl-C again aborts)" if stop_event.is_set() else ""
         return Frame(engine.board.runs(), Footer(
-            daemon=stopping, inbox=str(settings.paths.inbox), panel=panel, backends=backends() if backends else [],
+            daemon=stopping, inbox=str(settings.paths.inbox), panel=panel,
+            backends=health.backends() if health.backends is not None else [],
             counts=dict(last.counts) if last is not None else {}, finished=engine.board.finished_count,
         ))
 
