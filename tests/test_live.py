@@ -155,6 +155,17 @@ def test_wide_line_names_the_state_and_stage_the_bar_and_the_panel_url() -> None
     assert "━" in text and "ComfyUI 1/2 up (down: gpu1)" in text
 
 
+def test_a_gate_reason_becomes_a_short_ask() -> None:
+    """The approval gate's reason, without its commands, is what the line asks of a person."""
+    from daemon.host.live import person_ask
+
+    reason = "waiting for a person to approve 3 of 5 segment(s): `tandava pending`, then `tandava approve r --all`"
+    assert person_ask(RunProgress("r", "s", "pending_approval", "approval", None, reason)) == "approve 3 of 5 segment(s)"
+    stuck = "every candidate of segment(s) 2 was rejected, 3 rounds each; approve one anyway (`tandava approve r 2:5`)"
+    assert person_ask(RunProgress("r", "s", "pending_approval", "approval", None, stuck)) == (
+        "every candidate of segment(s) 2 was rejected, 3 rounds each")
+
+
 def test_eta_comes_from_the_measured_rate() -> None:
     """Ten candidates in ten seconds with forty left is forty seconds left."""
     now = [0.0]
@@ -271,7 +282,7 @@ def test_status_watch_shows_a_daemon_in_another_process_and_exits_on_ctrl_c(sett
         if watcher.stderr:
             watcher.stderr.close()
         out = "".join(lines)
-        assert "waiting for you" in out and "segments to approve" in out.replace("segment(s)", "segments")
+        assert re.search(r"waiting for you: approve \d+ of \d+ segment\(s\)", out), out
         assert "Traceback" not in err
     finally:
         daemon.send_signal(signal.SIGINT)

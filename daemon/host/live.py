@@ -112,6 +112,19 @@ def format_eta(seconds: float | None) -> str:
     return f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"ETA {s // 60}:{s % 60:02d}"
 
 
+def person_ask(run: RunProgress) -> str:
+    """What a waiting run asks of a person, in a few words: the stage's own, or the start of its reason.
+
+    The approval gate's reasons begin with what is asked ("waiting for a person
+    to approve 3 of 5 segment(s): `tandava pending`, …"); the commands after
+    the colon are for ``status``, not for a line on a terminal.
+    """
+    if run.ask:
+        return run.ask
+    head = run.waiting.split(":", 1)[0].split(";", 1)[0].strip()
+    return head.removeprefix("waiting for a person to ") or "a decision"
+
+
 def run_url(panel: str, run_id: str) -> str:
     return f"{panel.rstrip('/')}/runs/{run_id}" if panel else ""
 
@@ -128,7 +141,7 @@ def line_parts(run: RunProgress, panel: str, *, narrow: bool, room: int = 1000) 
         where = run.stage if narrow else f"{run.state} › {run.stage}"
     if run.waiting:
         if run.state == "pending_approval":
-            ask = f"waiting for you: {run.ask or 'a decision'}"
+            ask = f"waiting for you: {person_ask(run)}"
             url = run_url(panel, run.run_id)
             if len(ask) + len(url) + 3 > room:
                 url = panel

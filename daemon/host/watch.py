@@ -93,9 +93,7 @@ def _progress_of(ref: RunRef, manifest: Manifest, on_board: dict[str, Any]) -> R
     if board_count is not None and on_board.get("stage") == name and (count is None or board_count.done > count.done):
         count = board_count  # the daemon's board can be a job ahead of run.json
     waiting = str(progress.detail.get("waiting") or "")
-    ask = str(on_board.get("ask") or "")
-    if waiting and not ask and ref.state is State.PENDING_APPROVAL:
-        ask = waiting.split(":", 1)[0].removeprefix("waiting for a person to ")
+    ask = str(on_board.get("ask") or "")  # else the view reads it from the reason (live.person_ask)
     return RunProgress(ref.run_id, manifest.song.original_name, ref.state.value, name, count, waiting, ask)
 
 

@@ -83,8 +83,7 @@ class Gate:
         if fresh:
             self._new_round(job, fresh, segments)
             return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)
-        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=RECHECK_SECONDS,
-                       ask=_ask(current))
+        return Waiting(_waiting_reason(job.ref.run_id, current), recheck_seconds=RECHECK_SECONDS)
 
     def _auto_approve(self, current: list[SegmentStatus], decisions: Approvals) -> bool:
         changed = False
@@ -116,15 +115,6 @@ def _list(items: list[SegmentStatus]) -> str:
 def _summary(decisions: Approvals) -> str:
     channels = sorted({d.channel for d in decisions.decisions if d.verdict == "approve"})
     return f"all segments approved ({', '.join(channels) or 'no channel'})"
-
-
-def _ask(current: list[SegmentStatus]) -> str:
-    """What a person is asked, in a few words (a live view's line)."""
-    stuck = [s for s in current if s.all_rejected]
-    if stuck:
-        return f"segment(s) {_list(stuck)} rejected every round: approve one or regenerate"
-    open_ = sum(1 for s in current if s.approved is None)
-    return f"{open_} of {len(current)} segments to approve"
 
 
 def _waiting_reason(run_id: str, current: list[SegmentStatus]) -> str:
