@@ -19,6 +19,7 @@ import structlog
 
 from daemon.config import Settings, uses_comfy
 from daemon.errors import TandavaError
+from daemon.host.live import Footer, Frame, LiveView
 from daemon.host.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
 from daemon.host.service import STOP_TIMEOUT_SECONDS
 from daemon.intake.intake import Intake
@@ -29,7 +30,6 @@ from daemon.stages.pipeline import build_stages
 
 if TYPE_CHECKING:
     from daemon.backends.comfy.backend import ComfyBackends
-    from daemon.host.live import Frame, LiveView
 
 log = structlog.get_logger("tandava.daemon")
 
@@ -151,7 +151,6 @@ def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: 
     """The live view of this daemon while it runs: all from memory, nothing read per refresh."""
     if view is None:
         return contextlib.nullcontext()
-    from daemon.host.live import Footer, Frame
 
     def frame() -> Frame:
         last = health.last

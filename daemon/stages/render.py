@@ -91,7 +91,6 @@ class Render:
                 existing = job.manifest.jobs.get(jid)
                 if existing is None or existing.status != "failed":
                     start_job(job, backend, jid, make)
-        job.report("clips", 0, len(timeline.clips))
         for request in timeline.clips:
             record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg)
             clips.append(job.ref.path / record.output)
