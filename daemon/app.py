@@ -9,14 +9,17 @@ left, then start taking songs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from daemon.config import Settings, uses_comfy
 from daemon.errors import TandavaError
+from daemon.host.live import Footer, Frame, LiveView
 from daemon.host.notify import Heartbeat, Notifier, announce_stop, run_counts, status_text
 from daemon.host.service import STOP_TIMEOUT_SECONDS
 from daemon.intake.intake import Intake
@@ -47,10 +50,12 @@ def open_comfy(settings: Settings) -> ComfyBackends:
     return ComfyBackends.open(settings, ollama_url=ollama_to_unload(settings))
 
 
-def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) -> int:
+def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
+        view: LiveView | None = None) -> int:
     """Serve the inbox until ``stop_event`` is set; with ``once``, until nothing is left to do.
 
-    Returns a process exit code.
+    With ``view`` (a person at a terminal), the engine's progress is shown live
+    while it runs. Returns a process exit code.
     """
     from daemon.intake.watcher import InboxWatcher
 
@@ -61,6 +66,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     google: GoogleBackends | None = None
     channels: list[Channel] = []
     health: HealthReporter | None = None
+    showing = contextlib.ExitStack()
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -93,7 +99,9 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             settings, store,
             backends=comfy_backends(comfy.pool) if comfy is not None else None,
             in_flight=engine.in_flight,
+            progress=engine.board.as_json,
         )
+        showing.enter_context(_showing(view, settings, engine, health, lambda: channels, stop_event))
         if once:
             from daemon.intake.settle import take_settled
 
@@ -131,6 +139,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         log.info("daemon.stopping")
         return 0
     finally:
+        showing.close()
         for channel in reversed(channels):
             channel.stop()
         if watcher is not None:
@@ -144,6 +153,26 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         release()
         log.info("daemon.stopped")
 
+
+
+def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: HealthReporter,
+             channels: Callable[[], list[Channel]],
+             stop_event: threading.Event) -> contextlib.AbstractContextManager[None]:
+    """The live view of this daemon while it runs: all from memory, nothing read per refresh."""
+    if view is None:
+        return contextlib.nullcontext()
+
+    def frame() -> Frame:
+        last = health.last
+        panel = next((str(getattr(c, "url", "")) for c in channels() if getattr(c, "url", "")), "")
+        stopping = "stopping: finishing the work in flight (Ctrl-C again aborts)" if stop_event.is_set() else ""
+        return Frame(engine.board.runs(), Footer(
+            daemon=stopping, inbox=str(settings.paths.inbox), panel=panel,
+            backends=health.backends() if health.backends is not None else [],
+            counts=dict(last.counts) if last is not None else {}, finished=engine.board.finished_count,
+        ))
+
+    return view.showing(frame)
 
 
 class Channel(Protocol):

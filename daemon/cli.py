@@ -45,32 +45,62 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     The first Ctrl-C (or SIGTERM) finishes the work in flight and stops; a
     second one aborts at once (nothing is lost: every write is atomic).
 
+    On a terminal it shows each run's progress live, warnings above it; info
+    events go to the log file only (-v shows them too). Piped, under journald
+    or with --log-format json, the console gets JSON lines and no live view.
+    --once ends with what was made, what waits for you and what failed.
+
     Example: tandava run            (serve until stopped)
              tandava run --once     (process what is waiting, then exit)
+             tandava run --log-format json | jq .
     """
     from daemon.app import run
+    from daemon.host.live import logging_for, view_for
+    from daemon.runs.manifest import utcnow
 
+    log_format = args.log_format or settings.log.console
+    view = view_for(default_console(), log_format)
     configure_logging(
         log_file=log_file_for(settings.paths.logs, "daemon"),
         console=default_console(),
-        console_mode=settings.log.console,
+        console_mode=log_format,
         level=settings.log.level,
         max_bytes=settings.log.max_bytes,
         backups=settings.log.backups,
         max_age_days=settings.log.max_age_days or None,
+        **logging_for(view, verbose=args.verbose),
     )
     stop_event = threading.Event()
-    _install_stop_handlers(stop_event)
-    return run(settings, stop_event, once=args.once)
+    _install_stop_handlers(stop_event, on_abort=view.restore if view is not None else None)
+    started = utcnow()
+    code = run(settings, stop_event, once=args.once, view=view)
+    if args.once:
+        from daemon.host.summary import panel_url, report, summarize
+        from daemon.runs.store import RunStore
+
+        panel = panel_url(settings)
+        report(summarize(RunStore(settings.paths.state_root), started, panel=panel),
+               view.console if view is not None else None, structlog.get_logger("tandava.cli"), panel=panel)
+    return code
 
 
 @command
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Show every run by state, with how far its current stage got.
 
+    --watch shows the running daemon's progress live (read from the state
+    root and its health file; it changes nothing) until Ctrl-C.
+
     Example: tandava status
+             tandava status --watch
     """
     from daemon.host.report import status_lines
+
+    if args.watch:
+        from daemon.host.summary import panel_url
+        from daemon.host.watch import watch
+
+        return watch(settings.paths.state_root, sys.stdout, panel=panel_url(settings))
 
     for line in status_lines(settings.paths.state_root, verbose=args.verbose):
         print(line)
@@ -359,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "run":
             p.add_argument("--once", action="store_true", help="process what is waiting, then exit")
+            p.add_argument("-v", "--verbose", action="store_true",
+                           help="show info events on the console too, above the live view")
+            p.add_argument("--log-format", choices=["auto", "json", "pretty"], default=None,
+                           help="console output: auto (live view on a terminal, JSON otherwise), json, pretty "
+                                "(default: [log] console)")
         if name in {"show", "retry", "approve", "reject", "regenerate"}:
             p.add_argument("run", help="run id, its start, or a word of the song name")
         if name in {"approve", "reject"}:
@@ -369,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
         if name == "status":
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
+            p.add_argument("-w", "--watch", action="store_true", help="show the daemon's progress live until Ctrl-C")
         if name == "demo":
             p.add_argument("--dir", type=Path, default=Path("tandava-demo"), help="demo folder")
         if name == "logs":
@@ -427,14 +463,16 @@ def _make_streams_safe() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def _install_stop_handlers(stop_event: threading.Event) -> None:
-    """First signal: warm stop (drain). Second: abort now."""
+def _install_stop_handlers(stop_event: threading.Event, on_abort: Callable[[], None] | None = None) -> None:
+    """First signal: warm stop (drain). Second: abort now (``on_abort`` first: give the terminal back)."""
     log = structlog.get_logger("tandava.cli")
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stop_event.is_set():
             log.warning("daemon.aborting", signal=signum)
             logging_flush()
+            if on_abort is not None:
+                on_abort()
             os._exit(130)
         log.info("daemon.stop_requested", signal=signum)
         stop_event.set()

@@ -1,8 +1,9 @@
 """``tandava demo``: the whole pipeline on a song made on the spot, in a folder of its own.
 
 The demo is a real installation in miniature: its own ``tandava.toml``, inbox
-and state root, the same daemon loop (``run --once``), the same logs. Nothing
-is downloaded and nothing outside the demo folder is touched.
+and state root, the same daemon loop (``run --once``), the same logs, the
+same live view on a terminal and the same summary at the end. Nothing is
+downloaded and nothing outside the demo folder is touched.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import TextIO
 
 from daemon.config import load_settings
+from daemon.host.live import logging_for, view_for
+from daemon.host.summary import report, summarize, summary_lines
 from daemon.logs import configure_logging
 from daemon.music.synth import write_song
+from daemon.runs.manifest import utcnow
 from daemon.runs.states import State
 from daemon.runs.store import RunStore
 
@@ -58,7 +62,9 @@ def run_demo(folder: Path, *, out: TextIO) -> int:
     if not config.exists():
         config.write_text(DEMO_CONFIG, encoding="utf-8")
     settings = load_settings(config)
-    configure_logging(log_file=settings.paths.logs / "tandava.log", console=None)
+    # On a terminal: the live view, warnings above it; otherwise the log file only, as before.
+    view = view_for(out, "auto")
+    configure_logging(log_file=settings.paths.logs / "tandava.log", console=None, **logging_for(view, verbose=False))
     song = settings.paths.inbox / DEMO_SONG
     # A new seed each time: a second demo is a new song, not a duplicate of the first.
     truth = write_song(song, DEMO_SECONDS, DEMO_BPM, section_change_at=DEMO_SECONDS / 2,
@@ -68,8 +74,8 @@ def run_demo(folder: Path, *, out: TextIO) -> int:
     os.utime(song, (past, past))
     print(f"synthesized {song.name}: {DEMO_SECONDS:.0f} s at {DEMO_BPM:.0f} BPM, "
           f"section change at {DEMO_SECONDS / 2:.0f} s", file=out)
-    started = time.monotonic()
-    run(settings, threading.Event(), once=True)
+    started, since = time.monotonic(), utcnow()
+    run(settings, threading.Event(), once=True, view=view)
     elapsed = time.monotonic() - started
     store = RunStore(settings.paths.state_root)
     newest = max(store.iter_runs(), key=lambda ref: store.load(ref).created_at, default=None)
@@ -88,11 +94,15 @@ def run_demo(folder: Path, *, out: TextIO) -> int:
     states = " -> ".join(change["state"] for change in
                         json.loads((newest.path / "run.json").read_text(encoding="utf-8"))["history"])
     print(f"  states: {states}", file=out)
-    video = newest.path / "final.mp4"
-    if newest.state is State.RENDERED and video.is_file():
-        print(f"video: {video}", file=out)
+    if newest.state is State.RENDERED and (newest.path / "final.mp4").is_file():
         print(f"  thumbnail: {newest.path / 'thumbnail.jpg'}", file=out)
         print(f"  contact sheet: {newest.path / 'contact_sheet.png'}", file=out)
+    summary = summarize(RunStore(settings.paths.state_root), since)
+    if view is not None:
+        report(summary, view.console, None)
+    else:
+        for line in summary_lines(summary):
+            print(line, file=out)
     for line in next_steps(config, panel=f"http://{settings.web.host}:{settings.web.port}"):
         print(line, file=out)
     return 0 if newest.state is State.RENDERED else 1

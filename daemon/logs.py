@@ -13,6 +13,11 @@ Two things here exist because they bit our user:
   tokens inside strings (a Telegram bot URL, ``key=`` query parameters) are
   scrubbed; chatty HTTP libraries that log full URLs are held at WARNING.
 
+Under a live view on a terminal (``daemon.host.live``) the console lines go
+through a ``console_sink`` instead of the stream, so they print above the
+view's area, and usually only from ``console_level`` WARNING up: the file
+still gets every event.
+
 Logs are kept for months without filling the disk: ``RollingFileHandler``
 rolls ``tandava.log`` to ``tandava.log.1`` (``.1`` to ``.2``…, the oldest
 beyond ``backups`` deleted) when the next line would pass ``max_bytes``, and at
@@ -241,6 +246,20 @@ class SafeStreamHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class SinkHandler(logging.Handler):
+    """A handler that hands each rendered line to a callable (a live view prints it above its area)."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -271,11 +290,15 @@ def configure_logging(
     backups: int = 10,
     max_age_days: int | None = DEFAULT_MAX_AGE_DAYS,
     clock: Callable[[], datetime] = local_now,
+    console_level: str | None = None,
+    console_sink: Callable[[str], None] | None = None,
 ) -> None:
     """Set up structlog and the stdlib root logger. Call once, at the entry point.
 
     ``console`` may be None (a Windows service has no stdout); ``log_file`` is
     one file per process (``log_file_for``), rolled by size and by age.
+    ``console_sink`` takes the readable console lines instead of ``console``,
+    from ``console_level`` up (default: ``level``).
     """
     shared = _shared_processors()
     structlog.configure(
@@ -298,14 +321,18 @@ def configure_logging(
         )
         file_handler.setFormatter(_formatter(json_renderer, shared))
         handlers.append(file_handler)
-    if console is not None:
-        console_handler = SafeStreamHandler(console)
+    if console is not None or console_sink is not None:
+        console_handler: logging.Handler = (
+            SinkHandler(console_sink) if console_sink is not None else SafeStreamHandler(console)
+        )
         renderer: Any = (
             json_renderer
-            if console_wants_json(console, console_mode)
+            if console_sink is None and console_wants_json(console, console_mode)
             else structlog.dev.ConsoleRenderer(colors=False)
         )
         console_handler.setFormatter(_formatter(renderer, shared))
+        if console_level is not None:
+            console_handler.setLevel(console_level)
         handlers.append(console_handler)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from daemon.errors import StoreError
 from daemon.runs.manifest import Manifest
+from daemon.runs.progress import StepCount
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
 
@@ -90,7 +91,7 @@ def _progress(store: RunStore, ref: RunRef) -> str:
         f"{stage}: " + (
             str(progress.detail["waiting"]) if "waiting" in progress.detail
             else f"{', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
-        )
+        ) + _count(progress.detail)
         for stage, progress in manifest.stages.items()
         if progress.finished_at is None
     ]
@@ -102,6 +103,12 @@ def _progress(store: RunStore, ref: RunRef) -> str:
         if "segments" in info:
             parts.append(f"{info['segments']} segments")
     return "; ".join(parts) or manifest.song.original_name
+
+
+def _count(detail: dict[str, object]) -> str:
+    """``; clips 12/41`` or ``; assembly 64 %`` when the stage recorded how far it got."""
+    count = StepCount.from_detail(detail)
+    return f"; {count.label()}" if count is not None and "waiting" not in detail else ""
 
 
 def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
@@ -121,7 +128,8 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
         for name, progress in manifest.stages.items():
             done = "finished" if progress.finished_at else "in progress"
             steps = ", ".join(progress.steps_done) or "-"
-            extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
+            extra = " ".join(f"{k}={v}" for k, v in progress.detail.items() if k != "progress") + _count(
+                progress.detail)
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
     yield from _writing_lines(ref.path)
     cost = _cost_lines(ref.path)

@@ -41,6 +41,7 @@ from daemon.errors import (
     Unavailable,
 )
 from daemon.runs.manifest import Manifest
+from daemon.runs.progress import ProgressBoard, StepCount
 from daemon.runs.states import Event, State
 from daemon.runs.store import RunRef, RunStore
 
@@ -49,6 +50,8 @@ log = structlog.get_logger("tandava.engine")
 # After a store error (a folder that vanished, a share that blinked), how long
 # a run is left alone before the engine looks at it again.
 STORE_ERROR_PAUSE_SECONDS = 5.0
+# A step that reports often (ffmpeg's progress) rewrites run.json at most this often.
+PROGRESS_SAVE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Waiting:
 
     reason: str
     recheck_seconds: float = 2.0
+    # When a person can unblock it: a short phrase for a live view ("3 of 5 segments to approve").
+    ask: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class StageRun:
     store: RunStore
     stop_event: threading.Event
     log: Any = field(default=log)
+    board: ProgressBoard | None = None
+    _saved_at: float = field(default=0.0, repr=False)
 
     def is_done(self, step: str) -> bool:
         """Whether ``step`` finished in an earlier attempt (then skip it)."""
@@ -107,6 +114,22 @@ class StageRun:
         progress.detail.update(detail)
         self.store.save(self.ref, self.manifest)
         self.log.info("stage.step_done", step=step)
+
+    def report(self, step: str, done: float, total: float, *, unit: str = "", save: bool = False) -> None:
+        """Record how far a counted step got (see ``daemon.runs.progress``).
+
+        The live view sees it at once; ``run.json`` gets it with the next save,
+        or now with ``save`` (at most every ``PROGRESS_SAVE_SECONDS``) for a
+        step that saves nothing else while it works (the assembly).
+        """
+        count = StepCount(step, done, total, unit)
+        self.manifest.progress(self.stage).detail["progress"] = count.to_json()
+        if self.board is not None:
+            self.board.report(self.ref.run_id, count)
+        now = time.monotonic()
+        if save and now - self._saved_at >= PROGRESS_SAVE_SECONDS:
+            self._saved_at = now
+            self.store.save(self.ref, self.manifest)
 
 
 class Engine:
@@ -122,8 +145,11 @@ class Engine:
         backoff_initial: float = 2.0,
         backoff_max: float = 300.0,
         tick_seconds: float = 0.5,
+        board: ProgressBoard | None = None,
     ) -> None:
         self.store = store
+        # What a live view shows, kept as runs move (no disk read per refresh).
+        self.board = board if board is not None else ProgressBoard()
         self.stages = stages
         self.attempts = attempts
         self.backoff_initial = backoff_initial
@@ -247,6 +273,8 @@ class Engine:
             progress.attempts += 1
             self.store.save(ref, manifest)
             log.info("stage.started", attempt=progress.attempts)
+        self.board.begin(ref.run_id, manifest.song.original_name, ref.state.value, stage.name,
+                         StepCount.from_detail(progress.detail))
 
         def note_failure(retry_state: tenacity.RetryCallState) -> None:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -254,7 +282,7 @@ class Engine:
             self.store.save(ref, manifest)
             log.warning("stage.retrying", error=str(exc), attempt=retry_state.attempt_number)
 
-        work = StageRun(stage.name, ref, manifest, self.store, self._stop)
+        work = StageRun(stage.name, ref, manifest, self.store, self._stop, board=self.board)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type((TransientError, OSError))
             & tenacity.retry_if_not_exception_type(Unavailable),
@@ -285,6 +313,7 @@ class Engine:
         if isinstance(outcome, Waiting):
             with self._lock:
                 self._not_before[ref.run_id] = time.monotonic() + outcome.recheck_seconds
+            self.board.wait(ref.run_id, outcome.reason, outcome.ask)
             if progress.detail.get("waiting") != outcome.reason:
                 progress.detail["waiting"] = outcome.reason
                 self.store.save(ref, manifest)
@@ -293,6 +322,7 @@ class Engine:
         with self._lock:
             self._not_before.pop(ref.run_id, None)
         if isinstance(outcome, Moved):
+            self.board.moved(ref.run_id, outcome.ref.state.value)
             log.info("run.moved", to=outcome.ref.state.value)
             self._chain(outcome.ref)
             return
@@ -301,6 +331,7 @@ class Engine:
         progress.detail.pop("waiting", None)
         self.store.save(ref, manifest)
         new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
+        self.board.moved(ref.run_id, new_ref.state.value)
         log.info("run.moved", to=new_ref.state.value, seconds=_elapsed(progress.started_at, progress.finished_at))
         self._chain(new_ref)
 
@@ -332,6 +363,7 @@ class Engine:
             if ref.state is State.FAILED:
                 return
             self.store.fail(ref, stage.name, error, attempt=attempt)
+            self.board.moved(ref.run_id, State.FAILED.value)
         except StoreError as exc:
             log.error("stage.cannot_record_failure", error=str(exc), reason=error.reason)
             return

@@ -8,7 +8,8 @@ file or the previous one, never a part. Because the heartbeat comes from the
 main loop, a stuck loop shows as an old heartbeat.
 
 What goes in is cheap to gather: run counts per state are directory listings,
-in-flight runs come from the engine, backends from a callable the daemon
+in-flight runs and how far each got (``progress``: the engine's board, so the
+assembly's percentage is here too) come from the engine, backends from a callable the daemon
 passes (plain dicts: ``{"name", "url", "up", "problem"}``). Manifests are read
 only every ``scan_seconds``, to find stalls and the last error:
 
@@ -35,6 +36,7 @@ from daemon.config import Settings
 from daemon.errors import StoreError
 from daemon.runs import fsutil
 from daemon.runs.manifest import ERROR_FILE, utcnow
+from daemon.runs.progress import StepCount
 from daemon.runs.states import WORKING, State
 from daemon.runs.store import RunRef, RunStore
 
@@ -79,6 +81,8 @@ class Health:
     last_error: dict[str, Any] | None = None
     stalls: list[Stall] = field(default_factory=list)
     stopped_at: str | None = None
+    # Per run in the pipeline: state, stage, waiting reason and its step count (``ProgressBoard.as_json``).
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +99,7 @@ class Health:
             last_error=data.get("last_error"),
             stalls=[Stall(**s) for s in data.get("stalls") or []],
             stopped_at=data.get("stopped_at"),
+            progress={str(k): dict(v) for k, v in dict(data.get("progress") or {}).items()},
         )
 
     def age_seconds(self, now: datetime) -> float:
@@ -116,6 +121,7 @@ class HealthReporter:
         *,
         backends: Backends | None = None,
         in_flight: Callable[[], list[str]] | None = None,
+        progress: Callable[[], dict[str, dict[str, Any]]] | None = None,
         clock: Callable[[], datetime] = utcnow,
         stall_minutes: float | None = None,
         write_seconds: float = WRITE_SECONDS,
@@ -125,6 +131,9 @@ class HealthReporter:
         self.path = health_path(store.root)
         self.backends = backends
         self.in_flight = in_flight
+        self.progress = progress
+        # The last snapshot written: a live view takes its counts from here, not from the disk.
+        self.last: Health | None = None
         self.clock = clock
         configured = getattr(settings.engine, "stall_minutes", None)
         self.stall_minutes = float(stall_minutes if stall_minutes is not None else configured or STALL_MINUTES)
@@ -150,7 +159,8 @@ class HealthReporter:
                 self._last_scan = now
                 self._stalls = self._find_stalls(now)
                 self._last_error = self._find_last_error()
-            self._write(self.snapshot(now))
+            self.last = self.snapshot(now)
+            self._write(self.last)
         except (OSError, StoreError) as exc:
             if not self._write_failed:  # once, not every few seconds
                 log.warning("health.not_written", path=str(self.path), error=str(exc))
@@ -178,6 +188,7 @@ class HealthReporter:
             last_error=self._last_error,
             stalls=list(self._stalls),
             stopped_at=now.isoformat() if stopped else None,
+            progress=self.progress() if self.progress is not None else {},
         )
 
     def _write(self, health: Health) -> None:
@@ -311,7 +322,7 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
         yield (f"no daemon has written a heartbeat for {format_age(age)}: is it running? "
                f"(last pid {health.pid}; `tandava logs` shows its last words)")
     if health.in_flight:
-        yield f"working on: {', '.join(health.in_flight)}"
+        yield f"working on: {', '.join(_with_progress(r, health.progress) for r in health.in_flight)}"
     for backend in health.backends:
         where = backend.get("url") or backend.get("name") or "?"
         state = "up" if backend.get("up") else f"DOWN: {backend.get('problem') or 'not answering'}"
@@ -321,6 +332,12 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
     if health.last_error is not None:
         err = health.last_error
         yield f"last error: {err.get('run_id')} in {err.get('stage')}: {err.get('reason')}"
+
+
+def _with_progress(run_id: str, progress: dict[str, dict[str, Any]]) -> str:
+    """``run (clips 12/41)`` when the health file knows the run's count."""
+    count = StepCount.from_detail(progress.get(run_id) or {})
+    return f"{run_id} ({count.label()})" if count is not None else run_id
 
 
 def health_json(state_root: Path, *, now: datetime | None = None,

@@ -85,6 +85,15 @@ def _record(jid: str, backend: ImageBackend, segment: Segment, index: int, seed:
     )
 
 
+def _counted(job: StageRun, record: Job, *, segments: int, settings: Settings, round_: int) -> Job:
+    """Report how many first-round candidates are made (``candidates 23/82``) once one more is."""
+    if round_ == 1:
+        made = sum(1 for j in job.manifest.jobs.values()
+                   if j.kind == "image" and j.status == "done" and int(j.detail.get("round", 1)) == 1)
+        job.report("candidates", made, segments * settings.images.candidates)
+    return record
+
+
 def ensure_candidate(
     job: StageRun,
     backend: ImageBackend,
@@ -104,7 +113,8 @@ def ensure_candidate(
     attempt = candidate_attempt(job, backend, segment, index, settings=settings, segments=segments, round_=round_)
     if not getattr(backend, "checks_output", False):
         jid, record = attempt(0)
-        return ensure_job(job, backend, jid, record)
+        made = ensure_job(job, backend, jid, record)
+        return _counted(job, made, segments=segments, settings=settings, round_=round_)
 
     def check(path: Path, record: Job) -> None:
         others = [qc.image_stats(job.ref.path / j.output)
@@ -112,8 +122,9 @@ def ensure_candidate(
         stats = qc.check_image(path, others)
         record.detail.update({"mean_luma": round(stats.mean_luma, 1), "std_luma": round(stats.std_luma, 1)})
 
-    return ensure_checked(job, backend, attempt, attempts=settings.images.qc_attempts, check=check,
+    made = ensure_checked(job, backend, attempt, attempts=settings.images.qc_attempts, check=check,
                           what=f"candidate {index} of segment {segment.index}")
+    return _counted(job, made, segments=segments, settings=settings, round_=round_)
 
 
 class MakeCandidates:

@@ -149,6 +149,7 @@ class Render:
             record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg,
                                 last_frames.get(i, ""))
             clips.append(job.ref.path / record.output)
+            job.report("clips", len(clips), len(timeline.clips))
         if not job.is_done("assembly") or not (job.ref.path / "final.mp4").is_file():
             result = assemble(
                 timeline, clips, job.ref.path / job.manifest.song.file_name, job.ref.path,
@@ -157,6 +158,8 @@ class Render:
                 # A hung ffmpeg must not hold the run forever; even a slow machine
                 # assembles faster than twice real time.
                 timeout=ASSEMBLY_TIMEOUT_BASE + 2 * timeline.duration,
+                # ffmpeg's position in the video: the assembly's percentage, in run.json once a second.
+                progress=lambda seconds: job.report("assembly", seconds, timeline.duration, unit="s", save=True),
             )
             job.done("assembly", video=result.final.name, frames=result.info.frames,
                      seconds=round(result.seconds, 2), exports=",".join(p.name for p in result.exports.values()))

@@ -43,7 +43,7 @@ from daemon.config import AssemblyConfig
 from daemon.errors import PermanentError, StageError, TransientError
 from daemon.music.plan import Segment
 from daemon.runs.fsutil import fsync_dir, replacing, temp_path_for
-from daemon.video.media import FFMPEG_TIMEOUT_SECONDS, MediaInfo, probe, run_ffmpeg
+from daemon.video.media import FFMPEG_TIMEOUT_SECONDS, MediaInfo, Progress, probe, run_ffmpeg
 from daemon.video.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -225,8 +225,13 @@ def assemble(
     cfg: AssemblyConfig,
     ffmpeg: str,
     timeout: float | None = FFMPEG_TIMEOUT_SECONDS,
+    progress: Progress | None = None,
 ) -> AssemblyResult:
-    """Encode ``final.mp4`` (and ``cfg.exports``) in ``out_dir`` from one clip per ``timeline.clips``."""
+    """Encode ``final.mp4`` (and ``cfg.exports``) in ``out_dir`` from one clip per ``timeline.clips``.
+
+    ``progress`` gets the seconds of video encoded so far (ffmpeg's ``out_time``),
+    rising to ``timeline.duration`` once the encode has ended.
+    """
     started = time.perf_counter()
     if len(clips) != len(timeline.clips):
         raise ValueError(f"{len(clips)} clip files for {len(timeline.clips)} clip requests")
@@ -246,7 +251,9 @@ def assemble(
         args += ["-map", output.label, "-map", f"[a{k}]", *output.args, str(temp)]
     try:
         script.write_text(graph, encoding="utf-8")
-        _run(ffmpeg, args, timeout=timeout)
+        _run(ffmpeg, args, timeout=timeout, progress=progress)
+        if progress is not None:
+            progress(timeline.duration)
         infos = [_verify(t, o, timeline) for t, o in zip(temps, outputs, strict=True)]
         for temp in temps:
             _fsync_file(temp)
@@ -279,15 +286,15 @@ def _io_error(exc: OSError, folder: Path) -> StageError:
     return PermanentError(f"the video could not be written to {folder}: {exc}", cause="WriteFailed")
 
 
-def _run(ffmpeg: str, args: list[str], *, timeout: float | None) -> None:
+def _run(ffmpeg: str, args: list[str], *, timeout: float | None, progress: Progress | None = None) -> None:
     """Run with the graph in a file; ffmpeg < 7 spells that ``-filter_complex_script``."""
     try:
-        run_ffmpeg(ffmpeg, args, what="assemble the video", timeout=timeout)
+        run_ffmpeg(ffmpeg, args, what="assemble the video", timeout=timeout, progress=progress)
     except PermanentError as exc:
         if "/filter_complex" not in exc.reason or "nrecognized option" not in exc.reason:
             raise
         old = ["-filter_complex_script" if a == "-/filter_complex" else a for a in args]
-        run_ffmpeg(ffmpeg, old, what="assemble the video", timeout=timeout)
+        run_ffmpeg(ffmpeg, old, what="assemble the video", timeout=timeout, progress=progress)
 
 
 def _check_inputs(timeline: Timeline, clips: Sequence[Path], audio: Path) -> None:

@@ -6,12 +6,20 @@ into our errors: a full disk is named as such (a person can fix that and
 retry), anything else carries the tail of ffmpeg's own log. ``probe`` reads a
 file with PyAV (libav, the same library ffprobe is built on), which installs
 with Tandava where ffprobe does not.
+
+A long encode can report how far it got: with a ``progress`` callback,
+ffmpeg runs with ``-progress pipe:1`` and every ``out_time`` it writes
+(``parse_progress_line``, pure) reaches the callback as seconds of output
+made, never going back. stderr is drained on a thread of its own so neither
+pipe can fill and stall ffmpeg; a timer kills it at the timeout.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,20 +57,31 @@ def find_ffmpeg(configured: Path | None = None) -> str:
         return found
 
 
-def run_ffmpeg(exe: str, args: list[str], *, what: str, timeout: float | None = FFMPEG_TIMEOUT_SECONDS) -> None:
-    """Run ffmpeg quietly; translate a failure into a TransientError (disk full) or PermanentError."""
+Progress = Callable[[float], None]
+
+
+def run_ffmpeg(exe: str, args: list[str], *, what: str, timeout: float | None = FFMPEG_TIMEOUT_SECONDS,
+               progress: Progress | None = None) -> None:
+    """Run ffmpeg quietly; translate a failure into a TransientError (disk full) or PermanentError.
+
+    ``progress`` gets the seconds of output written so far, as ffmpeg reports them.
+    """
     cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
     try:
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
-        )
+        if progress is None:
+            result = subprocess.run(
+                cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
+            )
+            returncode, stderr = result.returncode, result.stderr
+        else:
+            returncode, stderr = _run_reporting(cmd, timeout, progress)
     except subprocess.TimeoutExpired as exc:
         raise TransientError(f"ffmpeg took longer than {timeout:.0f} s to {what}", cause="FfmpegTimeout") from exc
     except OSError as exc:
         raise PermanentError(f"ffmpeg could not be started to {what}: {exc}", cause="FfmpegMissing") from exc
-    if result.returncode == 0:
+    if returncode == 0:
         return
-    log = result.stderr.strip()
+    log = stderr.strip()
     if any(marker in log for marker in _DISK_FULL_MARKERS):
         raise TransientError(
             f"the disk is full: ffmpeg could not {what} (No space left on device)",
@@ -70,10 +89,66 @@ def run_ffmpeg(exe: str, args: list[str], *, what: str, timeout: float | None = 
             cause="DiskFull",
         )
     raise PermanentError(
-        f"ffmpeg failed to {what} (exit code {result.returncode}): {log[-_LOG_TAIL:] or 'no message'}",
+        f"ffmpeg failed to {what} (exit code {returncode}): {log[-_LOG_TAIL:] or 'no message'}",
         "Run `tandava doctor` to check ffmpeg; then `tandava retry <run>`.",
         cause="FfmpegFailed",
     )
+
+
+def parse_progress_line(line: str) -> float | None:
+    """Seconds of output from one line of ``-progress`` output (``out_time_us=`` or ``out_time=``), else None.
+
+    Before the first frame ffmpeg writes ``N/A`` or a large negative time; both are None.
+    """
+    key, _, value = line.strip().partition("=")
+    try:
+        if key == "out_time_us":
+            seconds = int(value) / 1_000_000
+        elif key == "out_time":
+            hours, minutes, secs = value.split(":")
+            seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
+        else:
+            return None
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _run_reporting(cmd: list[str], timeout: float | None, progress: Progress) -> tuple[int, str]:
+    """Run ``cmd`` with ``-progress pipe:1``, calling ``progress`` as the output time grows."""
+    full = [*cmd[:1], "-progress", "pipe:1", "-nostats", *cmd[1:]]
+    with subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          text=True, encoding="utf-8", errors="replace") as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        errors: list[str] = []
+        stderr = proc.stderr
+        drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        drain.start()
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            best = 0.0
+            for line in proc.stdout:
+                seconds = parse_progress_line(line)
+                if seconds is not None and seconds > best:
+                    best = seconds
+                    progress(seconds)
+            returncode = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            drain.join()
+        if killed.is_set():
+            raise subprocess.TimeoutExpired(full, timeout or 0)
+    return returncode, "".join(errors)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from daemon.approval.decisions import RunView
 from daemon.approval.store import APPROVALS_FILE, candidates_of
 from daemon.errors import StoreError
 from daemon.runs.manifest import MANIFEST, Manifest
+from daemon.runs.progress import StepCount
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
 
@@ -67,7 +68,8 @@ def stage_lines(manifest: Manifest) -> list[str]:
             lines.append(f"{name}: {progress.detail['waiting']}")
         else:
             steps = ", ".join(progress.steps_done) or "starting"
-            lines.append(f"{name}: {steps} (attempt {progress.attempts})")
+            count = StepCount.from_detail(progress.detail)
+            lines.append(f"{name}: {steps} (attempt {progress.attempts})" + (f"; {count.label()}" if count else ""))
     return lines
 
 
