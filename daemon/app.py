@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -162,6 +163,8 @@ def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: 
     if view is None:
         return contextlib.nullcontext()
 
+    spend = _spend_today(settings)
+
     def frame() -> Frame:
         last = health.last
         panel = next((str(getattr(c, "url", "")) for c in channels() if getattr(c, "url", "")), "")
@@ -170,9 +173,32 @@ def _showing(view: LiveView | None, settings: Settings, engine: Engine, health: 
             daemon=stopping, inbox=str(settings.paths.inbox), panel=panel,
             backends=health.backends() if health.backends is not None else [],
             counts=dict(last.counts) if last is not None else {}, finished=engine.board.finished_count,
+            spend=spend(),
         ))
 
     return view.showing(frame)
+
+
+def _spend_today(settings: Settings) -> Callable[[], str]:
+    """Today's cloud spend for the footer ("" without a paid backend), read at most every 30 s."""
+    from daemon.stages.google import uses_google
+
+    if not uses_google(settings):
+        return lambda: ""
+    from datetime import UTC, datetime
+
+    from daemon.backends.google.costs import day_total
+
+    cached: list[tuple[float, str]] = []
+
+    def read() -> str:
+        now = time.monotonic()
+        if not cached or now - cached[0][0] > 30.0:
+            day = datetime.now(UTC).strftime("%Y-%m-%d")
+            cached[:] = [(now, f"${day_total(settings.paths.state_root, day):.2f}")]
+        return cached[0][1]
+
+    return read
 
 
 class Channel(Protocol):
