@@ -304,3 +304,32 @@ def test_telegram_offers_each_segment_as_it_is_ready_and_takes_a_tap_on_it(
         worker.join(WAIT)
     log = ApprovalStore(store).load(store.find(ref.run_id)).decisions
     assert [(d.segment, d.candidate, d.channel) for d in log] == [(0, 1, "telegram")]
+
+
+def test_the_api_tells_each_segment_offered(store: RunStore, tmp_path: Path, two: Settings) -> None:
+    """The API's event stream has a segment.offered event per segment, as each is offered."""
+    from daemon.channels.web.api.events import ChangeWatcher, EventLog
+
+    ref = analyzed_run(store, tmp_path, segments=3)
+    log = EventLog(store.root / ".api")
+    watcher = ChangeWatcher(store, log)
+    watcher.poll()  # the baseline: a store as it was is not news
+    backend = PacedImages()
+    engine = engine_for(store, two, backend)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run, args=(stop,))
+    worker.start()
+    try:
+        backend.allow(2)
+        wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
+        watcher.poll()
+        backend.allow(4)
+        wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
+        watcher.poll()
+    finally:
+        stop.set()
+        worker.join(WAIT)
+    offered = [e.data["segment"] for e in log.since(0) if e.type == "segment.offered"]
+    assert offered == [0, 1, 2]
+    first = next(e for e in log.since(0) if e.type == "segment.offered")
+    assert first.data == {"segment": 0, "offered": 1}

@@ -5,7 +5,7 @@ How this works: ``ChangeWatcher`` looks at the store every ``api.watch_seconds``
 only when its ``run.json`` or ``approvals.json`` changed) and compares each run
 with what it saw last: a new run, a new entry in its state history (so a state passed
 through between two looks is told too), a new finished step or job of a
-stage, a new decision. Each difference becomes an ``Event`` appended to
+stage, a newly offered segment, a new decision. Each difference becomes an ``Event`` appended to
 ``EventLog``: one JSON line in ``<state root>/.api/events.jsonl``, with an id
 one above the last, written before anyone is told. What the watcher saw is
 saved beside it (``seen.json``), so a daemon that restarts reports what
@@ -25,14 +25,14 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from daemon.approval.store import APPROVALS_FILE, Approvals
+from daemon.approval.store import APPROVALS_FILE, DECIDING_STATES, Approvals, offered_segments
 from daemon.channels.web.api.models import Event
 from daemon.errors import StoreError
 from daemon.runs import fsutil
@@ -124,10 +124,12 @@ class _Seen:
     jobs: dict[str, int]
     decisions: int
     history: int
+    offered: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "manifest_ns": self.manifest_ns, "approvals_ns": self.approvals_ns,
-                "steps": self.steps, "jobs": self.jobs, "decisions": self.decisions, "history": self.history}
+                "steps": self.steps, "jobs": self.jobs, "decisions": self.decisions, "history": self.history,
+                "offered": self.offered}
 
 
 class ChangeWatcher:
@@ -145,7 +147,7 @@ class ChangeWatcher:
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             raw = json.loads(self.seen_path.read_text(encoding="utf-8"))
             self.seen = {k: _Seen(v["state"], v["manifest_ns"], v["approvals_ns"], v["steps"], v["jobs"],
-                                  v["decisions"], v["history"]) for k, v in raw.items()}
+                                  v["decisions"], v["history"], v.get("offered", [])) for k, v in raw.items()}
 
     def poll(self) -> int:
         """Look once; returns how many events it recorded."""
@@ -203,6 +205,11 @@ class ChangeWatcher:
             if count > (before.jobs.get(kind, 0) if before else 0):
                 made.append(("run.progress", {"jobs": kind, "done": count,
                                               "total": sum(1 for j in manifest.jobs.values() if j.kind == kind)}))
+        # A segment is offered the moment its candidates exist, while the run's others are made.
+        offered = sorted(offered_segments(manifest)) if ref.state in DECIDING_STATES else (
+            before.offered if before else [])
+        made.extend(("segment.offered", {"segment": seg, "offered": len(offered)})
+                    for seg in offered if seg not in (before.offered if before else []))
         for decision in decisions[before.decisions if before else 0:]:
             made.append(("run.decision", decision))
         # State changes last: the steps and decisions seen in the same look came before the move.
@@ -216,7 +223,7 @@ class ChangeWatcher:
             if self.on_event is not None:
                 self.on_event(event)
         self.seen[ref.run_id] = _Seen(ref.state.value, manifest_ns, approvals_ns, steps, jobs, len(decisions),
-                                      max(1, len(history)))
+                                      max(1, len(history)), offered)
         return len(made)
 
     def _decisions(self, ref: RunRef) -> list[dict[str, Any]]:

@@ -107,7 +107,7 @@ class SegmentOut(BaseModel):
 class DecisionOut(BaseModel):
     segment: int
     candidate: int | None = None
-    action: Literal["approve", "reject", "regenerate"]
+    action: Literal["approve", "reject", "regenerate", "undo"]
     by: str
     channel: str
     at: datetime
@@ -143,7 +143,8 @@ class DecisionIn(BaseModel):
 
     segment: int = Field(ge=0, le=100_000)
     candidate: int | None = Field(None, ge=0, le=100_000, description="not needed for regenerate")
-    action: Literal["approve", "reject", "regenerate"]
+    # undo: takes back this candidate's latest approve or reject, within 15 s.
+    action: Literal["approve", "reject", "regenerate", "undo"]
 
 
 class DecisionsIn(BaseModel):
@@ -166,7 +167,7 @@ class Event(BaseModel):
     """One thing that happened, as SSE ``data`` and as a webhook body."""
 
     id: int = Field(description="increases by one per event, across restarts")
-    type: Literal["run.created", "run.state", "run.progress", "run.decision"]
+    type: Literal["run.created", "run.state", "run.progress", "segment.offered", "run.decision"]
     run_id: str
     at: datetime
     data: dict[str, Any] = Field(default_factory=dict)

@@ -30,7 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.approval import decisions
-from daemon.approval.store import DecisionRefused
+from daemon.approval.store import DECIDING_STATES, DecisionRefused
 from daemon.channels.web.api import uploads
 from daemon.channels.web.api.events import API_DIR, ChangeWatcher, EventLog
 from daemon.channels.web.api.models import (
@@ -210,9 +210,10 @@ class Api:
 
         def work() -> DecisionsOut:
             ref = self.store.find(run_id)
-            if ref.state is not State.PENDING_APPROVAL:
+            if ref.state not in DECIDING_STATES:
                 raise Problem(409, "not_waiting", f"Run {run_id} is in {ref.state.value}, not waiting for a decision.",
-                              "Decide while its state is pending_approval (GET the run to see it).")
+                              "Decide while it is pending_approval, or on a segment already offered while "
+                              "its images are made (GET the run to see it).")
             made = [decisions.decide(self.store, run_id, d.action, d.segment, d.candidate, by=by, channel="api")
                     for d in wanted.decisions]
             return DecisionsOut(applied=[decision_out(d) for d in made], state=self.store.find(run_id).state)
