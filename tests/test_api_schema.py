@@ -36,7 +36,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same examples every run, so a pass in CI is not luck (and a failure repeats).
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_the_api_keeps_its_spec(case: schemathesis.Case, live: str) -> None:
     """Generated requests get no 500 and only answers the spec allows."""
     from schemathesis.checks import positive_data_acceptance
