@@ -51,7 +51,8 @@ import uvicorn
 
 from daemon.channels.web.api.checks import doctor_checks as api_checks
 from daemon.channels.web.api.routes import Api
-from daemon.channels.web.app import LOOPBACK_HOSTS, PanelApp
+from daemon.channels.web.app import PanelApp
+from daemon.channels.web.guard import LOOPBACK_HOSTS
 from daemon.checks import Check
 from daemon.config import Settings
 from daemon.errors import ConfigError
