@@ -226,8 +226,11 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    """Check this installation: paths, ffmpeg, decoders, configuration, theme, ComfyUI servers and
-    their workflows (nodes, inputs, models, VRAM), the web panel, Telegram, Gemini and Ollama.
+    """Check this installation, one line per check, and say how to fix what is wrong.
+
+    It checks the paths, ffmpeg, the decoders, the configuration, the theme,
+    the ComfyUI servers and their workflows (nodes, inputs, models, VRAM), the
+    web panel, Telegram, Gemini and Ollama.
 
     Prints one line per check, ok or what is wrong and how to fix it; exits
     non-zero when anything is wrong, so it can gate a deployment.
@@ -320,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = fn.__doc__ or ""
         p = sub.add_parser(
             name,
-            help=doc.strip().splitlines()[0],
+            help=summary(doc),
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -354,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
             p.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
+
+
+def summary(doc: str) -> str:
+    """A command's one-line help: the docstring's first paragraph, joined, so it is never cut mid-sentence."""
+    first = doc.strip().split("\n\n", 1)[0]
+    return " ".join(first.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
