@@ -271,7 +271,9 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     with --user ~/.config/systemd/user/tandava.service; --windows writes
     tandava.xml for WinSW into a service folder beside tandava.toml. The file
     names this Python, this config and these folders by absolute path; nothing
-    is started until you run the printed commands.
+    is started until you run the printed commands. A definition already there
+    is kept unless --force; a unit written elsewhere (--dest) comes with the
+    command that copies it where systemd reads it.
 
     Example: tandava --config /srv/tandava/tandava.toml service install --systemd
              tandava service install --systemd --user
@@ -283,9 +285,9 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         print("tandava: --user goes with --systemd", file=sys.stderr)
         return 2
     if args.windows:
-        path, commands = install_windows(settings, dest_dir=args.dest)
+        path, commands = install_windows(settings, dest_dir=args.dest, force=args.force)
     else:
-        path, commands = install_systemd(settings, user_mode=args.user, dest=args.dest)
+        path, commands = install_systemd(settings, user_mode=args.user, dest=args.dest, force=args.force)
     print(f"wrote {path}; now run:")
     for line in commands:
         print(f"  {line}")
@@ -352,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
             kind.add_argument("--windows", action="store_true", help="a WinSW service definition (Windows)")
             p.add_argument("--user", action="store_true", help="with --systemd: a unit for your own user manager")
             p.add_argument("--dest", type=Path, default=None,
-                           help="where to write (--systemd: the unit file; --windows: the folder)")
+                           help="where to write (--systemd: the unit file, ending in .service; --windows: the folder)")
+            p.add_argument("--force", action="store_true", help="replace a service definition already there")
         if name == "init":
             p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
             p.add_argument("--force", action="store_true", help="overwrite an existing file")

@@ -61,6 +61,6 @@ def test_service_check_names_a_definition_for_another_configuration(tmp_path: Pa
     other = tmp_path / "other"
     other.mkdir()
     (other / "tandava.toml").write_text(BASE, encoding="utf-8")
-    install_windows(load_settings(other / "tandava.toml"), dest_dir=tmp_path / "service")
+    install_windows(load_settings(other / "tandava.toml"), dest_dir=tmp_path / "service", force=True)
     result = check_service(settings)
     assert not result.ok and "service install" in result.detail
