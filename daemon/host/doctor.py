@@ -80,6 +80,7 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
     """Each ComfyUI server answers, and each workflow in use fits it (nodes, inputs, models) before any GPU time."""
     from daemon.backends.comfy.client import ComfyClient
     from daemon.backends.comfy.preflight import check_workflow
+    from daemon.backends.comfy.supervisor import PortTaken, refuse_foreign_owner
     from daemon.backends.comfy.vram import GB, stats_line
     from daemon.backends.comfy.workflows import find_workflow
     from daemon.errors import StageError
@@ -105,6 +106,12 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
             info = client.object_info()
         except StageError as exc:
             if managed is not None and url == comfy_urls(settings)[0]:
+                # Another program on the port keeps the daemon from launching it: say who, as the daemon would.
+                try:
+                    refuse_foreign_owner(managed)
+                except PortTaken as taken:
+                    yield Check(f"ComfyUI {url}", False, f"{taken.reason}; {taken.hint}")
+                    continue
                 # Not running is expected before the daemon starts: it launches this one.
                 yield Check(f"ComfyUI {url}", True, f"not running now; `tandava run` launches it from "
                             f"{managed.folder / 'main.py'} (workflows are checked once it is up)")
