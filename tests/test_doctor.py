@@ -104,3 +104,28 @@ def test_a_foreign_program_on_the_managed_port_is_named(tmp_path: Path, capsys: 
     finally:
         kill_tree(foreign.pid, timeout=5)
         foreign.wait(timeout=5)
+
+
+@pytest.mark.parametrize(("env", "value", "line"), [
+    ("TANDAVA_ANALYSIS__THEME", "nope", "FAIL theme"),
+    ("TANDAVA_COMFY__IMAGE_WORKFLOW", "no_such_flow", "FAIL workflows"),
+], ids=["theme", "workflow"])
+def test_a_bad_value_from_the_environment_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch, env: str, value: str,
+                                                          line: str) -> None:
+    """`run --once` with a bad theme or workflow from the environment refuses to start, with doctor's line."""
+    conf = tmp_path / "tandava.toml"
+    conf.write_text(BASE + '[images]\nbackend = "comfyui"\n[comfy]\nservers = ["http://127.0.0.1:9"]\n'
+                    "health_timeout_seconds = 0.5\n", encoding="utf-8")
+    monkeypatch.setenv(env, value)
+    main(["--config", str(conf), "doctor"])
+    doctor_line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith(line))
+    song = tmp_path / "inbox" / "song.mp3"
+    song.parent.mkdir(exist_ok=True)  # doctor made it
+    song.write_bytes(b"ID3" + bytes(4096))
+    assert main(["--config", str(conf), "run", "--once"]) == 1
+    err = capsys.readouterr().err
+    assert "not started" in err and doctor_line in err, err
+    assert f"the environment sets {env};" in err
+    assert song.is_file()  # the song was not taken
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("run.json"))
