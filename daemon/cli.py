@@ -148,7 +148,12 @@ def cmd_reject(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_regenerate(args: argparse.Namespace, settings: Settings) -> int:
-    """Ask for a fresh round of candidates for SEGMENT(s) once all of theirs are rejected.
+    """Make new candidates for SEGMENT(s) now: their open candidates are rejected and a new round is made.
+
+    The running daemon makes the round within seconds, with new seeds, and
+    offers it on every channel (`tandava pending`, the panel, Telegram). A
+    rejected candidate can still be approved later; an approved segment is
+    refused (reject its choice first).
 
     Example: tandava regenerate 20261121-101500_shiva 2
     """
@@ -189,6 +194,9 @@ def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> i
     for decision in made:
         what = f"segment {decision.segment}" + (f" candidate {decision.candidate}"
                                                  if decision.candidate is not None else "")
+        if decision.for_round is not None:
+            what += (f": open candidates rejected; the daemon makes round {decision.for_round} now "
+                     "(new seeds) and offers it on every channel")
         print(f"{decision.verdict}: {ref.run_id} {what}")
     return 0
 

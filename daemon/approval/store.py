@@ -2,7 +2,9 @@
 
 How this works: ``approvals.json`` in the run folder is an append-only log of
 decisions (approve, reject, regenerate), each with who, when and through which
-channel. What a segment's status *is* (approved with candidate 4, every
+channel. "Regenerate" means "none of these, make new ones now": it rejects the
+segment's open candidates and asks for the next round (``for_round``) in one
+write, and the gate makes that round on its next look. What a segment's status *is* (approved with candidate 4, every
 candidate rejected, waiting) is derived from the log and the candidates the
 run's manifest records, never stored twice. The CLI, the auto policy, and
 later Telegram and the web panel all call ``decide``: it takes the run's lock,
@@ -49,6 +51,8 @@ class Decision(BaseModel):
     by: str
     channel: str
     at: datetime
+    # regenerate: the round asked for (logs written before it had none: an extra round once all are rejected).
+    for_round: int | None = None
 
 
 class Approvals(BaseModel):
@@ -71,6 +75,13 @@ class SegmentStatus(BaseModel):
     rejected: list[int] = Field(default_factory=list)
     rounds: int = 0
     extra_rounds: int = 0
+    # The newest round a person asked for; above ``rounds`` while it is being made.
+    asked_round: int = 0
+
+    @property
+    def asking(self) -> bool:
+        """A person asked for new candidates and the gate has not made them yet."""
+        return self.asked_round > self.rounds
 
     @property
     def all_rejected(self) -> bool:
@@ -108,7 +119,10 @@ def statuses(manifest: Manifest, approvals: Approvals, segments: int) -> list[Se
             if d.segment != seg:
                 continue
             if d.verdict == "regenerate":
-                status.extra_rounds += 1
+                if d.for_round is None:
+                    status.extra_rounds += 1
+                else:
+                    status.asked_round = max(status.asked_round, d.for_round)
             elif d.candidate is not None:
                 latest[d.candidate] = d
         status.rejected = sorted(c for c, d in latest.items() if d.verdict == "reject")
@@ -176,7 +190,12 @@ class ApprovalStore:
         by: str,
         channel: str,
     ) -> Decision:
-        """Record one decision for a run waiting for approval; idempotent for a repeated tap."""
+        """Record one decision for a run waiting for approval; idempotent for a repeated tap.
+
+        ``regenerate`` (``candidate`` None) rejects the segment's open candidates and asks
+        for the next round in the same write; it is refused for an approved segment, and a
+        second request while that round is being made changes nothing.
+        """
         with self.locked(run_id):
             ref = self.store.find(run_id)
             if ref.state is not State.PENDING_APPROVAL:
@@ -189,15 +208,35 @@ class ApprovalStore:
                 have = ", ".join(f"{segment}:{j.index}" for j in cands[segment])
                 raise DecisionRefused(f"segment {segment} has no candidate {candidate} (it has {have})")
             approvals = self.load(ref)
+            if verdict == "regenerate":
+                return self._ask_for_round(ref, manifest, approvals, segment, by=by, channel=channel)
             decision = Decision(
                 segment=segment, candidate=candidate, verdict=verdict, by=by, channel=channel, at=utcnow()
             )
             last = _latest(approvals, segment, candidate)
-            if last is not None and last.verdict == verdict and verdict != "regenerate":
+            if last is not None and last.verdict == verdict:
                 return last  # a second tap on the same button changes nothing
             approvals.decisions.append(decision)
             self.save(ref, approvals)
             return decision
+
+    def _ask_for_round(self, ref: RunRef, manifest: Manifest, approvals: Approvals, segment: int, *,
+                       by: str, channel: str) -> Decision:
+        status = statuses(manifest, approvals, segment + 1)[segment]
+        if status.approved is not None:
+            raise DecisionRefused(f"segment {segment} of {ref.run_id} is approved (candidate {status.approved}): "
+                                  f"reject {segment}:{status.approved} first to ask for new candidates")
+        if status.asking:  # a second tap while the round is being made
+            return next(d for d in reversed(approvals.decisions)
+                        if d.segment == segment and d.verdict == "regenerate" and d.for_round == status.asked_round)
+        now = utcnow()
+        approvals.decisions += [Decision(segment=segment, candidate=c, verdict="reject", by=by, channel=channel, at=now)
+                                for c in status.undecided]
+        decision = Decision(segment=segment, verdict="regenerate", by=by, channel=channel, at=now,
+                            for_round=status.rounds + 1)
+        approvals.decisions.append(decision)
+        self.save(ref, approvals)
+        return decision
 
 
 def _latest(approvals: Approvals, segment: int, candidate: int | None) -> Decision | None:

@@ -242,6 +242,8 @@ def segment(run_id: str, seg: SegmentView, csrf: str) -> str:
     """One segment: its time, mood, prompt, candidates, and a request for new ones."""
     if seg.approved is not None:
         status = f'<span class="badge s-approved">approved #{seg.approved}</span>'
+    elif seg.asking:
+        status = '<span class="badge">new candidates on the way</span>'
     elif seg.all_rejected:
         status = '<span class="badge s-failed">all rejected</span>'
     else:
@@ -259,11 +261,13 @@ def segment(run_id: str, seg: SegmentView, csrf: str) -> str:
             f'width="320" height="180" alt="segment {seg.index} candidate {cand.index}"></a>'
             f'<figcaption><span class="badge c-{cand.status}">{cand.status}</span> '
             f'#{cand.index} · seed {cand.seed}{buttons}</figcaption></figure>')
-    regen_note = ("" if seg.all_rejected else
-                  '<small>new candidates are made once every candidate here is rejected</small>')
-    regen = (f'<div class="regen">'
-             f'{action(run_id, "decide", "Ask for new candidates", csrf, segment=seg.index, verdict="regenerate")}'
-             f'{regen_note}</div>')
+    regen_note = ('<small>rejects the open candidates here and makes a new round at once, with new seeds; '
+                  'a rejected one can still be approved</small>')
+    # An approved segment needs no new candidates: reject its choice first (the decision store refuses otherwise).
+    regen = "" if seg.approved is not None else (
+        f'<div class="regen">'
+        f'{action(run_id, "decide", "Make new candidates now", csrf, segment=seg.index, verdict="regenerate")}'
+        f'{regen_note}</div>')
     return (f'<section class="segment" id="seg-{seg.index}"><h2>Segment {seg.index} '
             f'<small>{_clock(seg.start)}–{_clock(seg.end)} · {e(seg.mood)}</small> {status}</h2>'
             f'<p class="prompt wrap">{e(seg.prompt)}</p>'
