@@ -45,8 +45,6 @@ class SegmentView:
     approved: int | None
     all_rejected: bool
     rounds: int
-    # A person asked for new candidates; the gate is making them.
-    asking: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
                           else "rejected" if j.index in status.rejected else "open")
             for j in by_segment.get(status.segment, []))
         views.append(SegmentView(status.segment, seg.start, seg.end, seg.mood, seg.visual_prompt, cands,
-                                 status.approved, status.all_rejected, status.rounds, status.asking))
+                                 status.approved, status.all_rejected, status.rounds))
     return replace(base, segments=tuple(views), jobs=jobs)
 
 

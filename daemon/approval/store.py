@@ -2,9 +2,7 @@
 
 How this works: ``approvals.json`` in the run folder is an append-only log of
 decisions (approve, reject, regenerate), each with who, when and through which
-channel. "Regenerate" means "none of these, make new ones now": it rejects the
-segment's open candidates and asks for the next round (``for_round``) in one
-write, and the gate makes that round on its next look. What a segment's status *is* (approved with candidate 4, every
+channel. What a segment's status *is* (approved with candidate 4, every
 candidate rejected, waiting) is derived from the log and the candidates the
 run's manifest records, never stored twice. The CLI, the auto policy, and
 later Telegram and the web panel all call ``decide``: it takes the run's lock,
@@ -180,6 +178,38 @@ class ApprovalStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def ask_for_new_candidates(self, run_id: str, segment: int, *, by: str, channel: str) -> Decision:
+        """"None of these, make new ones now": the ``regenerate`` decision of every channel.
+
+        In one write it rejects the segment's open candidates and asks for the next
+        round (``for_round``), which the gate makes on its next look, whatever
+        ``images.max_rounds`` says. Refused for an approved segment (reject its choice
+        first); a second request while that round is being made changes nothing.
+        """
+        with self.locked(run_id):
+            ref = self.store.find(run_id)
+            if ref.state is not State.PENDING_APPROVAL:
+                raise DecisionRefused(f"{ref.run_id} is in {ref.state.value}/, not waiting for approval")
+            manifest = self.store.load(ref)
+            if segment not in candidates_of(manifest):
+                raise DecisionRefused(f"{ref.run_id} has no segment {segment} with candidates")
+            approvals = self.load(ref)
+            status = statuses(manifest, approvals, segment + 1)[segment]
+            if status.approved is not None:
+                raise DecisionRefused(f"segment {segment} of {ref.run_id} is approved (candidate {status.approved}): "
+                                      f"reject {segment}:{status.approved} first to ask for new candidates")
+            if status.asking:
+                return next(d for d in reversed(approvals.decisions) if d.segment == segment
+                            and d.verdict == "regenerate" and d.for_round == status.asked_round)
+            now = utcnow()
+            approvals.decisions += [Decision(segment=segment, candidate=c, verdict="reject", by=by, channel=channel,
+                                             at=now) for c in status.undecided]
+            decision = Decision(segment=segment, verdict="regenerate", by=by, channel=channel, at=now,
+                                for_round=status.rounds + 1)
+            approvals.decisions.append(decision)
+            self.save(ref, approvals)
+            return decision
+
     def decide(
         self,
         run_id: str,
@@ -190,12 +220,9 @@ class ApprovalStore:
         by: str,
         channel: str,
     ) -> Decision:
-        """Record one decision for a run waiting for approval; idempotent for a repeated tap.
-
-        ``regenerate`` (``candidate`` None) rejects the segment's open candidates and asks
-        for the next round in the same write; it is refused for an approved segment, and a
-        second request while that round is being made changes nothing.
-        """
+        """Record one decision for a run waiting for approval; idempotent for a repeated tap."""
+        if verdict == "regenerate":
+            return self.ask_for_new_candidates(run_id, segment, by=by, channel=channel)
         with self.locked(run_id):
             ref = self.store.find(run_id)
             if ref.state is not State.PENDING_APPROVAL:
@@ -208,35 +235,15 @@ class ApprovalStore:
                 have = ", ".join(f"{segment}:{j.index}" for j in cands[segment])
                 raise DecisionRefused(f"segment {segment} has no candidate {candidate} (it has {have})")
             approvals = self.load(ref)
-            if verdict == "regenerate":
-                return self._ask_for_round(ref, manifest, approvals, segment, by=by, channel=channel)
             decision = Decision(
                 segment=segment, candidate=candidate, verdict=verdict, by=by, channel=channel, at=utcnow()
             )
             last = _latest(approvals, segment, candidate)
-            if last is not None and last.verdict == verdict:
+            if last is not None and last.verdict == verdict and verdict != "regenerate":
                 return last  # a second tap on the same button changes nothing
             approvals.decisions.append(decision)
             self.save(ref, approvals)
             return decision
-
-    def _ask_for_round(self, ref: RunRef, manifest: Manifest, approvals: Approvals, segment: int, *,
-                       by: str, channel: str) -> Decision:
-        status = statuses(manifest, approvals, segment + 1)[segment]
-        if status.approved is not None:
-            raise DecisionRefused(f"segment {segment} of {ref.run_id} is approved (candidate {status.approved}): "
-                                  f"reject {segment}:{status.approved} first to ask for new candidates")
-        if status.asking:  # a second tap while the round is being made
-            return next(d for d in reversed(approvals.decisions)
-                        if d.segment == segment and d.verdict == "regenerate" and d.for_round == status.asked_round)
-        now = utcnow()
-        approvals.decisions += [Decision(segment=segment, candidate=c, verdict="reject", by=by, channel=channel, at=now)
-                                for c in status.undecided]
-        decision = Decision(segment=segment, verdict="regenerate", by=by, channel=channel, at=now,
-                            for_round=status.rounds + 1)
-        approvals.decisions.append(decision)
-        self.save(ref, approvals)
-        return decision
 
 
 def _latest(approvals: Approvals, segment: int, candidate: int | None) -> Decision | None:

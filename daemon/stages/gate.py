@@ -106,8 +106,7 @@ class Gate:
             for index in range(first, first + self.settings.images.candidates):
                 ensure_candidate(job, backend, segment, index, settings=self.settings,
                                  segments=len(segments), round_=status.rounds + 1)
-            log.info("approval.regenerated", segment=status.segment, round=status.rounds + 1,
-                     asked=status.asking)
+            log.info("approval.regenerated", segment=status.segment, round=status.rounds + 1)
 
 
 def _list(items: list[SegmentStatus]) -> str:

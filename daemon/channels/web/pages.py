@@ -242,8 +242,6 @@ def segment(run_id: str, seg: SegmentView, csrf: str) -> str:
     """One segment: its time, mood, prompt, candidates, and a request for new ones."""
     if seg.approved is not None:
         status = f'<span class="badge s-approved">approved #{seg.approved}</span>'
-    elif seg.asking:
-        status = '<span class="badge">new candidates on the way</span>'
     elif seg.all_rejected:
         status = '<span class="badge s-failed">all rejected</span>'
     else:
