@@ -19,12 +19,20 @@ from fakecomfy import FakeComfy
 from daemon.backends.comfy.client import ComfyClient, Listener
 from daemon.errors import Unavailable
 
+# A socket in any other state has been closed by its owner (the kernel may still be finishing).
+OPEN = {psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT, psutil.CONN_LISTEN, psutil.CONN_SYN_SENT}
 
-def open_to(port: int) -> list[str]:
-    """This process's TCP connections to or from ``port`` that are not closed yet."""
-    gone = {psutil.CONN_CLOSE, psutil.CONN_TIME_WAIT}
+
+def client_side(port: int) -> list[str]:
+    """This process's sockets connected to ``port`` that it has not closed."""
     return [f"{c.laddr} -> {c.raddr} {c.status}" for c in psutil.Process().net_connections(kind="tcp")
-            if c.raddr and port in (c.raddr.port, c.laddr.port) and c.status not in gone]
+            if c.raddr and c.raddr.port == port and c.status in OPEN]
+
+
+def server_side(port: int) -> list[str]:
+    """This process's sockets on ``port`` (the fake's listener and accepted connections) not closed."""
+    return [f"{c.laddr} <- {c.raddr} {c.status}" for c in psutil.Process().net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == port and c.status in OPEN]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -40,10 +48,10 @@ def test_a_closed_client_opens_no_new_connection(tmp_path: Path) -> None:
         client = ComfyClient(fake.url, client_id="t", timeout=5)
         client.system_stats()
         client.close()
-        assert open_to(fake.port) == []
+        assert client_side(fake.port) == []
         with pytest.raises(Unavailable, match="Tandava is stopping"):
             client.system_stats()
-        assert open_to(fake.port) == []
+        assert client_side(fake.port) == []
 
 
 def test_a_request_in_flight_during_close_closes_its_connection(tmp_path: Path) -> None:
@@ -54,12 +62,12 @@ def test_a_request_in_flight_during_close_closes_its_connection(tmp_path: Path) 
         done = threading.Event()
         worker = threading.Thread(target=lambda: (client.queue(), done.set()), daemon=True)
         worker.start()
-        wait_for(lambda: len(open_to(fake.port)) == 2)  # both ends of the parked request
+        wait_for(lambda: len(client_side(fake.port)) == 1)  # the parked request
         client.close()
         fake.unhang()
         worker.join(20)
         assert done.is_set()
-        wait_for(lambda: open_to(fake.port) == [])
+        wait_for(lambda: client_side(fake.port) == [])
 
 
 def test_listener_stop_returns_with_its_socket_closed(tmp_path: Path) -> None:
@@ -72,9 +80,7 @@ def test_listener_stop_returns_with_its_socket_closed(tmp_path: Path) -> None:
         listener.stop()
         assert time.monotonic() - started < 5  # woken at once, not after a receive timeout
         assert not listener._thread.is_alive()
-        client_side = [c for c in psutil.Process().net_connections(kind="tcp")
-                       if c.raddr and c.raddr.port == fake.port and c.status == psutil.CONN_ESTABLISHED]
-        assert client_side == []
+        assert client_side(fake.port) == []
 
 
 def test_a_stopped_fake_has_closed_every_connection(tmp_path: Path) -> None:
@@ -82,8 +88,6 @@ def test_a_stopped_fake_has_closed_every_connection(tmp_path: Path) -> None:
     fake = FakeComfy(tmp_path / "comfy").start()
     with requests.Session() as session:
         session.get(f"{fake.url}/system_stats", timeout=10)  # an idle keep-alive connection stays open
-        assert len(open_to(fake.port)) == 2
+        assert len(server_side(fake.port)) == 2  # the listener and the accepted connection
         fake.stop()
-        server_side = [c for c in psutil.Process().net_connections(kind="tcp")
-                       if c.laddr.port == fake.port and c.status not in {psutil.CONN_CLOSE, psutil.CONN_TIME_WAIT}]
-        assert server_side == []
+        assert server_side(fake.port) == []
