@@ -58,8 +58,11 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
     With ``view`` (a person at a terminal), the engine's progress is shown live
     while it runs. Returns a process exit code.
     """
+    from daemon.host.doctor import refuse_to_start
     from daemon.intake.watcher import InboxWatcher
 
+    # A bad theme or workflow (often from the environment) would fail every song: refuse now, as doctor would.
+    refuse_to_start(settings)
     store = open_store(settings)
     release = store.lock()
     watcher: InboxWatcher | None = None

@@ -178,7 +178,12 @@ def cmd_reject(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_regenerate(args: argparse.Namespace, settings: Settings) -> int:
-    """Ask for a fresh round of candidates for SEGMENT(s) once all of theirs are rejected.
+    """Make new candidates for SEGMENT(s) now: their open candidates are rejected and a new round is made.
+
+    The running daemon makes the round within seconds, with new seeds, and
+    offers it on every channel (`tandava pending`, the panel, Telegram). A
+    rejected candidate can still be approved later; an approved segment is
+    refused (reject its choice first).
 
     Example: tandava regenerate 20261121-101500_shiva 2
     """
@@ -219,6 +224,9 @@ def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> i
     for decision in made:
         what = f"segment {decision.segment}" + (f" candidate {decision.candidate}"
                                                  if decision.candidate is not None else "")
+        if decision.for_round is not None:
+            what += (f": open candidates rejected; the daemon makes round {decision.for_round} now "
+                     "(new seeds) and offers it on every channel")
         print(f"{decision.verdict}: {ref.run_id} {what}")
     return 0
 
@@ -288,9 +296,12 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    """Check this installation: paths, ffmpeg, decoders, configuration, theme, ComfyUI servers and
-    their workflows (nodes, inputs, models, VRAM), the web panel, Telegram, Gemini and Ollama, and
-    Google's backends (credentials, the route Veo uses, models reachable, prices, caps).
+    """Check this installation, one line per check, and say how to fix what is wrong.
+
+    It checks the paths, ffmpeg, the decoders, the configuration, the theme,
+    the ComfyUI servers and their workflows (nodes, inputs, models, VRAM), the
+    web panel and the API, Telegram, Gemini and Ollama, and Google's backends
+    (credentials, the route Veo uses, models reachable, prices, caps).
 
     Prints one line per check, ok or what is wrong and how to fix it; exits
     non-zero when anything is wrong, so it can gate a deployment.
@@ -331,7 +342,9 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     with --user ~/.config/systemd/user/tandava.service; --windows writes
     tandava.xml for WinSW into a service folder beside tandava.toml. The file
     names this Python, this config and these folders by absolute path; nothing
-    is started until you run the printed commands.
+    is started until you run the printed commands. A definition already there
+    is kept unless --force; a unit written elsewhere (--dest) comes with the
+    command that copies it where systemd reads it.
 
     Example: tandava --config /srv/tandava/tandava.toml service install --systemd
              tandava service install --systemd --user
@@ -343,9 +356,9 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         print("tandava: --user goes with --systemd", file=sys.stderr)
         return 2
     if args.windows:
-        path, commands = install_windows(settings, dest_dir=args.dest)
+        path, commands = install_windows(settings, dest_dir=args.dest, force=args.force)
     else:
-        path, commands = install_systemd(settings, user_mode=args.user, dest=args.dest)
+        path, commands = install_systemd(settings, user_mode=args.user, dest=args.dest, force=args.force)
     print(f"wrote {path}; now run:")
     for line in commands:
         print(f"  {line}")
@@ -383,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = fn.__doc__ or ""
         p = sub.add_parser(
             name,
-            help=doc.strip().splitlines()[0],
+            help=summary(doc),
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -418,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
             kind.add_argument("--windows", action="store_true", help="a WinSW service definition (Windows)")
             p.add_argument("--user", action="store_true", help="with --systemd: a unit for your own user manager")
             p.add_argument("--dest", type=Path, default=None,
-                           help="where to write (--systemd: the unit file; --windows: the folder)")
+                           help="where to write (--systemd: the unit file, ending in .service; --windows: the folder)")
+            p.add_argument("--force", action="store_true", help="replace a service definition already there")
         if name == "spend":
             p.add_argument("run", nargs="?", default="", help="run id, its start, or a word of the song name")
             p.add_argument("--approve", nargs="?", type=float, const=0.0, default=None, metavar="USD",
@@ -427,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--path", type=Path, default=Path(CONFIG_NAME), help="where to write")
             p.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
+
+
+def summary(doc: str) -> str:
+    """A command's one-line help: the docstring's first paragraph, joined, so it is never cut mid-sentence."""
+    first = doc.strip().split("\n\n", 1)[0]
+    return " ".join(first.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

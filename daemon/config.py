@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -212,6 +212,16 @@ class TelegramConfig(_Section):
     reminder_hours: float = Field(defaults.TELEGRAM_REMINDER_HOURS, ge=0)
     # Telegram allows about one message a second per chat.
     messages_per_second: float = Field(defaults.TELEGRAM_MESSAGES_PER_SECOND, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _ends_in_bot(cls, value: str) -> str:
+        # The library appends the token to this URL as it is: without "/bot" the token
+        # is glued onto the host or port ("…:8081123:ABC"), and every request fails.
+        if not value.startswith(("http://", "https://")) or not value.endswith("/bot"):
+            raise ValueError(f"an http(s) URL ending in /bot, such as {defaults.TELEGRAM_BASE_URL} "
+                             "or http://127.0.0.1:8081/bot for a self-hosted Bot API server")
+        return value
 
 
 class WebConfig(_Section):
@@ -430,7 +440,9 @@ def _resolve_paths(paths: PathsConfig, base: Path) -> PathsConfig:
 def _config_error(exc: ValidationError) -> ConfigError:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(root)"
-    expected = first["msg"]
+    # Our own validators word the expectation themselves; pydantic prefixes "Value error, ".
+    ours = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+    expected = str(ours) if ours is not None else first["msg"]
     more = exc.error_count() - 1
     if more:
         expected += f" (and {more} more problem{'s' if more > 1 else ''})"

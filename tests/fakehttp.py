@@ -50,10 +50,16 @@ class ThreadedServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None and self._thread is not None:
+        """Stop listening, close every connection and end the loop; returns once all of it is done."""
+        thread = self._thread
+        if self._loop is not None and self._stopping is not None and thread is not None:
             with contextlib.suppress(RuntimeError):  # the loop may have ended already
                 self._loop.call_soon_threadsafe(self._stopping.set)
-            self._thread.join(10)
+            # A busy machine can take seconds; a thread left running would close its sockets
+            # during some later test, or leave them to the garbage collector.
+            thread.join(60)
+            if thread.is_alive():
+                raise RuntimeError(f"{type(self).__name__} did not stop within 60 s")
         self._thread = None
 
     def __enter__(self) -> Self:
@@ -72,7 +78,7 @@ class ThreadedServer:
 
     def _on_loop(self, coro: Any) -> Any:
         assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -83,7 +89,7 @@ class ThreadedServer:
         await self._listen()
         ready.set()
         await self._stopping.wait()
-        await self._runner.cleanup()
+        await close_runner(self._runner)
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -102,7 +108,24 @@ class ThreadedServer:
         if self._site is not None:
             await self._site.stop()
             self._site = None
+        for _ in range(5):  # connections accepted just before reach the server (see close_runner)
+            await asyncio.sleep(0)
         server = self._runner.server
         for handler in list(server.connections) if server is not None else []:
             if handler.transport is not None:
                 handler.transport.abort()
+
+
+async def close_runner(runner: web.AppRunner) -> None:
+    """Stop listening, let connections already accepted reach the server, then close them all.
+
+    A connection the kernel accepted just before the listener closed is handed to
+    the server a loop turn later; cleaning up before that turn left its socket
+    unowned, and the garbage collector reported it ("unclosed <socket …>") in
+    whatever test ran next, mostly on a busy machine.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await runner.cleanup()

@@ -126,3 +126,21 @@ def test_sample_config_is_valid_and_shows_the_defaults(tmp_path: Path) -> None:
     loaded = load_settings(tmp_path / "tandava.toml")
     # Paths are resolved against the file's folder; everything else must equal the defaults.
     assert masked(loaded) | {"paths": {}} == masked(Settings()) | {"paths": {}}
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8081", "https://api.telegram.org/bot/", "api.telegram.org/bot"])
+def test_telegram_base_url_must_end_in_bot(tmp_path: Path, url: str) -> None:
+    """A telegram.base_url not shaped http(s)://…/bot is refused at load, naming key, value and shape."""
+    conf = write(tmp_path / "tandava.toml", f'[telegram]\nbase_url = "{url}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(conf)
+    assert info.value.key == "telegram.base_url"
+    assert info.value.value == url
+    assert "ending in /bot" in str(info.value)
+    assert "Value error" not in str(info.value)
+
+
+def test_telegram_base_url_of_a_self_hosted_server_loads(tmp_path: Path) -> None:
+    """A self-hosted Bot API URL ending in /bot is accepted as written."""
+    conf = write(tmp_path / "tandava.toml", '[telegram]\nbase_url = "http://127.0.0.1:8081/bot"\n')
+    assert load_settings(conf).telegram.base_url == "http://127.0.0.1:8081/bot"

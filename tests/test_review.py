@@ -81,7 +81,7 @@ def test_review_mode_names_every_control_by_segment_and_candidate(panel: WebPane
     page = requests.get(f"{panel.url}runs/{ref.run_id}", timeout=10).text
     assert 'aria-label="Approve segment 0, candidate 0"' in page
     assert 'aria-label="Reject segment 0, candidate 1"' in page
-    assert 'aria-label="Ask for new candidates for segment 0"' in page
+    assert 'aria-label="Make new candidates now for segment 0"' in page
     assert 'alt="Segment 0, candidate 1: prompt 0"' in page
     assert "3 of 3</b> left to decide" in page and "#t=0.00,5.00" in page
     labels = re.findall(r'<button[^>]*aria-label="([^"]+)"', page)

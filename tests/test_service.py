@@ -307,3 +307,67 @@ def test_cli_writes_the_unit_and_prints_the_systemctl_commands(settings: Setting
     out = capsys.readouterr().out
     assert "Type=notify" in unit.read_text(encoding="utf-8")
     assert "systemctl" in out and "enable --now" in out
+
+
+def test_dest_not_ending_in_service_is_refused(settings: Settings, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--dest` without .service is refused (systemd would not load it), naming the shape, and nothing is written."""
+    from daemon.cli import main
+
+    dest = tmp_path / "tandava.unit"
+    assert main(["--config", str(settings.config_file), "service", "install", "--systemd",
+                 "--dest", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "--dest" in err and "ending in .service" in err and str(dest) in err
+    assert not dest.exists()
+
+
+def test_dest_elsewhere_says_how_to_copy_the_unit(settings: Settings, tmp_path: Path) -> None:
+    """A unit written outside /etc/systemd/system comes with the command that installs it there."""
+    dest = tmp_path / "out" / "tandava.service"
+    _, commands = install_systemd(settings, user_mode=False, dest=dest, python=PYTHON)
+    assert any("systemd reads units from /etc/systemd/system" in c for c in commands)
+    assert f"install -D -m 644 {dest} /etc/systemd/system/tandava.service" in commands
+    assert commands.index(f"install -D -m 644 {dest} /etc/systemd/system/tandava.service") < \
+        commands.index("systemctl daemon-reload")
+
+
+def test_user_dest_elsewhere_says_how_to_copy_the_unit(settings: Settings, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --user unit written elsewhere is copied into ~/.config/systemd/user; one written there needs no copy."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    user_dir = tmp_path / "home" / ".config/systemd/user"
+    _, commands = install_systemd(settings, user_mode=True, dest=tmp_path / "tandava.service", python=PYTHON)
+    assert f"install -D -m 644 {tmp_path / 'tandava.service'} {user_dir / 'tandava.service'}" in commands
+    _, commands = install_systemd(settings, user_mode=True, python=PYTHON)
+    assert not any(c.startswith("install -D") for c in commands)
+    assert (user_dir / "tandava.service").is_file()
+
+
+def test_existing_definition_is_kept_without_force(settings: Settings, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Another unit at --dest is not overwritten unless --force; the same unit again is fine."""
+    from daemon.cli import main
+
+    dest = tmp_path / "tandava.service"
+    dest.write_text("[Service]\nExecStart=/somebody/else\n", encoding="utf-8")
+    argv = ["--config", str(settings.config_file), "service", "install", "--systemd", "--dest", str(dest)]
+    assert main(argv) == 1
+    assert "--force" in capsys.readouterr().err
+    assert dest.read_text(encoding="utf-8") == "[Service]\nExecStart=/somebody/else\n"
+    assert main([*argv, "--force"]) == 0
+    assert "Type=notify" in dest.read_text(encoding="utf-8")
+    assert main(argv) == 0  # the same definition again: nothing to lose
+
+
+def test_existing_winsw_file_is_kept_without_force(settings: Settings, tmp_path: Path) -> None:
+    """Another tandava.xml in the service folder is replaced only with force."""
+    from daemon.errors import TandavaError
+
+    folder = tmp_path / "winsw"
+    folder.mkdir()
+    (folder / "tandava.xml").write_text("<service/>", encoding="utf-8")
+    with pytest.raises(TandavaError, match="--force"):
+        install_windows(settings, dest_dir=folder, python=PYTHON)
+    path, _ = install_windows(settings, dest_dir=folder, python=PYTHON, force=True)
+    assert ET.parse(path).getroot().findtext("id") == "tandava"

@@ -151,9 +151,11 @@ def test_actions_land_in_approvals_through_decisions(panel: WebPanel, store: Run
         assert post(s, panel.url, f"/runs/{ref.run_id}/approve-all",
                     confirmed="yes").status_code == 303
     view = decisions.run_view(store, store.find(ref.run_id))
-    assert [seg.approved for seg in view.segments] == [1, 1, 0]
+    # segment 2's candidates were rejected by the request for new ones: approve-all leaves it open
+    assert [seg.approved for seg in view.segments] == [1, 1, None]
     log = ApprovalStore(store).load(store.find(ref.run_id)).decisions
-    assert {d.channel for d in log} == {"web"} and log[2].verdict == "regenerate"
+    assert {d.channel for d in log} == {"web"} and [d.verdict for d in log if d.segment == 2] == [
+        "reject", "reject", "regenerate"]
     assert all(d.by.startswith("web:127.0.0.1") for d in log)
 
 

@@ -56,6 +56,8 @@ class Decision(BaseModel):
     by: str
     channel: str
     at: datetime
+    # regenerate: the round asked for (logs written before it had none: an extra round once all are rejected).
+    for_round: int | None = None
 
 
 class Approvals(BaseModel):
@@ -78,6 +80,13 @@ class SegmentStatus(BaseModel):
     rejected: list[int] = Field(default_factory=list)
     rounds: int = 0
     extra_rounds: int = 0
+    # The newest round a person asked for; above ``rounds`` while it is being made.
+    asked_round: int = 0
+
+    @property
+    def asking(self) -> bool:
+        """A person asked for new candidates and the gate has not made them yet."""
+        return self.asked_round > self.rounds
 
     @property
     def all_rejected(self) -> bool:
@@ -135,7 +144,10 @@ def statuses(manifest: Manifest, approvals: Approvals, segments: int) -> list[Se
             if d.segment != seg:
                 continue
             if d.verdict == "regenerate":
-                status.extra_rounds += 1
+                if d.for_round is None:
+                    status.extra_rounds += 1
+                else:
+                    status.asked_round = max(status.asked_round, d.for_round)
             elif d.candidate is not None:
                 latest[d.candidate] = d
         # An undo leaves its candidate undecided again (its latest word is the undo itself).
@@ -194,6 +206,41 @@ class ApprovalStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def ask_for_new_candidates(self, run_id: str, segment: int, *, by: str, channel: str) -> Decision:
+        """"None of these, make new ones now": the ``regenerate`` decision of every channel.
+
+        In one write it rejects the segment's open candidates and asks for the next
+        round (``for_round``), which the gate makes on its next look, whatever
+        ``images.max_rounds`` says. Refused for an approved segment (reject its choice
+        first); a second request while that round is being made changes nothing.
+        """
+        with self.locked(run_id):
+            ref = self.store.find(run_id)
+            if ref.state not in DECIDING_STATES:
+                raise DecisionRefused(f"{ref.run_id} is in {ref.state.value}/, not waiting for approval")
+            manifest = self.store.load(ref)
+            if ref.state is not State.PENDING_APPROVAL and segment not in offered_segments(manifest):
+                raise DecisionRefused(f"segment {segment} of {ref.run_id} is not offered yet: its candidates "
+                                      "are still being made; ask once it is offered")
+            if segment not in candidates_of(manifest):
+                raise DecisionRefused(f"{ref.run_id} has no segment {segment} with candidates")
+            approvals = self.load(ref)
+            status = statuses(manifest, approvals, segment + 1)[segment]
+            if status.approved is not None:
+                raise DecisionRefused(f"segment {segment} of {ref.run_id} is approved (candidate {status.approved}): "
+                                      f"reject {segment}:{status.approved} first to ask for new candidates")
+            if status.asking:
+                return next(d for d in reversed(approvals.decisions) if d.segment == segment
+                            and d.verdict == "regenerate" and d.for_round == status.asked_round)
+            now = utcnow()
+            approvals.decisions += [Decision(segment=segment, candidate=c, verdict="reject", by=by, channel=channel,
+                                             at=now) for c in status.undecided]
+            decision = Decision(segment=segment, verdict="regenerate", by=by, channel=channel, at=now,
+                                for_round=status.rounds + 1)
+            approvals.decisions.append(decision)
+            self.save(ref, approvals)
+            return decision
+
     def decide(
         self,
         run_id: str,
@@ -205,6 +252,8 @@ class ApprovalStore:
         channel: str,
     ) -> Decision:
         """Record one decision for a run waiting for approval; idempotent for a repeated tap."""
+        if verdict == "regenerate":
+            return self.ask_for_new_candidates(run_id, segment, by=by, channel=channel)
         with self.locked(run_id):
             # The images stage may move the folder (analyzed → imaged) while a decision on an
             # offered segment is written: then the write finds no folder, and is made again there.

@@ -2,17 +2,23 @@
 
 Each check returns ok or what is wrong and the fix. Later capabilities
 (ComfyUI, Telegram, Gemini, services) add their checks to ``CHECKS``.
+
+The daemon runs the cheap, local ones itself before it starts
+(``refuse_to_start``: paths, theme, workflow files): a value that would fail
+every song, from the file or the environment, stops the start with the very
+line doctor prints, instead of failing runs one by one.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from daemon.checks import Check
 from daemon.config import Settings, comfy_urls, uses_comfy
-from daemon.errors import PermanentError
+from daemon.errors import PermanentError, TandavaError
 from daemon.runs import fsutil
 from daemon.video.media import find_ffmpeg
 
@@ -80,6 +86,7 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
     """Each ComfyUI server answers, and each workflow in use fits it (nodes, inputs, models) before any GPU time."""
     from daemon.backends.comfy.client import ComfyClient
     from daemon.backends.comfy.preflight import check_workflow
+    from daemon.backends.comfy.supervisor import PortTaken, refuse_foreign_owner
     from daemon.backends.comfy.vram import GB, stats_line
     from daemon.backends.comfy.workflows import find_workflow
     from daemon.errors import StageError
@@ -88,9 +95,7 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
         return
     cfg = settings.comfy
     try:
-        names = [cfg.image_workflow] if settings.images.backend == "comfyui" else []
-        names += [cfg.video_workflow] if settings.clips.backend == "comfyui" else []
-        workflows = [find_workflow(name, cfg.workflows) for name in names]
+        workflows = [find_workflow(name, cfg.workflows) for name in _workflow_names(settings)]
     except StageError as exc:
         yield Check("workflows", False, f"{exc.reason}; {exc.hint}")
         return
@@ -105,6 +110,12 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
             info = client.object_info()
         except StageError as exc:
             if managed is not None and url == comfy_urls(settings)[0]:
+                # Another program on the port keeps the daemon from launching it: say who, as the daemon would.
+                try:
+                    refuse_foreign_owner(managed)
+                except PortTaken as taken:
+                    yield Check(f"ComfyUI {url}", False, f"{taken.reason}; {taken.hint}")
+                    continue
                 # Not running is expected before the daemon starts: it launches this one.
                 yield Check(f"ComfyUI {url}", True, f"not running now; `tandava run` launches it from "
                             f"{managed.folder / 'main.py'} (workflows are checked once it is up)")
@@ -125,6 +136,47 @@ def check_comfy(settings: Settings) -> Iterator[Check]:
                 note += (f", but it needs about {wf.vram_gb:.0f} GB and the server has "
                          f"{stats.vram_total / GB:.0f} GB: ComfyUI will offload and run slowly")
             yield Check(f"workflow {wf.name} on {url}", True, note)
+
+
+def _workflow_names(settings: Settings) -> list[str]:
+    names = [settings.comfy.image_workflow] if settings.images.backend == "comfyui" else []
+    return names + ([settings.comfy.video_workflow] if settings.clips.backend == "comfyui" else [])
+
+
+def check_workflow_files(settings: Settings) -> Iterator[Check]:
+    """The ComfyUI workflows in use exist and fit their mappings (no server is asked)."""
+    from daemon.backends.comfy.workflows import find_workflow
+    from daemon.errors import StageError
+
+    names = _workflow_names(settings)
+    try:
+        for name in names:
+            find_workflow(name, settings.comfy.workflows)
+    except StageError as exc:
+        yield Check("workflows", False, f"{exc.reason}; {exc.hint}")
+        return
+    if names:
+        yield Check("workflows", True, ", ".join(names))
+
+
+class StartRefused(TandavaError):
+    """A check doctor also runs failed before the daemon started; its lines say what and how to fix it."""
+
+
+def startup_checks(settings: Settings) -> list[Check]:
+    """The checks the daemon runs before it starts: local, quick, and fatal to every song when they fail."""
+    return [*check_paths(settings), check_theme(settings), *check_workflow_files(settings)]
+
+
+def refuse_to_start(settings: Settings) -> None:
+    """Raise StartRefused with doctor's own lines when a start-up check fails."""
+    failing = [check for check in startup_checks(settings) if not check.ok]
+    if failing:
+        lines = "\n".join(f"FAIL {check.name}: {check.detail}" for check in failing)
+        # Names only, never values: the environment also carries tokens.
+        env = sorted(key for key in os.environ if key.startswith("TANDAVA_") and key != "TANDAVA_CONFIG")
+        where = f"\n(the environment sets {', '.join(env)}; it overrides tandava.toml)" if env else ""
+        raise StartRefused(f"not started; fix this first (`tandava doctor` runs every check):\n{lines}{where}")
 
 
 def check_writers(settings: Settings) -> Iterator[Check]:

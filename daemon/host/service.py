@@ -126,23 +126,30 @@ def install_systemd(
     dest: Path | None = None,
     python: Path | None = None,
     user: str = SYSTEM_USER,
+    force: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Write the unit; returns where, and the commands that enable, start and follow it."""
+    """Write the unit; returns where, and the commands that (copy,) enable, start and follow it.
+
+    ``dest`` must end in ``.service`` (systemd loads nothing else as a service); an
+    existing file with other content is kept unless ``force``.
+    """
     python = python or Path(sys.executable).absolute()  # not resolved: a venv's python is a symlink
+    unit_dir = user_unit_dir() if user_mode else SYSTEM_UNIT_DIR
     if dest is None:
-        dest = (Path.home() / ".config/systemd/user" if user_mode else SYSTEM_UNIT_DIR) / f"{SERVICE_NAME}.service"
+        dest = unit_dir / f"{SERVICE_NAME}.service"
+    if dest.suffix != ".service":
+        raise ConfigError("--dest", str(dest), f"a unit file name ending in .service, such as "
+                          f"{unit_dir / (SERVICE_NAME + '.service')} (systemd loads only those as services)")
     text = systemd_unit(settings, python=python, user=None if user_mode else user, user_mode=user_mode)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(text, encoding="utf-8")
-    except PermissionError:
-        raise TandavaError(f"cannot write {dest}: run this as root (sudo), or use --user for a per-user service") from None
+    _write_definition(dest, text, force=force,
+                      denied="run this as root (sudo), or use --user for a per-user service")
     unit = dest.name
+    commands = _copy_into(dest, unit_dir)
     folders = " ".join(_shell(p) for p in writable_paths(settings))
     if user_mode:
         for path in writable_paths(settings):
             path.mkdir(parents=True, exist_ok=True)
-        commands = [
+        commands += [
             "systemctl --user daemon-reload",
             f"systemctl --user enable --now {unit}",
             "# keep it running while you are logged out:",
@@ -151,7 +158,7 @@ def install_systemd(
             f"journalctl --user -u {unit} -f",
         ]
     else:
-        commands = [
+        commands += [
             f"# once: a dedicated user that owns the daemon's folders and can read {config_path(settings)}",
             f"id {user} >/dev/null 2>&1 || useradd --system --user-group --home-dir "
             f"{_shell(settings.paths.state_root)} --shell /usr/sbin/nologin {user}",
@@ -162,6 +169,34 @@ def install_systemd(
             f"journalctl -u {unit} -f",
         ]
     return dest, commands
+
+
+def user_unit_dir() -> Path:
+    """Where a user's systemd manager looks for the units a person writes."""
+    return Path.home() / ".config/systemd/user"
+
+
+def _write_definition(dest: Path, text: str, *, force: bool, denied: str) -> None:
+    """Write a service definition; another one already there is replaced only when forced."""
+    try:
+        if dest.is_file() and not force and dest.read_text(encoding="utf-8", errors="replace") != text:
+            raise TandavaError(f"{dest} already exists and holds another service definition: "
+                               "add --force to replace it (it may run another installation; "
+                               "`tandava doctor` says which)")
+        if dest.is_dir():
+            raise TandavaError(f"{dest} is a folder: give --dest a file name")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text, encoding="utf-8")
+    except PermissionError:
+        raise TandavaError(f"cannot write {dest}: {denied}") from None
+
+
+def _copy_into(dest: Path, unit_dir: Path) -> list[str]:
+    """The commands that put a unit written elsewhere where systemd reads it (none when it is there)."""
+    if dest.absolute().parent == unit_dir.absolute():
+        return []
+    return [f"# systemd reads units from {unit_dir}, not from {dest.absolute().parent}: copy it there",
+            f"install -D -m 644 {_shell(dest.absolute())} {_shell(unit_dir / dest.name)}"]
 
 
 def _protect_home(settings: Settings, python: Path) -> str:
@@ -245,14 +280,18 @@ def install_windows(
     dest_dir: Path | None = None,
     python: Path | None = None,
     drive_type: Callable[[str], str] | None = None,
+    force: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Write ``tandava.xml``; returns where, and the commands that install and start it."""
+    """Write ``tandava.xml``; returns where, and the commands that install and start it.
+
+    Another ``tandava.xml`` already in the folder is replaced only when ``force``.
+    """
     python = python or Path(sys.executable).absolute()
     config = config_path(settings)
     folder = dest_dir or config.parent / "service"
-    folder.mkdir(parents=True, exist_ok=True)
     xml = folder / f"{SERVICE_NAME}.xml"
-    xml.write_text(winsw_xml(settings, python=python), encoding="utf-8")
+    _write_definition(xml, winsw_xml(settings, python=python), force=force,
+                      denied="run this from an administrator's prompt, or choose another --dest folder")
     exe = folder / f"{SERVICE_NAME}.exe"
     commands = [
         f"REM {warning}"
@@ -303,8 +342,7 @@ def _windows_drive_type(drive: str) -> str:
 
 def installed_definitions(settings: Settings) -> list[Path]:
     """Service definitions written by `tandava service install` for any installation, where they live."""
-    found = [SYSTEM_UNIT_DIR / f"{SERVICE_NAME}.service",
-             Path.home() / ".config/systemd/user" / f"{SERVICE_NAME}.service"]
+    found = [SYSTEM_UNIT_DIR / f"{SERVICE_NAME}.service", user_unit_dir() / f"{SERVICE_NAME}.service"]
     if settings.config_file is not None:
         found.append(settings.config_file.parent / "service" / f"{SERVICE_NAME}.xml")
     return [path for path in found if path.is_file()]

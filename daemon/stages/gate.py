@@ -5,10 +5,10 @@ run's decision lock it applies the auto policy (in ``auto`` mode: approve the
 first candidate nobody rejected), derives each segment's status, and if every
 segment is approved it moves the run while still holding the lock, so no
 channel can slip a rejection in between the check and the move. A segment
-whose candidates were all rejected gets a new round of candidates (new
-candidate numbers, so new seeds), up to ``images.max_rounds`` plus one per
-"regenerate" a person asked for; then the run waits with a status that says
-exactly what a person can do.
+gets a new round of candidates (new candidate numbers, so new seeds) at once
+when a person asked for one ("regenerate"), and on its own when every
+candidate was rejected, up to ``images.max_rounds`` rounds; then the run
+waits with a status that says exactly what a person can do.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class Gate:
         return self._wait_or_regenerate(job, current, segments)
 
     def _wait_or_regenerate(self, job: StageRun, current: list[SegmentStatus], segments: list[Segment]) -> Outcome:
-        fresh = [s for s in current if s.all_rejected and s.rounds < self.settings.images.max_rounds + s.extra_rounds]
+        limit = self.settings.images.max_rounds
+        fresh = [s for s in current if s.asking or (s.all_rejected and s.rounds < limit + s.extra_rounds)]
         if fresh:
             self._new_round(job, fresh, segments)
             return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)

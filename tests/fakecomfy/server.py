@@ -748,7 +748,11 @@ class FakeComfy:
             return
         with contextlib.suppress(RuntimeError):  # the loop may have closed on its own
             process.loop.call_soon_threadsafe(_resolve, process.stopping, mode)
-        thread.join(15)
+        # Returns only once every socket is closed: a thread left running would close them
+        # during a later test, or leave them to the garbage collector (a busy machine is slow).
+        thread.join(60)
+        if thread.is_alive():
+            raise RuntimeError(f"FakeComfy on port {self.port} did not stop within 60 s")
 
     def __enter__(self) -> FakeComfy:
         return self.start()
@@ -942,9 +946,13 @@ class _Process:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for site in list(runner.sites):
+            await site.stop()  # stop listening first: a reconnect is refused
+        # A connection the kernel accepted just before is handed to the server a few loop
+        # turns later; closing before then left its socket to the garbage collector.
+        for _ in range(5):
+            await asyncio.sleep(0)
         if mode == "abrupt":
-            for site in list(runner.sites):
-                await site.stop()  # stop listening first: a reconnect is refused
             for handler in runner.server.connections if runner.server else []:
                 if handler.transport is not None:
                     handler.transport.abort()  # no close frame: the peer sees 1006

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ log = structlog.get_logger("tandava.comfy")
 
 PING_SECONDS = 20.0
 RECONNECT_MAX_SECONDS = 10.0
+# The reader wakes within a second of a stop; a machine under load may take much longer.
+STOP_TIMEOUT_SECONDS = 30.0
 
 
 def client_id_for(state_root: Path) -> str:
@@ -85,13 +88,19 @@ class ComfyClient:
         self._session = requests.Session()
         self._object_info: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
+        """Close every pooled connection; a request still in flight closes its own when it ends."""
+        self._closed = True
         self._session.close()
 
     # -- plumbing -------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> requests.Response:
+        if self._closed:
+            raise Unavailable(f"the connection to ComfyUI at {self.url} is closed: Tandava is stopping",
+                              "Nothing to do: the job is picked up again at the next start.", cause="ComfyClosed")
         try:
             return self._session.request(method, self.url + path, timeout=timeout or self.timeout, **kwargs)
         except requests.Timeout as exc:
@@ -106,6 +115,11 @@ class ComfyClient:
                 "Start ComfyUI (or let Tandava manage it with [comfy.managed]); the run carries on when it is back.",
                 cause="ComfyDown", recheck_seconds=10.0,
             ) from exc
+        finally:
+            if self._closed:
+                # close() ran during this request: the pool requests made for it would
+                # otherwise keep its socket open until the garbage collector finds it.
+                self._session.close()
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
@@ -283,14 +297,23 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Stop listening; returns once the reader has closed its socket (within a second, or ``timeout``).
+
+        The socket is closed by the reader thread alone: closing it from here while the
+        reader is inside ``recv`` raced it, and a socket could be left for the garbage
+        collector. Shutting it down wakes the reader at once instead.
+        """
         self._stop.set()
         ws = self._ws
-        if ws is not None:
-            # Closing a broken socket may fail in many ways; it is going away regardless.
-            with contextlib.suppress(Exception):
-                ws.close(timeout=1)
-        self._thread.join(timeout=5)
+        sock = getattr(ws, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed, or never fully connected
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("comfy.ws_stop_slow", url=self.url, seconds=timeout)
 
     def _loop(self) -> None:
         delay = 0.2
@@ -308,8 +331,10 @@ class Listener:
                 self._receive(ws)
             finally:
                 self._ws = None
+                # Closing a broken socket may fail in many ways; it is going away regardless.
                 with contextlib.suppress(Exception):
                     ws.close(timeout=0.5)
+                ws.shutdown()  # close() skips a socket it thinks is already disconnected
                 self._set_connected(False)
 
     def _receive(self, ws: websocket.WebSocket) -> None:

@@ -101,8 +101,10 @@ class Pool:
         for server in self.servers:
             if server.listener is not None:
                 server.listener.stop()
+        # Every thread that may still send a request ends before the clients close (a busy
+        # machine can take seconds); a request that outlives this closes its own connection.
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=30)
         for server in self.servers:
             server.client.close()
 

@@ -58,6 +58,15 @@ _WORDS = {"refused": "connection refused", "timeout": "no answer in time", "erro
 class PortTaken(Unavailable):
     """Another program listens on the managed ComfyUI's port; Tandava will not kill it."""
 
+    def __init__(self, cfg: ManagedComfyConfig, owner: Owner) -> None:
+        self.owner = owner
+        super().__init__(
+            f"port {cfg.port} on {cfg.host} is held by {owner.name} ({owner}), not by the ComfyUI in {cfg.folder}",
+            "Stop that program, or set another port under [comfy.managed] port; "
+            "Tandava never stops a program it did not start",
+            recheck_seconds=30.0,
+        )
+
 
 def health(url: str, timeout: float) -> Health:
     """How the server at ``url`` answers GET /system_stats within ``timeout`` seconds."""
@@ -134,6 +143,17 @@ def is_our_comfyui(owner: Owner, folder: Path) -> bool:
     scripts = [Path(arg) for arg in owner.cmdline[1:] if Path(arg).name.lower() == "main.py"]
     # (cwd / an absolute path) is that absolute path
     return any(os.path.normcase(((cwd or Path()) / p).resolve()) == target for p in scripts if p.is_absolute() or cwd)
+
+
+def refuse_foreign_owner(cfg: ManagedComfyConfig) -> Owner | None:
+    """Who listens on the managed port: nobody (None) or our ComfyUI; another program raises PortTaken.
+
+    The daemon asks before it launches or kills anything; ``tandava doctor`` asks the same.
+    """
+    owner = port_owner(cfg.port, cfg.host)
+    if owner is not None and not is_our_comfyui(owner, cfg.folder):
+        raise PortTaken(cfg, owner)
+    return owner
 
 
 def kill_tree(pid: int, timeout: float = KILL_TIMEOUT_SECONDS) -> None:
@@ -295,16 +315,11 @@ class ComfyProcess:
         """Kill our child and our stale ComfyUI on the port; a foreign owner raises PortTaken."""
         self._adopted = False
         self._reap()
-        owner = port_owner(self.cfg.port, self.cfg.host)
-        if owner is not None and not is_our_comfyui(owner, self.cfg.folder):
-            log.error("comfy.port_taken", port=self.cfg.port, owner=str(owner))
-            raise PortTaken(
-                f"port {self.cfg.port} on {self.cfg.host} is held by {owner.name} ({owner}), "
-                f"not by the ComfyUI in {self.cfg.folder}",
-                "Stop that program, or set another port under [comfy.managed] port; "
-                "Tandava never stops a program it did not start",
-                recheck_seconds=30.0,
-            )
+        try:
+            owner = refuse_foreign_owner(self.cfg)
+        except PortTaken as exc:
+            log.error("comfy.port_taken", port=self.cfg.port, owner=str(exc.owner))
+            raise
         if self._proc is not None and (owner is None or owner.pid != self._proc.pid):
             self._kill(self._proc.pid, stop)  # alive but not the one listening: of no use
         if owner is not None:

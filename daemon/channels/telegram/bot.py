@@ -323,11 +323,9 @@ class TelegramBot:
             if status.approved is not None:
                 return (f"{seg}:{status.approved} is approved; tap ❌{status.approved} first if you want "
                         "new candidates.")
-            # "Regenerate" means none of these: reject what is open, then ask for a round.
-            for cand in [c.index for c in status.candidates if c.status == "open"]:
-                decisions.decide(self.store, run_id, "reject", seg, cand, by=by, channel=CHANNEL)
+            # "Regenerate" means none of these: the open ones are rejected and a round is made now.
             decisions.decide(self.store, run_id, "regenerate", seg, None, by=by, channel=CHANNEL)
-            return f"🔁 segment {seg}: new candidates are on their way."
+            return f"🔁 segment {seg}: new candidates are being made now; they arrive here."
         decision = decisions.decide(self.store, run_id, button.action, seg, button.candidate, by=by,
                                     channel=CHANNEL)
         said = "✅ approved" if decision.verdict == "approve" else "❌ rejected"

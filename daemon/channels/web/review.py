@@ -110,11 +110,16 @@ def figure(run_id: str, seg: SegmentView, cand: CandidateView, csrf: str, *, wid
 
 
 def regenerate_form(run_id: str, seg: SegmentView, csrf: str) -> str:
-    """Ask for a new round of candidates for one segment."""
+    """"None of these": new candidates for one segment, made now (nothing for an approved segment:
+    the decision store asks for its choice to be rejected first)."""
+    if seg.approved is not None:
+        return ""
     return (f'<form class="act regen" method="post" action="{run_href(run_id, "decide")}">'
             f'{_hidden(csrf, segment=seg.index, verdict="regenerate")}'
-            f'<button type="submit" aria-label="Ask for new candidates for segment {seg.index}">'
-            f'Ask for new candidates</button></form>')
+            f'<button type="submit" aria-label="Make new candidates now for segment {seg.index}">'
+            f'Make new candidates now</button>'
+            f'<small>rejects the open candidates here and makes a new round at once, with new seeds; '
+            f'a rejected one can still be approved</small></form>')
 
 
 def approve_all_form(view: RunView, csrf: str) -> str:
