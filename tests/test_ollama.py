@@ -11,8 +11,8 @@ from comfy_helpers import FLUX, WAN, image_job, models_for
 from fakecomfy import FakeComfy
 from fakeollama import GB, MODEL, FakeOllama
 
-from daemon.backends.base import noop_progress
 from daemon.app import open_comfy
+from daemon.backends.base import noop_progress
 from daemon.config import OllamaConfig, Settings
 from daemon.host.doctor import check_writers
 from daemon.music.analysis import Analysis, analyze_signal

@@ -72,7 +72,7 @@ def _progress(store: RunStore, ref: RunRef) -> str:
             else f"{', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
         )
         for stage, progress in manifest.stages.items()
-        if progress.finished_at is None
+        if progress.is_open
     ]
     analyze = manifest.stages.get("analyze")
     if analyze is not None and analyze.finished_at is not None:
@@ -99,7 +99,7 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
     if manifest.stages:
         yield "stages"
         for name, progress in manifest.stages.items():
-            done = "finished" if progress.finished_at else "in progress"
+            done = progress.outcome
             steps = ", ".join(progress.steps_done) or "-"
             extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()

@@ -78,6 +78,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def keep_previous(path: Path, backup: Path) -> None:
+    """Make ``backup`` a whole copy of ``path`` as it is now (nothing when ``path`` is missing).
+
+    A hard link under a temp name renamed over ``backup``: no data is copied and
+    the backup is never half-written. Where links are not supported (FAT, some
+    shares) the content is copied the same way.
+    """
+    tmp = temp_path_for(backup)
+    try:
+        os.link(path, tmp)
+    except FileNotFoundError:
+        return
+    except OSError:
+        try:
+            shutil.copyfile(path, tmp)
+        except FileNotFoundError:
+            return
+    try:
+        os.replace(tmp, backup)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Atomically write UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -173,7 +173,8 @@ class HealthReporter:
             started_at=self.started_at.isoformat(),
             heartbeat=now.isoformat(),
             counts=count_runs(self.store.root),
-            in_flight=sorted(self.in_flight()) if self.in_flight is not None else [],
+            # A stopped daemon works on nothing, whatever it was doing last.
+            in_flight=sorted(self.in_flight()) if self.in_flight is not None and not stopped else [],
             backends=self._backends(),
             last_error=self._last_error,
             stalls=list(self._stalls),
@@ -215,7 +216,7 @@ class HealthReporter:
             return None
         open_stages = [
             (name, progress) for name, progress in manifest.stages.items()
-            if progress.started_at is not None and progress.finished_at is None
+            if progress.started_at is not None and progress.is_open
         ]
         if not open_stages:
             return None  # queued, not started: waiting for a worker is not a stall
@@ -310,8 +311,10 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
     else:
         yield (f"no daemon has written a heartbeat for {format_age(age)}: is it running? "
                f"(last pid {health.pid}; `tandava logs` shows its last words)")
-    if health.in_flight:
-        yield f"working on: {', '.join(health.in_flight)}"
+    if health.in_flight and health.stopped_at is None:
+        # A daemon whose heartbeat went stale was working on these when it went silent.
+        doing = "working on" if age <= stale_seconds else "was working on"
+        yield f"{doing}: {', '.join(health.in_flight)}"
     for backend in health.backends:
         where = backend.get("url") or backend.get("name") or "?"
         state = "up" if backend.get("up") else f"DOWN: {backend.get('problem') or 'not answering'}"

@@ -5,7 +5,9 @@ backend. A job that is done (status recorded and its output on disk) is
 returned as it is. A new job is written into ``run.json`` *before* the backend
 hears of it (invariant 4), so a crash after submitting leaves a record to
 re-attach to. A job recorded but not done is re-attached when the backend can
-resume it, and submitted again otherwise (redone once). ``finish_job`` waits
+resume it, and submitted again otherwise (redone once). Each submission counts
+an attempt, recorded before the backend starts it, so a job made again after
+a kill shows ``attempts: 2``. ``finish_job`` waits
 for it, checks the output and records it done. A stage starts all the jobs it
 can before it finishes the first, so a GPU server always has the next job
 queued. Paths in the manifest are relative to the run folder, because the
@@ -57,11 +59,16 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
         return record
     if record is None:
         record = make_record()
+        record.attempts = 1
         manifest.jobs[job_id] = record
         job.store.save(job.ref, manifest)  # the id is on disk before the backend hears of it
         backend.submit(located(record, job.ref.path))
     elif record.status == "failed" or not backend.can_resume(located(record, job.ref.path)):
+        # Made again (after a kill, a lost server, a failure): the attempt is on
+        # disk before the backend starts it, so `show` counts what kills cost.
         record.status = "submitted"
+        record.attempts += 1
+        job.store.save(job.ref, manifest)
         backend.submit(located(record, job.ref.path))
     return record
 
@@ -72,7 +79,7 @@ def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | N
         return record
     (job.ref.path / record.output).parent.mkdir(parents=True, exist_ok=True)
     with structlog.contextvars.bound_contextvars(segment=record.segment):
-        record.attempts += 1
+        record.attempts = max(record.attempts, 1)  # a record written before attempts were counted at start
         output = backend.collect(located(record, job.ref.path), progress=_progress_writer(job, record),
                                  stop=job.stop_event)
         if check is not None:

@@ -61,7 +61,7 @@ def stage_lines(manifest: Manifest) -> list[str]:
     """One line per unfinished stage: what it waits for, or which steps it finished."""
     lines = []
     for name, progress in manifest.stages.items():
-        if progress.finished_at is not None:
+        if not progress.is_open:
             continue
         if "waiting" in progress.detail:
             lines.append(f"{name}: {progress.detail['waiting']}")

@@ -1,0 +1,206 @@
+"""Run state people can trust: every stage outcome closes the stage, broken runs are named once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.errors import BadInput
+from daemon.host.report import show_lines, status_lines
+from daemon.runs.engine import Engine, Moved, Stage, StageRun, Waiting
+from daemon.runs.manifest import Manifest
+from daemon.runs.states import Event, State
+from daemon.runs.store import MANIFEST_BACKUP, RunRef, RunStore
+
+
+def add_run(store: RunStore, tmp_path: Path, name: str = "a.mp3") -> RunRef:
+    song = tmp_path / name
+    song.write_bytes(name.encode())
+    return store.create(song, (name.encode().hex() * 64)[:64])
+
+
+def run_until(engine: Engine, done, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Run ``engine`` in a thread until ``done()`` holds, then stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert done()
+
+
+def test_a_stage_that_moves_the_run_itself_is_finished_without_its_waiting_reason(
+        store: RunStore, tmp_path: Path) -> None:
+    """A stage answering Moved (the approval gate) gets finished_at and loses its waiting detail."""
+    calls: list[int] = []
+
+    def gate(job: StageRun) -> Waiting | Moved:
+        calls.append(1)
+        if len(calls) < 3:
+            return Waiting("waiting for a person to approve 3 of 3 segment(s)", recheck_seconds=0.0)
+        return Moved(job.store.move(job.ref, Event.ANALYSIS_DONE, note="all approved"))
+
+    ref = add_run(store, tmp_path)
+    engine = Engine(store, [Stage("approval", State.INCOMING, Event.ANALYSIS_DONE, gate)], tick_seconds=0.01)
+    run_until(engine, lambda: store.find(ref.run_id).state is State.ANALYZED)
+    moved = store.find(ref.run_id)
+    manifest = store.load(moved)
+    progress = manifest.stages["approval"]
+    assert progress.finished_at is not None and progress.is_open is False
+    assert "waiting" not in progress.detail
+    assert manifest.history[-1].note == "all approved"
+    assert any("approval: finished" in line for line in show_lines(store, ref.run_id))
+    assert not any("waiting for a person" in line for line in status_lines(store.root))
+
+
+def test_a_failed_stage_is_shown_failed_not_in_progress(store: RunStore, tmp_path: Path) -> None:
+    """A run that failed shows its stage as failed in `show`, and retry opens it again."""
+
+    def work(job: StageRun) -> None:
+        job.done("hash")
+        raise BadInput("the song is silent", "drop a song with sound")
+
+    ref = add_run(store, tmp_path)
+    Engine(store, [Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, work)],
+           tick_seconds=0.01).run(threading.Event(), once=True)
+    failed = store.find(ref.run_id)
+    assert failed.state is State.FAILED
+    lines = list(show_lines(store, ref.run_id))
+    assert any(line.startswith("  analyze: failed; steps: hash") for line in lines), lines
+    assert not any("in progress" in line for line in lines)
+    status = list(status_lines(store.root))
+    assert f"  {ref.run_id}  failed in analyze: the song is silent" in status
+    back = store.retry(failed)
+    assert store.load(back).stages["analyze"].is_open
+
+
+def test_a_waiting_run_is_not_reported_as_being_worked_on(store: RunStore, tmp_path: Path) -> None:
+    """A run only re-checked while it waits for a person is never in in_flight."""
+    seen: list[list[str]] = []
+    engine: Engine
+
+    def gate(job: StageRun) -> Waiting:
+        seen.append(engine.in_flight())
+        return Waiting("waiting for a person", recheck_seconds=0.02)
+
+    ref = add_run(store, tmp_path)
+    engine = Engine(store, [Stage("approval", State.INCOMING, Event.ANALYSIS_DONE, gate)], tick_seconds=0.005)
+    run_until(engine, lambda: len(seen) >= 5)
+    assert seen[0] == [ref.run_id]  # the first look is work: the run was not waiting yet
+    assert all(ids == [] for ids in seen[1:])
+    assert engine.in_flight() == []
+
+
+def test_pauses_of_runs_that_never_come_back_are_forgotten(store: RunStore, tmp_path: Path) -> None:
+    """The engine drops its note of a paused run once no stage lists that run any more."""
+
+    def gate(job: StageRun) -> Waiting:
+        return Waiting("waiting for a person", recheck_seconds=60.0)
+
+    refs = [add_run(store, tmp_path, f"s{i}.mp3") for i in range(3)]
+    engine = Engine(store, [Stage("approval", State.INCOMING, Event.ANALYSIS_DONE, gate)], tick_seconds=0.005)
+    run_until(engine, lambda: len(engine.waiting()) == 3)
+    for ref in refs[:2]:  # a person archives two of them; they never come back to incoming/
+        (store.root / "elsewhere").mkdir(exist_ok=True)
+        ref.path.rename(store.root / "elsewhere" / ref.run_id)
+    engine.tick()
+    assert engine.waiting() == [refs[2].run_id]
+    engine.shutdown()
+
+
+def broken_engine(store: RunStore) -> tuple[Engine, list[str]]:
+    calls: list[str] = []
+
+    def work(job: StageRun) -> None:
+        calls.append(job.ref.run_id)
+
+    return Engine(store, [Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, work)], tick_seconds=0.005), calls
+
+
+def test_a_folder_without_run_json_is_named_once_then_left_alone(store: RunStore) -> None:
+    """A folder in a state directory that is not a run is logged once, with the fix, not every few seconds."""
+    stray = store.dir_for(State.INCOMING) / "holiday photos"
+    stray.mkdir()
+    engine, calls = broken_engine(store)
+    with capture_logs() as logs:
+        for _ in range(20):
+            engine.tick()
+            engine.busy()
+            time.sleep(0.01)
+    engine.shutdown()
+    broken = [e for e in logs if e["event"] == "run.broken"]
+    assert len(broken) == 1, logs
+    assert broken[0]["problem"].startswith(f"{stray} is not a Tandava run: no run.json.")
+    assert "tandava forget holiday photos" in broken[0]["problem"]
+    assert not [e for e in logs if e["event"] == "stage.store_error"]
+    assert calls == []
+
+
+def test_a_damaged_run_json_is_named_once_and_looked_at_again_when_it_changes(
+        store: RunStore, tmp_path: Path) -> None:
+    """A truncated run.json is named once (restore from run.json.bak); restoring it lets the run go on."""
+    ref = add_run(store, tmp_path)
+    manifest = store.load(ref)
+    store.save(ref, manifest)  # a second write: the first is kept as run.json.bak
+    good = ref.manifest_path.read_bytes()
+    assert (ref.path / MANIFEST_BACKUP).read_bytes() != b""
+    ref.manifest_path.write_bytes(good[: len(good) // 2])  # torn by a full disk or a hand edit
+    engine, calls = broken_engine(store)
+    with capture_logs() as logs:
+        for _ in range(10):
+            engine.tick()
+            engine.busy()
+            time.sleep(0.01)
+    broken = [e for e in logs if e["event"] == "run.broken"]
+    assert len(broken) == 1
+    assert broken[0]["problem"] == (f"{ref.manifest_path} is damaged: restore it from run.json.bak "
+                                    f"or `tandava forget {ref.run_id}`.")
+    (ref.path / MANIFEST_BACKUP).replace(ref.manifest_path)  # the person restores it
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        engine.tick()
+        time.sleep(0.01)
+    engine.shutdown()
+    assert calls == [ref.run_id]
+
+
+def test_every_manifest_write_keeps_the_previous_one_whole(store: RunStore, tmp_path: Path) -> None:
+    """run.json.bak is always the manifest before the last write, and reads back."""
+    ref = add_run(store, tmp_path)
+    for n in range(3):
+        manifest = store.load(ref)
+        manifest.progress("analyze").attempts = n + 1
+        store.save(ref, manifest)
+        backup = Manifest.model_validate_json((ref.path / MANIFEST_BACKUP).read_bytes())
+        assert backup.stages.get("analyze", None) is None or backup.stages["analyze"].attempts == n
+    assert [p.name for p in ref.path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("stage_name", ["analyze", "render"])
+def test_a_run_whose_song_was_deleted_fails_with_a_path_that_exists(
+        settings, store: RunStore, tmp_path: Path, stage_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A deleted song fails the run with a hint naming the failed/ folder the run rests in."""
+    from daemon.stages.pipeline import Analyze
+    from daemon.stages.render import Render
+
+    ref = add_run(store, tmp_path)
+    (ref.path / "a.mp3").unlink()
+    work = Analyze(settings) if stage_name == "analyze" else Render(settings)
+    Engine(store, [Stage(stage_name, State.INCOMING, Event.ANALYSIS_DONE, work)],
+           tick_seconds=0.01).run(threading.Event(), once=True)
+    failed = store.find(ref.run_id)
+    assert failed.state is State.FAILED
+    error = store.load(failed).last_error
+    assert error is not None and error.cause == "Missing"
+    assert f"Put the song back into {failed.path} as a.mp3" in error.hint
+    assert failed.path.is_dir()
+    assert f"tandava retry {ref.run_id}" in error.hint
