@@ -204,3 +204,49 @@ def test_a_run_whose_song_was_deleted_fails_with_a_path_that_exists(
     assert f"Put the song back into {failed.path} as a.mp3" in error.hint
     assert failed.path.is_dir()
     assert f"tandava retry {ref.run_id}" in error.hint
+
+
+class _LocalBackend:
+    """A backend that works inside collect, like storyboard and kenburns (it cannot resume)."""
+
+    name = "local"
+    resource = "cpu"
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, job) -> None:  # type: ignore[no-untyped-def]
+        self.submitted.append(job.id)
+
+    def collect(self, job, *, progress, stop) -> Path:  # type: ignore[no-untyped-def]
+        out = Path(job.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"image")
+        return out
+
+    def can_resume(self, job) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+def test_a_job_made_again_after_a_kill_shows_two_attempts(store: RunStore, tmp_path: Path) -> None:
+    """The attempt is on disk when a job starts: a kill mid-job then a redo gives attempts 2 in `show`."""
+    from daemon.runs.job import Job
+    from daemon.stages.jobs import ensure_job, start_job
+
+    ref = add_run(store, tmp_path)
+
+    def make() -> Job:
+        return Job(id="j1", kind="image", backend="local", segment=0, seed=7, width=64, height=48,
+                   output="candidates/s000_c00.png")
+
+    backend = _LocalBackend()
+    first = StageRun("images", ref, store.load(ref), store, threading.Event())
+    start_job(first, backend, "j1", make)  # … and the daemon is killed before the job ends
+    assert store.load(ref).jobs["j1"].attempts == 1
+    again = StageRun("images", ref, store.load(ref), store, threading.Event())  # after the restart
+    record = ensure_job(again, backend, "j1", make)
+    assert record.status == "done" and record.attempts == 2
+    assert backend.submitted == ["j1", "j1"]
+    lines = list(show_lines(store, ref.run_id))
+    assert "jobs     1 done, 0 in flight, 0 failed; 2 attempt(s) for 1 job(s)" in lines
+    assert "  image s000#0  done; attempts: 2  [j1]" in lines

@@ -103,6 +103,7 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
             steps = ", ".join(progress.steps_done) or "-"
             extra = " ".join(f"{k}={v}" for k, v in progress.detail.items())
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
+    yield from _job_lines(manifest)
     yield from _writing_lines(ref.path)
     if manifest.errors:
         yield "errors"
@@ -112,6 +113,21 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
                 yield f"      fix: {err.hint}"
     if ref.state is State.FAILED:
         yield f"retry with: tandava retry {ref.run_id}"
+
+
+def _job_lines(manifest: Manifest) -> Iterator[str]:
+    """Backend jobs by status, then each job that took more than one attempt (what kills
+    and failures cost) or has not finished."""
+    jobs = list(manifest.jobs.values())
+    if not jobs:
+        return
+    counts = {status: sum(1 for j in jobs if j.status == status) for status in ("done", "submitted", "failed")}
+    made = sum(j.attempts for j in jobs)
+    yield (f"jobs     {counts['done']} done, {counts['submitted']} in flight, {counts['failed']} failed; "
+           f"{made} attempt(s) for {len(jobs)} job(s)")
+    for job in sorted(jobs, key=lambda j: (j.kind, j.segment, j.index, j.id)):
+        if job.attempts > 1 or job.status != "done":
+            yield f"  {job.kind} s{job.segment:03d}#{job.index}  {job.status}; attempts: {job.attempts}  [{job.id}]"
 
 
 def _writing_lines(run_dir: Path) -> Iterator[str]:

@@ -84,10 +84,12 @@ class StageProgress(BaseModel):
 
     @property
     def outcome(self) -> str:
-        """``finished``, ``failed`` or ``in progress``: what ``show`` prints."""
+        """``finished``, ``failed``, ``waiting`` or ``in progress``: what ``show`` prints."""
         if self.finished_at is not None:
             return "finished"
-        return "failed" if self.failed_at is not None else "in progress"
+        if self.failed_at is not None:
+            return "failed"
+        return "waiting" if "waiting" in self.detail else "in progress"
 
     def end(self, at: datetime, *, failed: bool = False) -> None:
         """Close the stage, whichever way it ended: nothing it waited for is pending any more."""
