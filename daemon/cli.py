@@ -113,13 +113,17 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
-    """List what waits for a person: every run in pending_approval, its segments and candidate images.
+    """List what waits for a person: one line per segment of every run in pending_approval (or of RUN).
+
+    Each segment is approved, or open with its number of candidates; -v adds
+    each candidate's image path.
 
     Example: tandava pending
+             tandava pending shiva -v
     """
     from daemon.host.report import pending_lines
 
-    for line in pending_lines(settings.paths.state_root):
+    for line in pending_lines(settings.paths.state_root, args.run, verbose=args.verbose):
         print(line)
     return 0
 
@@ -336,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
         if name == "status":
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
+        if name == "pending":
+            p.add_argument("run", nargs="?", default=None, help="only this run (its id, start, or a word)")
+            p.add_argument("-v", "--verbose", action="store_true", help="also print each candidate's path")
         if name == "demo":
             p.add_argument("--dir", type=Path, default=Path("tandava-demo"), help="demo folder")
         if name == "logs":

@@ -257,14 +257,22 @@ max_age_days = {defaults.LOG_MAX_AGE_DAYS}           # also roll a log this old 
 """
 
 
-def pending_lines(root: Path) -> Iterator[str]:
-    """Runs waiting for approval, per segment: status and candidate images."""
+def pending_lines(root: Path, run: str | None = None, *, verbose: bool = False) -> Iterator[str]:
+    """What waits for approval: one line per segment (decided, or open with its candidates),
+    for every waiting run or just ``run``; ``verbose`` adds each candidate's image path."""
     from daemon.approval.store import ApprovalStore, candidates_of, statuses
     from daemon.music.segments_file import read_segments
 
     store = RunStore(root)
     approvals = ApprovalStore(store)
-    refs = list(store.iter_runs([State.PENDING_APPROVAL]))
+    if run is not None:
+        ref = store.find(run)
+        if ref.state is not State.PENDING_APPROVAL:
+            yield f"{ref.run_id} is in {ref.state.value}/: it does not wait for approval."
+            return
+        refs = [ref]
+    else:
+        refs = list(store.iter_runs([State.PENDING_APPROVAL]))
     if not refs:
         yield "nothing waits for approval."
         return
@@ -280,14 +288,21 @@ def pending_lines(root: Path) -> Iterator[str]:
         open_count = sum(1 for s in current if s.approved is None)
         yield f"{ref.run_id}  ({manifest.song.original_name}): {open_count} of {len(current)} segment(s) open"
         for status, segment in zip(current, segments, strict=True):
-            state = f"approved {status.approved}" if status.approved is not None else (
-                "all rejected" if status.all_rejected else "open")
+            made = jobs.get(segment.index, [])
+            if status.approved is not None:
+                state = f"approved {status.approved}"
+            else:
+                state = f"{'all rejected' if status.all_rejected else 'open'}, {len(made)} candidate(s)"
             yield f"  segment {segment.index}  {_clock(segment.start)}-{_clock(segment.end)}  {segment.mood}  [{state}]"
-            for job in jobs.get(segment.index, []):
+            if not verbose:
+                continue
+            for job in made:
                 mark = "approved" if job.index == status.approved else (
                     "rejected" if job.index in status.rejected else "")
                 yield f"    {segment.index}:{job.index}  {ref.path / job.output}  {mark}".rstrip()
         yield f"  approve with: tandava approve {ref.run_id} --all   (or SEGMENT:CANDIDATE …)"
+    if not verbose:
+        yield "(`tandava pending -v` adds each candidate's image path)"
 
 
 def _clock(seconds: float) -> str:
