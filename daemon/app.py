@@ -22,6 +22,7 @@ from daemon.host.service import STOP_TIMEOUT_SECONDS
 from daemon.intake.intake import Intake
 from daemon.runs.engine import Engine
 from daemon.runs.health import HealthReporter, comfy_backends
+from daemon.runs.retention import Janitor
 from daemon.runs.store import RunStore
 from daemon.stages.pipeline import build_stages
 
@@ -59,6 +60,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     comfy: ComfyBackends | None = None
     channels: list[Channel] = []
     health: HealthReporter | None = None
+    janitor: Janitor | None = None
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -84,16 +86,24 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             backoff_max=settings.engine.backoff_max_seconds,
             tick_seconds=settings.engine.tick_seconds,
         )
+        janitor = Janitor(store, settings.retention, inbox=settings.paths.inbox)
         health = HealthReporter(
             settings, store,
             backends=comfy_backends(comfy.pool) if comfy is not None else None,
             in_flight=engine.in_flight,
+            disk=janitor.disk,
         )
         if once:
             for path in watcher.scan_once():
                 intake.accept(path)
             log.info("daemon.once", inbox=str(settings.paths.inbox))
-            engine.run(stop_event, once=True, on_tick=health.tick)
+            sweep, beat_once = janitor.tick, health.tick
+
+            def on_tick_once() -> None:
+                sweep()
+                beat_once()
+
+            engine.run(stop_event, once=True, on_tick=on_tick_once)
             return 0
         watcher.start()
         channels = start_channels(settings, store)
@@ -116,6 +126,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         beat = health.tick
 
         def on_tick() -> None:
+            janitor.tick()
             beat()
             heartbeat()
 
@@ -129,6 +140,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             watcher.stop()
         if comfy is not None:
             comfy.close()
+        if janitor is not None:
+            janitor.stop()
         if health is not None:
             health.stop()
         release()

@@ -159,6 +159,94 @@ def cmd_regenerate(args: argparse.Namespace, settings: Settings) -> int:
     return _decide(args, settings, "regenerate")
 
 
+@command
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    """Archive runs you no longer want to see: failed or finished ones, or folders that are not runs.
+
+    Each RUN moves whole (song included) into archive/ under the state root,
+    out of status, the panel and the daemon's sight; moving its folder back
+    into a state folder brings it back. --delete removes it for good, song
+    included. Runs being worked on are refused.
+
+    Example: tandava forget 20261121-101500_broken-song
+             tandava forget 20261121-1015 20261122-0930 --delete
+    """
+    from daemon.runs import archive
+    from daemon.runs.store import RunStore
+
+    store = RunStore(settings.paths.state_root)
+    code = 0
+    for run in args.runs:
+        try:
+            gone = archive.forget(store, store.find(run), delete=args.delete)
+        except StoreError as exc:
+            print(f"tandava: {exc}", file=sys.stderr)
+            code = 1
+            continue
+        where = f"archived in {gone.to}" if gone.to is not None else "deleted, song included"
+        print(f"{gone.run_id} ({gone.state.value}, {archive.human_bytes(gone.bytes)}): {where}")
+    return code
+
+
+@command
+def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    """Free disk now: apply the [retention] policy, and with --failed archive failed runs.
+
+    Retention removes the candidates and clips of runs rendered more than
+    intermediates_days ago, and duplicates older than duplicates_days (the
+    daemon does this hourly too). --failed archives failed runs (only those
+    that failed longer ago than --older-than, e.g. 7d); --delete removes them
+    instead, songs included. --dry-run prints what would go and what it would
+    free, and changes nothing.
+
+    Example: tandava clean --dry-run
+             tandava clean --failed --older-than 7d
+    """
+    from daemon.runs import archive, retention
+    from daemon.runs.store import RunStore
+
+    store = RunStore(settings.paths.state_root)
+    try:
+        older = archive.parse_age(args.older_than)
+    except ValueError as exc:
+        print(f"tandava: --older-than: {exc}", file=sys.stderr)
+        return 2
+    removals = retention.plan(store, settings.retention, inbox=settings.paths.inbox)
+    failed = archive.failed_runs(store, older_than=older) if args.failed else []
+    verb = "would remove" if args.dry_run else "removing"
+    for removal in removals:
+        print(f"{verb} {removal.path} ({archive.human_bytes(removal.bytes)}): {removal.why}")
+    freed = sum(r.bytes for r in removals) if args.dry_run else retention.apply(store, removals)
+    moved = 0
+    for ref in failed:
+        if args.dry_run:
+            size = archive.tree_size(ref.path)
+            what = "delete" if args.delete else "archive"
+            print(f"would {what} failed run {ref.run_id} ({archive.human_bytes(size)})")
+        else:
+            try:
+                gone = archive.forget(store, ref, delete=args.delete)
+            except StoreError as exc:
+                print(f"tandava: {exc}", file=sys.stderr)
+                continue
+            size = gone.bytes
+            print(f"{'deleted' if gone.to is None else 'archived'} failed run {ref.run_id} "
+                  f"({archive.human_bytes(size)})")
+        if args.delete:
+            freed += size
+        else:
+            moved += size
+    summary = f"{'would free' if args.dry_run else 'freed'} {archive.human_bytes(freed)}"
+    if moved:
+        summary += f"; {archive.human_bytes(moved)} {'would move' if args.dry_run else 'moved'} to archive/"
+    if not removals and not failed:
+        summary = "nothing to clean: " + (
+            "no rendered run is older than the retention period and no duplicate is old enough"
+            + ("; no failed run matches" if args.failed else ""))
+    print(summary)
+    return 0
+
+
 def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> int:
     import getpass
     import platform
@@ -340,6 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
         if name == "status":
             p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
+        if name == "forget":
+            p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, their starts, or a word of the song")
+            p.add_argument("--delete", action="store_true", help="delete instead of archiving (songs included)")
+        if name == "clean":
+            p.add_argument("--failed", action="store_true", help="also archive failed runs")
+            p.add_argument("--older-than", default="0d", metavar="AGE",
+                           help="with --failed: only runs that failed this long ago (7d, 12h)")
+            p.add_argument("--delete", action="store_true", help="with --failed: delete them, songs included")
+            p.add_argument("--dry-run", action="store_true", help="print what would go; change nothing")
         if name == "pending":
             p.add_argument("run", nargs="?", default=None, help="only this run (its id, start, or a word)")
             p.add_argument("-v", "--verbose", action="store_true", help="also print each candidate's path")

@@ -24,9 +24,16 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
     for ref in refs:
         counts[ref.state] += 1
     yield f"state root: {root}"
-    from daemon.runs.health import health_lines
+    from daemon.runs.health import health_lines, read_health
 
     yield from health_lines(root)
+    health = read_health(root)
+    if health is None or not health.disk:
+        # No daemon measured it: measure once here (a CLI call, not every tick).
+        from daemon.runs.archive import human_bytes
+        from daemon.runs.retention import DiskUsage
+
+        yield f"disk: the state root holds {human_bytes(DiskUsage(root).measure())}"
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
     if not refs:
         yield "no runs yet: drop a song into the inbox."
@@ -111,8 +118,12 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
             yield f"  {err.at:%Y-%m-%d %H:%M:%S}  {err.stage}: {err.reason}"
             if err.hint:
                 yield f"      fix: {err.hint}"
+    if manifest.intermediates_removed_at is not None:
+        yield (f"retention removed its candidates and clips on "
+               f"{manifest.intermediates_removed_at:%Y-%m-%d} (the video and decisions stay)")
     if ref.state is State.FAILED:
         yield f"retry with: tandava retry {ref.run_id}"
+        yield f"or forget it (archived, song kept): tandava forget {ref.run_id}"
 
 
 def _job_lines(manifest: Manifest) -> Iterator[str]:
@@ -247,6 +258,10 @@ attempts = {defaults.STAGE_ATTEMPTS}               # tries of a stage on transie
 backoff_initial_seconds = {defaults.BACKOFF_INITIAL_SECONDS}
 backoff_max_seconds = {defaults.BACKOFF_MAX_SECONDS}
 tick_seconds = {defaults.ENGINE_TICK_SECONDS}
+
+[retention]                # what old runs keep (0: keep everything forever); `tandava clean --dry-run` previews
+intermediates_days = {defaults.INTERMEDIATES_DAYS:g}   # candidates and clips of runs rendered this long ago are removed
+duplicates_days = {defaults.DUPLICATES_DAYS:g}      # files in <inbox>/duplicates/ older than this are removed
 
 [log]
 level = "INFO"

@@ -79,6 +79,8 @@ class Health:
     last_error: dict[str, Any] | None = None
     stalls: list[Stall] = field(default_factory=list)
     stopped_at: str | None = None
+    # {"state_root_bytes": …} once the janitor measured it (see daemon.runs.retention).
+    disk: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +97,7 @@ class Health:
             last_error=data.get("last_error"),
             stalls=[Stall(**s) for s in data.get("stalls") or []],
             stopped_at=data.get("stopped_at"),
+            disk=data.get("disk"),
         )
 
     def age_seconds(self, now: datetime) -> float:
@@ -116,6 +119,7 @@ class HealthReporter:
         *,
         backends: Backends | None = None,
         in_flight: Callable[[], list[str]] | None = None,
+        disk: Callable[[], dict[str, int] | None] | None = None,
         clock: Callable[[], datetime] = utcnow,
         stall_minutes: float | None = None,
         write_seconds: float = WRITE_SECONDS,
@@ -125,6 +129,7 @@ class HealthReporter:
         self.path = health_path(store.root)
         self.backends = backends
         self.in_flight = in_flight
+        self.disk = disk
         self.clock = clock
         configured = getattr(settings.engine, "stall_minutes", None)
         self.stall_minutes = float(stall_minutes if stall_minutes is not None else configured or STALL_MINUTES)
@@ -179,6 +184,7 @@ class HealthReporter:
             last_error=self._last_error,
             stalls=list(self._stalls),
             stopped_at=now.isoformat() if stopped else None,
+            disk=self.disk() if self.disk is not None else None,
         )
 
     def _write(self, health: Health) -> None:
@@ -324,6 +330,10 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
     if health.last_error is not None:
         err = health.last_error
         yield f"last error: {err.get('run_id')} in {err.get('stage')}: {err.get('reason')}"
+    if health.disk and "state_root_bytes" in health.disk:
+        from daemon.runs.archive import human_bytes
+
+        yield f"disk: the state root holds {human_bytes(health.disk['state_root_bytes'])}"
 
 
 def health_json(state_root: Path, *, now: datetime | None = None,

@@ -116,6 +116,8 @@ class Manifest(BaseModel):
     failed_from: State | None = None
     # Backend work by job id; a job is recorded here before it is submitted.
     jobs: dict[str, Job] = Field(default_factory=dict)
+    # When retention removed the candidates and clips of this (rendered) run.
+    intermediates_removed_at: datetime | None = None
 
     def progress(self, stage: str) -> StageProgress:
         """The progress record of ``stage``, created on first use."""
