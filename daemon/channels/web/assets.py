@@ -78,6 +78,8 @@ video { display: block; width: 100%; max-height: 80vh; background: #000; border-
   background: var(--card); border-bottom: 2px solid var(--ok); }
 .flash.bad { border-color: var(--bad); color: var(--bad); }
 .empty, .more { margin: 1rem 0; }
+.state > details > summary { cursor: pointer; }
+.state > details > summary h2 { display: inline-block; }
 """
 
 # The tab icon: a trident in the accent colour (an SVG, so no binary file in the package).
