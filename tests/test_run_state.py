@@ -250,3 +250,13 @@ def test_a_job_made_again_after_a_kill_shows_two_attempts(store: RunStore, tmp_p
     lines = list(show_lines(store, ref.run_id))
     assert "jobs     1 done, 0 in flight, 0 failed; 2 attempt(s) for 1 job(s)" in lines
     assert "  image s000#0  done; attempts: 2  [j1]" in lines
+
+
+def test_status_and_show_name_a_broken_run_with_its_fix(store: RunStore, tmp_path: Path) -> None:
+    """status and show say what is wrong with a folder that is not a run, and how to fix it."""
+    stray = store.dir_for(State.FAILED) / "notes"
+    stray.mkdir()
+    expected = (f"{stray} is not a Tandava run: no run.json. Move it out of failed/, "
+                "or archive it with `tandava forget notes`.")
+    assert f"  notes  BROKEN: {expected}" in list(status_lines(store.root))
+    assert list(show_lines(store, "notes"))[-1] == f"BROKEN   {expected}"

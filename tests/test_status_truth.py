@@ -10,9 +10,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
+from structlog.testing import capture_logs
 
 from daemon.app import run
 from daemon.approval import decisions
@@ -66,14 +68,18 @@ def test_status_and_show_tell_waiting_failed_and_rendered_runs_apart(
     assert any(line.startswith("daemon stopped") for line in status)
     assert any(line.startswith(f"  {waiting}  approval: waiting for a person to approve") for line in status)
     assert any(line.startswith(f"  {failed}  failed in analyze:") for line in status)
+    assert any(line.startswith(f"last error: {failed} in analyze:") for line in status)
     assert stage_line(lines_of(store, waiting), "approval").startswith("  approval: waiting;")
     assert stage_line(lines_of(store, waiting), "analyze").startswith("  analyze: finished;")
     assert stage_line(lines_of(store, failed), "analyze").startswith("  analyze: failed;")
     print("\n".join(["$ tandava status   # a waiting and a failed run", *status]))
 
     decisions.approve_all(store, waiting, by="test", channel="cli")
-    once(settings)
+    with capture_logs() as logs:
+        once(settings)
     assert store.find(waiting).state is State.RENDERED
+    (done,) = [e for e in logs if e["event"] == "render.done"]
+    assert done["video"] == "final.mp4" and Path(done["path"]).is_file()  # where it stays, not approved/
     status = list(status_lines(store.root))
     rendered_line = next(line for line in status if line.startswith(f"  {waiting}  "))
     assert "approval" not in rendered_line and "BPM" in rendered_line, rendered_line

@@ -69,7 +69,7 @@ def _progress(store: RunStore, ref: RunRef) -> str:
     try:
         manifest = store.load(ref)
     except StoreError as exc:
-        return f"(manifest unreadable: {exc})"
+        return f"BROKEN: {store.problem_of(ref, exc)}"
     if ref.state is State.FAILED and manifest.last_error is not None:
         err = manifest.last_error
         return f"failed in {err.stage}: {err.reason}"
@@ -94,7 +94,13 @@ def _progress(store: RunStore, ref: RunRef) -> str:
 def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
     """Everything about one run a person might ask."""
     ref = store.find(run_id)
-    manifest: Manifest = store.load(ref)
+    try:
+        manifest: Manifest = store.load(ref)
+    except StoreError as exc:
+        yield f"run      {ref.run_id}"
+        yield f"state    {ref.state.value}   ({ref.path})"
+        yield f"BROKEN   {store.problem_of(ref, exc)}"
+        return
     song = manifest.song
     yield f"run      {ref.run_id}"
     yield f"state    {ref.state.value}   ({ref.path})"

@@ -167,8 +167,12 @@ class HealthReporter:
         """Record that the daemon stopped on purpose (so status does not ask whether it crashed)."""
         now = self.clock()
         try:
+            # The last word stays on disk until the next start: make it true now,
+            # not as of the last scan (a run may have failed since).
+            self._stalls = self._find_stalls(now)
+            self._last_error = self._find_last_error()
             self._write(self.snapshot(now, stopped=True))
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             log.warning("health.not_written", path=str(self.path), error=str(exc))
 
     def snapshot(self, now: datetime, *, stopped: bool = False) -> Health:
