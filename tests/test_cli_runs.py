@@ -107,6 +107,8 @@ def test_forget_archives_a_failed_run_with_its_song_and_delete_removes_it(
     assert not kept.path.exists()
     code, out = cli(settings, capsys, "status", "-v")
     assert kept.run_id not in out and "failed: 1" in out
+    code, out = cli(settings, capsys, "show", kept.run_id)
+    assert code == 0 and f"was forgotten: it is in {state.root / 'archive' / kept.run_id}" in out
     code, out = cli(settings, capsys, "forget", dropped.run_id, "--delete")
     assert code == 0 and "deleted, song included" in out
     assert not dropped.path.exists() and not (state.root / "archive" / dropped.run_id).exists()

@@ -6,11 +6,13 @@ CLI prints them and tests compare them.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 
 from daemon import defaults
-from daemon.errors import StoreError
+from daemon.errors import RunNotFound, StoreError
+from daemon.runs.archive import ARCHIVE_DIR
 from daemon.runs.manifest import Manifest
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
@@ -93,7 +95,15 @@ def _progress(store: RunStore, ref: RunRef) -> str:
 
 def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
     """Everything about one run a person might ask."""
-    ref = store.find(run_id)
+    try:
+        ref = store.find(run_id)
+    except RunNotFound:
+        archived = sorted((store.root / ARCHIVE_DIR).glob(f"{glob.escape(run_id)}*"))
+        if not archived:
+            raise
+        for path in archived:
+            yield f"{path.name} was forgotten: it is in {path} (move it back into a state folder to bring it back)"
+        return
     try:
         manifest: Manifest = store.load(ref)
     except StoreError as exc:
