@@ -171,21 +171,9 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
     Example: tandava forget 20261121-101500_broken-song
              tandava forget 20261121-1015 20261122-0930 --delete
     """
-    from daemon.runs import archive
-    from daemon.runs.store import RunStore
+    from daemon.host.cleanup import forget_runs
 
-    store = RunStore(settings.paths.state_root)
-    code = 0
-    for run in args.runs:
-        try:
-            gone = archive.forget(store, store.find(run), delete=args.delete)
-        except StoreError as exc:
-            print(f"tandava: {exc}", file=sys.stderr)
-            code = 1
-            continue
-        where = f"archived in {gone.to}" if gone.to is not None else "deleted, song included"
-        print(f"{gone.run_id} ({gone.state.value}, {archive.human_bytes(gone.bytes)}): {where}")
-    return code
+    return forget_runs(settings.paths.state_root, args.runs, delete=args.delete, out=sys.stdout, err=sys.stderr)
 
 
 @command
@@ -202,49 +190,10 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
     Example: tandava clean --dry-run
              tandava clean --failed --older-than 7d
     """
-    from daemon.runs import archive, retention
-    from daemon.runs.store import RunStore
+    from daemon.host.cleanup import clean
 
-    store = RunStore(settings.paths.state_root)
-    try:
-        older = archive.parse_age(args.older_than)
-    except ValueError as exc:
-        print(f"tandava: --older-than: {exc}", file=sys.stderr)
-        return 2
-    removals = retention.plan(store, settings.retention, inbox=settings.paths.inbox)
-    failed = archive.failed_runs(store, older_than=older) if args.failed else []
-    verb = "would remove" if args.dry_run else "removing"
-    for removal in removals:
-        print(f"{verb} {removal.path} ({archive.human_bytes(removal.bytes)}): {removal.why}")
-    freed = sum(r.bytes for r in removals) if args.dry_run else retention.apply(store, removals)
-    moved = 0
-    for ref in failed:
-        if args.dry_run:
-            size = archive.tree_size(ref.path)
-            what = "delete" if args.delete else "archive"
-            print(f"would {what} failed run {ref.run_id} ({archive.human_bytes(size)})")
-        else:
-            try:
-                gone = archive.forget(store, ref, delete=args.delete)
-            except StoreError as exc:
-                print(f"tandava: {exc}", file=sys.stderr)
-                continue
-            size = gone.bytes
-            print(f"{'deleted' if gone.to is None else 'archived'} failed run {ref.run_id} "
-                  f"({archive.human_bytes(size)})")
-        if args.delete:
-            freed += size
-        else:
-            moved += size
-    summary = f"{'would free' if args.dry_run else 'freed'} {archive.human_bytes(freed)}"
-    if moved:
-        summary += f"; {archive.human_bytes(moved)} {'would move' if args.dry_run else 'moved'} to archive/"
-    if not removals and not failed:
-        summary = "nothing to clean: " + (
-            "no rendered run is older than the retention period and no duplicate is old enough"
-            + ("; no failed run matches" if args.failed else ""))
-    print(summary)
-    return 0
+    return clean(settings, failed=args.failed, older_than=args.older_than, delete=args.delete,
+                 dry_run=args.dry_run, out=sys.stdout, err=sys.stderr)
 
 
 def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> int:
