@@ -260,3 +260,24 @@ def test_status_and_show_name_a_broken_run_with_its_fix(store: RunStore, tmp_pat
                 "or archive it with `tandava forget notes`.")
     assert f"  notes  BROKEN: {expected}" in list(status_lines(store.root))
     assert list(show_lines(store, "notes"))[-1] == f"BROKEN   {expected}"
+
+
+def test_start_up_closes_stages_that_older_runs_left_open(store: RunStore, tmp_path: Path) -> None:
+    """Runs rendered or failed before every outcome closed its stage are mended by reconcile at start-up."""
+    from daemon.errors import PermanentError
+
+    rendered = add_run(store, tmp_path, "done.wav")
+    for event in (Event.ANALYSIS_DONE, Event.IMAGES_DONE, Event.OFFERED, Event.ALL_APPROVED, Event.RENDER_DONE):
+        rendered = store.move(rendered, event)
+    failed = store.fail(add_run(store, tmp_path, "bad.mp3"), "analyze", PermanentError("silent"))
+    for ref, stage in ((rendered, "approval"), (failed, "analyze")):
+        manifest = store.load(ref)
+        progress = manifest.progress(stage)  # as an older Tandava left it
+        progress.started_at, progress.finished_at, progress.failed_at = manifest.created_at, None, None
+        progress.detail["waiting"] = "waiting for a person to approve 39 of 41 segment(s)"
+        store.save(ref, manifest)
+    actions = store.reconcile()
+    assert f"closed the stages {rendered.run_id} left open" in actions
+    assert store.load(rendered).stages["approval"].outcome == "finished"
+    assert store.load(failed).stages["analyze"].outcome == "failed"
+    assert not any("waiting for a person" in line for line in status_lines(store.root))

@@ -325,13 +325,19 @@ class RunStore:
             except StoreError as exc:
                 actions.append(f"cannot read manifest of {ref.run_id}: {exc}")
                 continue
+            changed = False
             if manifest.state is not ref.state:
                 manifest.state = ref.state
                 manifest.history.append(
                     StateChange(state=ref.state, at=self.clock(), note="reconciled after restart")
                 )
-                self.save(ref, manifest)
+                changed = True
                 actions.append(f"recorded {ref.run_id} as {ref.state.value}")
+            if _close_resting_stages(manifest, ref.state):
+                changed = True
+                actions.append(f"closed the stages {ref.run_id} left open")
+            if changed:
+                self.save(ref, manifest)
         return actions
 
     # -- ownership ------------------------------------------------------------
@@ -366,6 +372,22 @@ class RunStore:
 
             return release
         raise StoreLocked(f"cannot take the lock {path}")
+
+
+def _close_resting_stages(manifest: Manifest, state: State) -> bool:
+    """Close stages a finished or failed run still shows open (written before every outcome
+    closed its stage): a rendered run waits for nobody. Returns whether anything changed."""
+    if state not in (State.RENDERED, State.FAILED):
+        return False
+    error = manifest.last_error
+    changed = False
+    for name, progress in manifest.stages.items():
+        if not progress.is_open or progress.started_at is None:
+            continue
+        failed = state is State.FAILED and error is not None and error.stage == name
+        progress.end(error.at if failed and error is not None else manifest.updated_at, failed=failed)
+        changed = True
+    return changed
 
 
 def _short(exc: BaseException) -> str:
