@@ -113,8 +113,15 @@ JS = """\
         { headers: asFetch, cache: "no-store", credentials: "same-origin" });
       const version = r.headers.get("X-Tandava-Version");
       if (r.ok && version && version !== live.dataset.version) {
+        // A section a person unfolded (failed runs) stays unfolded across the swap.
+        const unfolded = [...live.querySelectorAll("details[open]")]
+          .map((d) => d.closest("[id]")).filter(Boolean).map((el) => el.id);
         live.innerHTML = await r.text();
         live.dataset.version = version;
+        unfolded.forEach((id) => {
+          const folded = document.getElementById(id)?.querySelector("details");
+          if (folded) folded.open = true;
+        });
       }
     } catch (err) {
       // The daemon is restarting or the network is away: the next tick tries again.
