@@ -26,16 +26,10 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
     for ref in refs:
         counts[ref.state] += 1
     yield f"state root: {root}"
-    from daemon.runs.health import health_lines, read_health
+    from daemon.runs.health import health_lines
 
     yield from health_lines(root)
-    health = read_health(root)
-    if health is None or not health.disk:
-        # No daemon measured it: measure once here (a CLI call, not every tick).
-        from daemon.runs.archive import human_bytes
-        from daemon.runs.retention import DiskUsage
-
-        yield f"disk: the state root holds {human_bytes(DiskUsage(root).measure())}"
+    yield _disk_line(root)
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
     if not refs:
         yield "no runs yet: drop a song into the inbox."
@@ -53,6 +47,22 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
             yield f"  {ref.run_id}  {_progress(store, ref)}"
             if state in (State.ANALYZED, State.PENDING_APPROVAL, State.APPROVED):
                 yield from _live_jobs(store, ref)
+
+
+def _disk_line(root: Path) -> str:
+    """How much the state root holds: a running daemon's recent measurement, else measured now."""
+    from daemon.runs.archive import human_bytes
+    from daemon.runs.health import STALE_SECONDS, read_health
+    from daemon.runs.manifest import utcnow
+    from daemon.runs.retention import DiskUsage
+
+    health = read_health(root)
+    if (health is not None and health.disk and "state_root_bytes" in health.disk
+            and health.stopped_at is None and health.age_seconds(utcnow()) <= STALE_SECONDS):
+        size = health.disk["state_root_bytes"]
+    else:  # no daemon keeps it current: one walk, for this command only
+        size = DiskUsage(root).measure()
+    return f"disk: the state root holds {human_bytes(size)}"
 
 
 def _live_jobs(store: RunStore, ref: RunRef) -> Iterator[str]:

@@ -334,10 +334,7 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
     if health.last_error is not None:
         err = health.last_error
         yield f"last error: {err.get('run_id')} in {err.get('stage')}: {err.get('reason')}"
-    if health.disk and "state_root_bytes" in health.disk:
-        from daemon.runs.archive import human_bytes
 
-        yield f"disk: the state root holds {human_bytes(health.disk['state_root_bytes'])}"
 
 
 def health_json(state_root: Path, *, now: datetime | None = None,
