@@ -281,3 +281,23 @@ def test_start_up_closes_stages_that_older_runs_left_open(store: RunStore, tmp_p
     assert store.load(rendered).stages["approval"].outcome == "finished"
     assert store.load(failed).stages["analyze"].outcome == "failed"
     assert not any("waiting for a person" in line for line in status_lines(store.root))
+
+
+def test_a_readable_run_that_cannot_move_is_retried_and_its_reason_logged_once(
+        store: RunStore, tmp_path: Path) -> None:
+    """A folder of the run's name in the way is logged once as a store error, and the move succeeds once it goes."""
+    ref = add_run(store, tmp_path)
+    in_the_way = store.dir_for(State.ANALYZED) / ref.run_id
+    in_the_way.mkdir()
+    engine = Engine(store, [Stage("analyze", State.INCOMING, Event.ANALYSIS_DONE, lambda job: None)],
+                    tick_seconds=0.005, store_error_pause=0.01)  # a short pause, to see several tries
+    with capture_logs() as logs:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len([e for e in logs if e["event"] == "stage.started"]) < 3:
+            engine.tick()
+            time.sleep(0.02)
+        errors = [e for e in logs if e["event"] == "stage.store_error"]
+        assert len(errors) == 1 and "a folder of that name exists" in errors[0]["error"]
+        assert not [e for e in logs if e["event"] == "run.broken"]
+    in_the_way.rmdir()
+    run_until(engine, lambda: store.find(ref.run_id).state is State.ANALYZED)

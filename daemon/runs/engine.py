@@ -131,6 +131,7 @@ class Engine:
         backoff_initial: float = 2.0,
         backoff_max: float = 300.0,
         tick_seconds: float = 0.5,
+        store_error_pause: float = STORE_ERROR_PAUSE_SECONDS,
     ) -> None:
         self.store = store
         self.stages = stages
@@ -138,6 +139,7 @@ class Engine:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.tick_seconds = tick_seconds
+        self.store_error_pause = store_error_pause
         workers = workers or {}
         self._pools = {
             resource: ThreadPoolExecutor(
@@ -151,6 +153,8 @@ class Engine:
         # Folders that cannot be read as runs, by the stamp of their run.json when
         # they were named: they are looked at again only once that changes.
         self._broken: dict[str, _Stamp] = {}
+        # The last store error logged per readable run, so a repeat is not logged again.
+        self._store_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -214,6 +218,8 @@ class Engine:
                 del self._not_before[run_id]
             for run_id in [r for r in self._broken if r not in seen]:
                 del self._broken[run_id]
+            for run_id in [r for r in self._store_errors if r not in seen]:
+                del self._store_errors[run_id]
 
     def busy(self) -> bool:
         """Whether any run is being worked on."""
@@ -342,12 +348,24 @@ class Engine:
             # The folder went (a person ran retry or forget, a share blinked):
             # look again later, without a warning every tick.
             with self._lock:
-                self._not_before[ref.run_id] = time.monotonic() + STORE_ERROR_PAUSE_SECONDS
-            log.info("stage.run_gone", error=str(exc), retry_in=STORE_ERROR_PAUSE_SECONDS)
+                self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
+            log.info("stage.run_gone", error=str(exc), retry_in=self.store_error_pause)
             return
+        try:
+            self.store.load(ref)
+        except StoreError as unreadable:
+            with self._lock:
+                self._broken[ref.run_id] = stamp
+            log.warning("run.broken", path=str(ref.path), problem=self.store.problem_of(ref, unreadable))
+            return
+        # A readable run that cannot move on (a folder of its name is in the way):
+        # tried again every few seconds, its reason logged once until it changes.
         with self._lock:
-            self._broken[ref.run_id] = stamp
-        log.warning("run.broken", path=str(ref.path), problem=self.store.problem_of(ref, exc))
+            self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
+            repeated = self._store_errors.get(ref.run_id) == str(exc)
+            self._store_errors[ref.run_id] = str(exc)
+        if not repeated:
+            log.warning("stage.store_error", error=str(exc), retry_in=self.store_error_pause)
 
     def _sleep(self, seconds: float) -> None:
         # Backoff sleeps end early on stop, so a draining daemon never waits minutes.
