@@ -301,3 +301,14 @@ def test_a_readable_run_that_cannot_move_is_retried_and_its_reason_logged_once(
         assert not [e for e in logs if e["event"] == "run.broken"]
     in_the_way.rmdir()
     run_until(engine, lambda: store.find(ref.run_id).state is State.ANALYZED)
+
+
+def test_a_backup_that_cannot_be_written_never_stops_the_manifest_write(store: RunStore, tmp_path: Path) -> None:
+    """With run.json.bak impossible to replace (a folder in its place), run.json is still written."""
+    ref = add_run(store, tmp_path)
+    (ref.path / MANIFEST_BACKUP).mkdir()
+    manifest = store.load(ref)
+    manifest.progress("analyze").attempts = 3
+    store.save(ref, manifest)
+    assert store.load(ref).stages["analyze"].attempts == 3
+    assert [p.name for p in ref.path.iterdir() if p.name.startswith(".")] == []
