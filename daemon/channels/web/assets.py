@@ -78,8 +78,6 @@ video { display: block; width: 100%; max-height: 80vh; background: #000; border-
   background: var(--card); border-bottom: 2px solid var(--ok); }
 .flash.bad { border-color: var(--bad); color: var(--bad); }
 .empty, .more { margin: 1rem 0; }
-.state > details > summary { cursor: pointer; }
-.state > details > summary h2 { display: inline-block; }
 """
 
 # The tab icon: a trident in the accent colour (an SVG, so no binary file in the package).
@@ -113,15 +111,8 @@ JS = """\
         { headers: asFetch, cache: "no-store", credentials: "same-origin" });
       const version = r.headers.get("X-Tandava-Version");
       if (r.ok && version && version !== live.dataset.version) {
-        // A section a person unfolded (failed runs) stays unfolded across the swap.
-        const unfolded = [...live.querySelectorAll("details[open]")]
-          .map((d) => d.closest("[id]")).filter(Boolean).map((el) => el.id);
         live.innerHTML = await r.text();
         live.dataset.version = version;
-        unfolded.forEach((id) => {
-          const folded = document.getElementById(id)?.querySelector("details");
-          if (folded) folded.open = true;
-        });
       }
     } catch (err) {
       // The daemon is restarting or the network is away: the next tick tries again.

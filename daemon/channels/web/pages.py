@@ -172,13 +172,15 @@ def card(s: Summary, csrf: str) -> str:
     if v.error:
         body.append(f'<p class="err wrap">{e(v.error)}</p>')
     body.append(progress_list(s.progress))
+    if v.state is State.FAILED:  # junk a person wants gone: archived, song and all
+        body.append(f'<div class="actions">{action(v.run_id, "forget", "Forget", csrf)}</div>')
     buttons = ""
     if v.state is State.PENDING_APPROVAL and v.segments:
         body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> segments to decide</p>')
         buttons = f'<a class="btn primary" href="{href}">Review</a>'
     elif v.state is State.FAILED:
         buttons = action(v.run_id, "retry", "Retry", csrf, primary=True) + \
-            action(v.run_id, "forget", "Forget", csrf) + f'<a class="btn" href="{href}">Details</a>'
+            f'<a class="btn" href="{href}">Details</a>'
     elif v.state is State.RENDERED and v.video is not None:
         buttons = f'<a class="btn primary" href="{href}">Play</a>'
     return (f'<article class="card s-{v.state.value}" id="run-{e(v.run_id)}">'
