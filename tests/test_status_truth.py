@@ -93,7 +93,7 @@ def test_status_and_show_tell_waiting_failed_and_rendered_runs_apart(
 
 
 def test_panel_and_healthz_tell_the_same(two_runs: tuple[Settings, RunStore, str, str]) -> None:
-    """The panel shows the waiting reason only on the waiting run; /healthz says no run is worked on."""
+    """The panel shows the waiting reason only on the waiting run's card; /healthz says no run is worked on."""
     settings, store, waiting, failed = two_runs
     settings.web.port = 0
     health = health_json(store.root)
@@ -102,8 +102,12 @@ def test_panel_and_healthz_tell_the_same(two_runs: tuple[Settings, RunStore, str
         base = panel.url.rstrip("/")
         with requests.Session() as http:
             failed_page = http.get(f"{base}/runs/{failed}", timeout=10).text
-            waiting_page = http.get(f"{base}/runs/{waiting}", timeout=10).text
+            index = http.get(f"{base}/", timeout=10).text
             healthz = http.get(f"{base}/healthz", timeout=10).json()
     assert "analyze:" not in failed_page and "What went wrong" in failed_page
-    assert "approval: waiting for a person to approve" in waiting_page
+    waiting_card = index[index.index(f'id="run-{waiting}"'):]
+    waiting_card = waiting_card[:waiting_card.index("</article>")]
+    assert "approval: waiting for a person to approve" in waiting_card
+    failed_card = index[index.index(f'id="run-{failed}"'):]
+    assert "analyze:" not in failed_card[:failed_card.index("</article>")]
     assert healthz["in_flight"] == [] and healthz["ok"] is False
