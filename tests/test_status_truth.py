@@ -60,7 +60,7 @@ def two_runs(settings: Settings) -> Iterator[tuple[Settings, RunStore, str, str]
 
 
 def test_status_and_show_tell_waiting_failed_and_rendered_runs_apart(
-        two_runs: tuple[Settings, RunStore, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+        two_runs: tuple[Settings, RunStore, str, str]) -> None:
     """status names what a waiting run waits for and why a run failed; once rendered, nothing is left open."""
     settings, store, waiting, failed = two_runs
     status = list(status_lines(store.root))
@@ -72,7 +72,6 @@ def test_status_and_show_tell_waiting_failed_and_rendered_runs_apart(
     assert stage_line(lines_of(store, waiting), "approval").startswith("  approval: waiting;")
     assert stage_line(lines_of(store, waiting), "analyze").startswith("  analyze: finished;")
     assert stage_line(lines_of(store, failed), "analyze").startswith("  analyze: failed;")
-    print("\n".join(["$ tandava status   # a waiting and a failed run", *status]))
 
     decisions.approve_all(store, waiting, by="test", channel="cli")
     with capture_logs() as logs:
@@ -88,8 +87,6 @@ def test_status_and_show_tell_waiting_failed_and_rendered_runs_apart(
     for stage in ("analyze", "images", "offer", "approval", "render"):
         assert stage_line(shown, stage).startswith(f"  {stage}: finished;"), shown
     assert not any("waiting=" in line or "in progress" in line for line in shown)
-    with capsys.disabled():
-        print("\n".join(["", "$ tandava status   # the run rendered, the other failed", *status]))
 
 
 def test_panel_and_healthz_tell_the_same(two_runs: tuple[Settings, RunStore, str, str]) -> None:
