@@ -312,3 +312,36 @@ def test_a_backup_that_cannot_be_written_never_stops_the_manifest_write(store: R
     store.save(ref, manifest)
     assert store.load(ref).stages["analyze"].attempts == 3
     assert [p.name for p in ref.path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_job_started_then_waited_for_is_one_attempt_and_a_retry_is_another(
+        store: RunStore, tmp_path: Path) -> None:
+    """Starting every job first, then finishing each, counts one attempt; a failed collect retried counts two."""
+    from daemon.errors import TransientError
+    from daemon.runs.job import Job
+    from daemon.stages.jobs import ensure_job, start_job
+
+    ref = add_run(store, tmp_path)
+
+    def make(jid: str):  # type: ignore[no-untyped-def]
+        return lambda: Job(id=jid, kind="clip", backend="local", segment=0, seed=1, width=64, height=48,
+                           output=f"clips/{jid}.mp4")
+
+    class Flaky(_LocalBackend):
+        fails = 1
+
+        def collect(self, job, *, progress, stop) -> Path:  # type: ignore[no-untyped-def]
+            if job.id == "b" and self.fails:
+                self.fails -= 1
+                raise TransientError("the backend hiccuped")
+            return super().collect(job, progress=progress, stop=stop)
+
+    backend = Flaky()
+    work = StageRun("render", ref, store.load(ref), store, threading.Event())
+    for jid in ("a", "b"):
+        start_job(work, backend, jid, make(jid))
+    assert ensure_job(work, backend, "a", make("a")).attempts == 1
+    with pytest.raises(TransientError):
+        ensure_job(work, backend, "b", make("b"))
+    assert ensure_job(work, backend, "b", make("b")).attempts == 2  # the engine's retry, same attempt object
+    assert store.load(ref).jobs["a"].attempts == 1 and store.load(ref).jobs["b"].attempts == 2

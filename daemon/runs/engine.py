@@ -103,6 +103,9 @@ class StageRun:
     store: RunStore
     stop_event: threading.Event
     log: Any = field(default=log)
+    # Job ids this attempt has handed to a backend (``daemon.stages.jobs``): a job
+    # started, then waited for, is one attempt, not two.
+    started: set[str] = field(default_factory=set)
 
     def is_done(self, step: str) -> bool:
         """Whether ``step`` finished in an earlier attempt (then skip it)."""

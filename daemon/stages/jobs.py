@@ -57,6 +57,8 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
     if is_done(job, record):
         assert record is not None
         return record
+    if record is not None and record.status == "submitted" and job_id in job.started:
+        return record  # started a moment ago by this same attempt (a stage starts all, then waits)
     if record is None:
         record = make_record()
         record.attempts = 1
@@ -70,6 +72,7 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
         record.attempts += 1
         job.store.save(job.ref, manifest)
         backend.submit(located(record, job.ref.path))
+    job.started.add(job_id)
     return record
 
 
@@ -80,10 +83,14 @@ def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | N
     (job.ref.path / record.output).parent.mkdir(parents=True, exist_ok=True)
     with structlog.contextvars.bound_contextvars(segment=record.segment):
         record.attempts = max(record.attempts, 1)  # a record written before attempts were counted at start
-        output = backend.collect(located(record, job.ref.path), progress=_progress_writer(job, record),
-                                 stop=job.stop_event)
-        if check is not None:
-            check(output, record)
+        try:
+            output = backend.collect(located(record, job.ref.path), progress=_progress_writer(job, record),
+                                     stop=job.stop_event)
+            if check is not None:
+                check(output, record)
+        except BaseException:
+            job.started.discard(record.id)  # a retry of the stage starts it again: a new attempt
+            raise
         record.status = "done"
         for key in ("progress", "where"):
             record.detail.pop(key, None)
