@@ -86,7 +86,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             backoff_max=settings.engine.backoff_max_seconds,
             tick_seconds=settings.engine.tick_seconds,
         )
-        janitor = Janitor(store, settings.retention, inbox=settings.paths.inbox)
+        janitor = Janitor(store, settings.retention, inbox=settings.paths.inbox).start()
         health = HealthReporter(
             settings, store,
             backends=comfy_backends(comfy.pool) if comfy is not None else None,
@@ -97,13 +97,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             for path in watcher.scan_once():
                 intake.accept(path)
             log.info("daemon.once", inbox=str(settings.paths.inbox))
-            sweep, beat_once = janitor.tick, health.tick
-
-            def on_tick_once() -> None:
-                sweep()
-                beat_once()
-
-            engine.run(stop_event, once=True, on_tick=on_tick_once)
+            engine.run(stop_event, once=True, on_tick=health.tick)
             return 0
         watcher.start()
         channels = start_channels(settings, store)
@@ -126,7 +120,6 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         beat = health.tick
 
         def on_tick() -> None:
-            janitor.tick()
             beat()
             heartbeat()
 

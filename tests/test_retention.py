@@ -47,22 +47,30 @@ def test_disk_usage_counts_everything_and_walks_resting_runs_once(store: RunStor
     assert usage.walks == 2  # its candidates/ and clips/ went: measured again
 
 
-def test_the_janitor_sweeps_in_the_background_and_the_health_file_shows_the_size(
+def test_the_janitor_sweeps_on_its_own_thread_and_the_health_file_shows_the_size(
         settings: Settings, store: RunStore, tmp_path: Path) -> None:
     """The janitor removes old intermediates off the loop; the health file and status then show the size."""
     ref = rendered_run(store, tmp_path, "a.wav", days_ago=20)
-    janitor = Janitor(store, settings.retention, inbox=None)
+    janitor = Janitor(store, settings.retention, inbox=None, usage_seconds=0.05)
     health = HealthReporter(settings, store, disk=janitor.disk)
     started = time.perf_counter()
-    janitor.tick()
+    janitor.start()
     assert time.perf_counter() - started < 0.05  # never blocks the engine's loop
-    janitor.stop()
+    deadline = time.monotonic() + 10
+    while janitor.size is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not (ref.path / "candidates").exists()
     health.tick()
     written = read_health(store.root)
     assert written is not None and written.disk == {"state_root_bytes": janitor.size}
-    assert janitor.size == archive.tree_size(store.root) - (store.root / ".health.json").stat().st_size
+    (ref.path / "extra.bin").write_bytes(b"x" * 5000)  # measured again, swept only hourly
+    deadline = time.monotonic() + 10
+    while written.disk and janitor.size == written.disk["state_root_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    janitor.stop()
+    assert janitor.sweeps == 1
+    assert janitor.size == archive.tree_size(store.root)  # the health file and the new file included
+    health.write_seconds = 0
+    health.tick()
     lines = list(status_lines(store.root))
     assert f"disk: the state root holds {archive.human_bytes(janitor.size or 0)}" in lines
-    janitor.tick()  # nothing due: no new sweep
-    assert janitor._thread is not None and not janitor._thread.is_alive()

@@ -15,10 +15,10 @@ share that went away, a full disk) is retried with exponential backoff and
 jitter; ``PermanentError``, or a transient one that outlived its attempts,
 moves the run to failed/ with ``error.json``.
 
-Every outcome closes the stage the same way (``StageProgress.end``): finished
-(the engine moved the run, or the stage moved it itself and answered
-``Moved``) or failed (``RunStore.fail``), and what it waited for is dropped,
-so ``status``, ``show`` and the panel never show an ended stage as waiting.
+Every outcome closes the stage: finished (the engine moved the run, or the
+stage moved it itself and answered ``Moved``) or failed (``RunStore.fail``),
+and what it waited for is dropped (``StageProgress.end``), so ``status``,
+``show`` and the panel never show an ended stage as waiting.
 
 A folder that is not a run (no ``run.json``) or whose manifest is damaged is
 named once, in words that say how to fix it, and then left alone until its
@@ -270,6 +270,42 @@ class Engine:
                     cause="InternalError",
                 ))
 
+    def _close_moved(self, stage: Stage, ref: RunRef) -> None:
+        """Close a stage that moved the run itself (the approval gate, under its lock).
+
+        It saved the manifest where the run went; the stage is closed in that
+        copy (ours is older), before the run's next stage can look at it.
+        """
+        moved = self.store.load(ref)
+        moved.progress(stage.name).end(self.store.clock())
+        self.store.save(ref, moved)
+
+    def _store_error(self, ref: RunRef, exc: StoreError) -> None:
+        """A run that cannot be read: moved under us (look again soon), or broken (say so once)."""
+        stamp = _stamp(ref)
+        if stamp[0] is None:
+            # The folder went (a person ran retry or forget, a share blinked):
+            # look again later, without a warning every tick.
+            with self._lock:
+                self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
+            log.info("stage.run_gone", error=str(exc), retry_in=self.store_error_pause)
+            return
+        try:
+            self.store.load(ref)
+        except StoreError as unreadable:
+            with self._lock:
+                self._broken[ref.run_id] = stamp
+            log.warning("run.broken", path=str(ref.path), problem=self.store.problem_of(ref, unreadable))
+            return
+        # A readable run that cannot move on (a folder of its name is in the way):
+        # tried again every few seconds, its reason logged once until it changes.
+        with self._lock:
+            self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
+            repeated = self._store_errors.get(ref.run_id) == str(exc)
+            self._store_errors[ref.run_id] = str(exc)
+        if not repeated:
+            log.warning("stage.store_error", error=str(exc), retry_in=self.store_error_pause)
+
     def _attempt_stage(self, stage: Stage, ref: RunRef) -> None:
         manifest = self.store.load(ref)
         progress = manifest.progress(stage.name)
@@ -319,6 +355,8 @@ class Engine:
         except StageError as exc:
             self._fail(stage, ref, exc, attempt=progress.attempts)
             return
+        if isinstance(outcome, Moved):
+            self._close_moved(stage, outcome.ref)
         if isinstance(outcome, Waiting):
             with self._lock:
                 self._not_before[ref.run_id] = time.monotonic() + outcome.recheck_seconds
@@ -330,45 +368,14 @@ class Engine:
         with self._lock:
             self._not_before.pop(ref.run_id, None)
         if isinstance(outcome, Moved):
-            # The stage moved the run under its own lock and saved the manifest
-            # there; close the stage in that copy, not in ours (it is older).
-            new_ref = outcome.ref
-            moved = self.store.load(new_ref)
-            progress = moved.progress(stage.name)
-            progress.end(self.store.clock())
-            self.store.save(new_ref, moved)
-        else:
-            progress.end(self.store.clock())
-            self.store.save(ref, manifest)
-            new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
-        log.info("run.moved", to=new_ref.state.value, path=str(new_ref.path),
-                 seconds=_elapsed(progress.started_at, progress.finished_at))
-
-    def _store_error(self, ref: RunRef, exc: StoreError) -> None:
-        """A run that cannot be read: moved under us (look again soon), or broken (say so once)."""
-        stamp = _stamp(ref)
-        if stamp[0] is None:
-            # The folder went (a person ran retry or forget, a share blinked):
-            # look again later, without a warning every tick.
-            with self._lock:
-                self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
-            log.info("stage.run_gone", error=str(exc), retry_in=self.store_error_pause)
+            log.info("run.moved", to=outcome.ref.state.value)
             return
-        try:
-            self.store.load(ref)
-        except StoreError as unreadable:
-            with self._lock:
-                self._broken[ref.run_id] = stamp
-            log.warning("run.broken", path=str(ref.path), problem=self.store.problem_of(ref, unreadable))
-            return
-        # A readable run that cannot move on (a folder of its name is in the way):
-        # tried again every few seconds, its reason logged once until it changes.
-        with self._lock:
-            self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
-            repeated = self._store_errors.get(ref.run_id) == str(exc)
-            self._store_errors[ref.run_id] = str(exc)
-        if not repeated:
-            log.warning("stage.store_error", error=str(exc), retry_in=self.store_error_pause)
+        progress.finished_at = self.store.clock()
+        progress.detail.pop("transient_failures", None)
+        progress.detail.pop("waiting", None)
+        self.store.save(ref, manifest)
+        new_ref = self.store.move(ref, stage.done, note=f"{stage.name} finished")
+        log.info("run.moved", to=new_ref.state.value, seconds=_elapsed(progress.started_at, progress.finished_at))
 
     def _sleep(self, seconds: float) -> None:
         # Backoff sleeps end early on stop, so a draining daemon never waits minutes.

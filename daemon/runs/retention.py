@@ -12,7 +12,7 @@ ever go:
   copies of songs that a run already holds.
 
 ``tandava clean --dry-run`` prints the plan, ``tandava clean`` applies it, and
-the daemon's ``Janitor`` applies it about hourly from a background thread, so
+the daemon's ``Janitor`` applies it about hourly on a thread of its own, so
 the engine's loop (and with it the heartbeat) never waits for a large delete.
 
 The state root's size is measured by ``DiskUsage``: finished, failed and
@@ -203,7 +203,11 @@ class DiskUsage:
 
 
 class Janitor:
-    """Applies the retention policy about hourly and keeps the state root's size, off the engine's loop."""
+    """Applies the retention policy about hourly and keeps the state root's size, on a thread of its own.
+
+    Its own thread, not the engine's loop: a first sweep after months may delete
+    thousands of files, and the heartbeat must not wait for that.
+    """
 
     def __init__(self, store: RunStore, cfg: RetentionConfig, *, inbox: Path | None,
                  clock: Callable[[], datetime] = utcnow,
@@ -217,31 +221,35 @@ class Janitor:
         self.usage_seconds = usage_seconds
         self.usage = DiskUsage(store.root)
         self.size: int | None = None  # bytes under the state root, once measured
-        self._next_sweep = 0.0
-        self._next_usage = 0.0
+        self.sweeps = 0
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def disk(self) -> dict[str, int] | None:
         """What the health file shows about disk."""
         return None if self.size is None else {"state_root_bytes": self.size}
 
-    def tick(self) -> None:
-        """Start a sweep or a measurement in the background when one is due; never blocks."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        now = time.monotonic()
-        sweep, measure = now >= self._next_sweep, now >= self._next_usage
-        if not (sweep or measure):
-            return
-        if sweep:
-            self._next_sweep = now + self.sweep_seconds
-        self._next_usage = now + self.usage_seconds
-        self._thread = threading.Thread(target=self._work, args=(sweep,), name="tandava-retention", daemon=True)
+    def start(self) -> Janitor:
+        """Sweep and measure now, then again every ``sweep_seconds`` / ``usage_seconds``."""
+        self._thread = threading.Thread(target=self._loop, name="tandava-retention", daemon=True)
         self._thread.start()
+        return self
 
     def stop(self) -> None:
+        """Stop after the sweep or measurement under way (a delete is never cut in half)."""
+        self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            sweep = now >= next_sweep
+            if sweep:
+                next_sweep = now + self.sweep_seconds
+            self._work(sweep)
+            self._stop.wait(min(self.usage_seconds, max(0.0, next_sweep - time.monotonic())))
 
     def _work(self, sweep: bool) -> None:
         try:
@@ -251,6 +259,7 @@ class Janitor:
                     freed = apply(self.store, removals)
                     log.info("retention.removed", items=len(removals), bytes=freed,
                              runs=len({r.run_id for r in removals if r.run_id}))
+                self.sweeps += 1
             self.size = self.usage.measure()
         except Exception:  # housekeeping must never take the daemon down
             log.exception("retention.failed")

@@ -64,6 +64,29 @@ class RunRef:
         return self.path / MANIFEST
 
 
+def _close_resting_stages(manifest: Manifest, state: State) -> bool:
+    """Close stages a finished or failed run still shows open (written before every outcome
+    closed its stage): a rendered run waits for nobody. Returns whether anything changed."""
+    if state not in (State.RENDERED, State.FAILED):
+        return False
+    error = manifest.last_error
+    changed = False
+    for name, progress in manifest.stages.items():
+        if not progress.is_open or progress.started_at is None:
+            continue
+        failed = state is State.FAILED and error is not None and error.stage == name
+        progress.end(error.at if failed and error is not None else manifest.updated_at, failed=failed)
+        changed = True
+    return changed
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message without pydantic's multi-line detail (a log line stays one line)."""
+    if isinstance(exc, ValidationError):
+        return f"{exc.error_count()} invalid field(s), first: {exc.errors()[0].get('msg', '')}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 class RunStore:
     """Run folders under ``root``; every method is safe to interrupt at any instant."""
 
@@ -372,29 +395,6 @@ class RunStore:
 
             return release
         raise StoreLocked(f"cannot take the lock {path}")
-
-
-def _close_resting_stages(manifest: Manifest, state: State) -> bool:
-    """Close stages a finished or failed run still shows open (written before every outcome
-    closed its stage): a rendered run waits for nobody. Returns whether anything changed."""
-    if state not in (State.RENDERED, State.FAILED):
-        return False
-    error = manifest.last_error
-    changed = False
-    for name, progress in manifest.stages.items():
-        if not progress.is_open or progress.started_at is None:
-            continue
-        failed = state is State.FAILED and error is not None and error.stage == name
-        progress.end(error.at if failed and error is not None else manifest.updated_at, failed=failed)
-        changed = True
-    return changed
-
-
-def _short(exc: BaseException) -> str:
-    """An exception's message without pydantic's multi-line detail (a log line stays one line)."""
-    if isinstance(exc, ValidationError):
-        return f"{exc.error_count()} invalid field(s), first: {exc.errors()[0].get('msg', '')}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _lock_owner(path: Path) -> int | None:

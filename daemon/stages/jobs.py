@@ -68,9 +68,9 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
     elif record.status == "failed" or not backend.can_resume(located(record, job.ref.path)):
         # Made again (after a kill, a lost server, a failure): the attempt is on
         # disk before the backend starts it, so `show` counts what kills cost.
-        record.status = "submitted"
         record.attempts += 1
         job.store.save(job.ref, manifest)
+        record.status = "submitted"
         backend.submit(located(record, job.ref.path))
     job.started.add(job_id)
     return record

@@ -63,7 +63,8 @@ class Analyze:
         self.settings = settings
 
     def __call__(self, job: StageRun) -> None:
-        song = song_of(job)
+        song = job.ref.path / job.manifest.song.file_name
+        song_of(job)  # a song deleted from the run fails it with the way back
         if not job.is_done("hash") and not job.manifest.song.sha256:
             job.manifest.song.sha256 = _hash_or_explain(song, job.ref.run_id)
             job.done("hash")
@@ -110,26 +111,6 @@ class Analyze:
                  fell_through=len(record.fell_through))
 
 
-def song_of(job: StageRun) -> Path:
-    """The run's song; a song deleted from its run folder fails the run with the way back.
-
-    The hint names the folder the run is about to rest in (failed/), not the one
-    it is leaving, so the path it gives still exists when a person reads it.
-    """
-    song = job.ref.path / job.manifest.song.file_name
-    if song.is_file():
-        return song
-    rest = job.store.dir_for(State.FAILED) / job.ref.run_id
-    raise BadInput(
-        f"The song file {job.manifest.song.file_name} is missing from its run folder "
-        "(it was deleted or moved away).",
-        f"Put the song back into {rest} as {job.manifest.song.file_name} and run "
-        f"`tandava retry {job.ref.run_id}`, or drop it into the inbox again and "
-        f"`tandava forget {job.ref.run_id}`.",
-        cause="Missing",
-    )
-
-
 def _hash_or_explain(song: Path, run_id: str) -> str:
     try:
         return fsutil.sha256_file(song)
@@ -152,4 +133,24 @@ def _default_hint(run_id: str) -> str:
     return (
         "Re-export or re-download the song and drop it into the inbox again, "
         f"or replace the file in the run folder and run `tandava retry {run_id}`."
+    )
+
+
+def song_of(job: StageRun) -> Path:
+    """The run's song; a song deleted from its run folder fails the run with the way back.
+
+    The hint names the folder the run is about to rest in (failed/), not the one
+    it is leaving, so the path it gives still exists when a person reads it.
+    """
+    song = job.ref.path / job.manifest.song.file_name
+    if song.is_file():
+        return song
+    rest = job.store.dir_for(State.FAILED) / job.ref.run_id
+    raise BadInput(
+        f"The song file {job.manifest.song.file_name} is missing from its run folder "
+        "(it was deleted or moved away).",
+        f"Put the song back into {rest} as {job.manifest.song.file_name} and run "
+        f"`tandava retry {job.ref.run_id}`, or drop it into the inbox again and "
+        f"`tandava forget {job.ref.run_id}`.",
+        cause="Missing",
     )
