@@ -22,6 +22,7 @@ from daemon.music.segments_file import SEGMENTS_FILE, write_segments
 from daemon.runs import fsutil
 from daemon.runs.engine import Stage, StageRun
 from daemon.runs.states import Event, State
+from daemon.stages.song import song_of
 
 if TYPE_CHECKING:
     from daemon.backends.base import ImageBackend, VideoBackend
@@ -133,24 +134,4 @@ def _default_hint(run_id: str) -> str:
     return (
         "Re-export or re-download the song and drop it into the inbox again, "
         f"or replace the file in the run folder and run `tandava retry {run_id}`."
-    )
-
-
-def song_of(job: StageRun) -> Path:
-    """The run's song; a song deleted from its run folder fails the run with the way back.
-
-    The hint names the folder the run is about to rest in (failed/), not the one
-    it is leaving, so the path it gives still exists when a person reads it.
-    """
-    song = job.ref.path / job.manifest.song.file_name
-    if song.is_file():
-        return song
-    rest = job.store.dir_for(State.FAILED) / job.ref.run_id
-    raise BadInput(
-        f"The song file {job.manifest.song.file_name} is missing from its run folder "
-        "(it was deleted or moved away).",
-        f"Put the song back into {rest} as {job.manifest.song.file_name} and run "
-        f"`tandava retry {job.ref.run_id}`, or drop it into the inbox again and "
-        f"`tandava forget {job.ref.run_id}`.",
-        cause="Missing",
     )

@@ -72,7 +72,7 @@ class Render:
         self.backend_for = backend_for
 
     def __call__(self, job: StageRun) -> None:
-        from daemon.stages.pipeline import song_of
+        from daemon.stages.song import song_of
         from daemon.video.assembly import (
             assemble,
             thumbnail_time,

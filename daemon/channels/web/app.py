@@ -59,7 +59,6 @@ from daemon.channels.web import pages as web_pages
 from daemon.channels.web.assets import CSS, ICON, JS
 from daemon.channels.web.views import ViewCache
 from daemon.errors import RunNotFound, TandavaError
-from daemon.runs import archive
 from daemon.runs.health import health_json
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
@@ -188,6 +187,8 @@ class PanelApp:
         self.csrf = csrf
         self.poll_ms = max(0, round(poll_seconds * 1000))
         self.inbox_hint = f" ({inbox})" if inbox is not None else ""
+        from daemon.channels.web.forget import forget_routes
+
         routes = [
             Route("/", self.index),
             Route("/states/{state}", self.state_page),
@@ -198,8 +199,7 @@ class PanelApp:
             Route("/runs/{run_id}/decide", self.decide, methods=["POST"]),
             Route("/runs/{run_id}/approve-all", self.approve_all, methods=["POST"]),
             Route("/runs/{run_id}/retry", self.retry, methods=["POST"]),
-            Route("/runs/{run_id}/forget", self.forget, methods=["POST"]),
-            Route(web_pages.FORGET_FAILED_PATH, self.forget_failed, methods=["POST"]),
+            *forget_routes(store, self._form, fetch_header=FETCH_HEADER),
             Route("/static/panel.css", lambda _: Response(CSS, media_type="text/css")),
             Route("/static/panel.js", lambda _: Response(JS, media_type="text/javascript")),
             Route("/static/icon.svg", lambda _: Response(ICON, media_type="image/svg+xml")),
@@ -370,31 +370,6 @@ class PanelApp:
             return f"Sent back to {ref.state.value}/; the daemon picks it up from there."
 
         return await self._act(request, work)
-
-    async def forget(self, request: Request) -> Response:
-        await self._form(request)
-
-        def work() -> str:
-            gone = archive.forget(self.store, self._ref(request))
-            return f"Forgot {gone.run_id}: it is in archive/ with its song."
-
-        return self._answer(request, await run_in_threadpool(work))
-
-    async def forget_failed(self, request: Request) -> Response:
-        await self._form(request)
-
-        def work() -> str:
-            gone = [archive.forget(self.store, ref) for ref in archive.failed_runs(self.store)]
-            return f"Forgot {len(gone)} failed run(s): they are in archive/ with their songs."
-
-        return self._answer(request, await run_in_threadpool(work))
-
-    def _answer(self, request: Request, message: str) -> Response:
-        """An action whose run is gone afterwards: the answer, or back to the index."""
-        log.info("web.action", what=message)
-        if request.headers.get(FETCH_HEADER):
-            return JSONResponse({"message": message})
-        return RedirectResponse("/", status_code=303)
 
     # -- errors ---------------------------------------------------------------
 
