@@ -29,7 +29,6 @@ from daemon.runs.states import State
 from daemon.stages.candidates import seed_for
 from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
 from daemon.video import media, qc
-from daemon.video.assembly import FINAL_NAME
 from daemon.video.timeline import ClipRequest, Timeline, build_timeline
 
 log = structlog.get_logger("tandava.render")
@@ -98,7 +97,7 @@ class Render:
         for request in timeline.clips:
             record = self._clip(job, backend, request, segments[request.segment], images, clips, ffmpeg)
             clips.append(job.ref.path / record.output)
-        if not job.is_done("assembly") or not (job.ref.path / FINAL_NAME).is_file():
+        if not job.is_done("assembly") or not (job.ref.path / "final.mp4").is_file():
             result = assemble(
                 timeline, clips, song, job.ref.path,
                 width=self.settings.video.width, height=self.settings.video.height,
@@ -110,15 +109,15 @@ class Render:
             job.done("assembly", video=result.final.name, frames=result.info.frames,
                      seconds=round(result.seconds, 2), exports=",".join(p.name for p in result.exports.values()))
         if not job.is_done("thumbnail"):
-            write_thumbnail(job.ref.path / FINAL_NAME, job.ref.path / THUMBNAIL,
+            write_thumbnail(job.ref.path / "final.mp4", job.ref.path / THUMBNAIL,
                             at_seconds=thumbnail_time(segments), ffmpeg=ffmpeg)
             labels = [f"{s.index:02d} {s.start:05.1f}-{s.end:05.1f}s {s.mood}" for s in segments]
             write_contact_sheet(list(zip(images, labels, strict=True)), job.ref.path / CONTACT_SHEET)
             job.done("thumbnail")
         # The engine moves the run to rendered/ next: name the video where it will
         # stay, not in approved/, which it leaves a moment later.
-        log.info("render.done", video=FINAL_NAME,
-                 path=str(job.store.dir_for(State.RENDERED) / job.ref.run_id / FINAL_NAME))
+        log.info("render.done", video="final.mp4",
+                 path=str(job.store.dir_for(State.RENDERED) / job.ref.run_id / "final.mp4"))
 
     def _attempt(self, job: StageRun, backend: VideoBackend, request: ClipRequest, segment: Segment,
                  images: list[Path], clips: list[Path], ffmpeg: str) -> Attempt:
