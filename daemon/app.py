@@ -59,8 +59,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
     watcher: InboxWatcher | None = None
     comfy: ComfyBackends | None = None
     channels: list[Channel] = []
-    health: HealthReporter | None = None
     janitor: Janitor | None = None
+    health: HealthReporter | None = None
     try:
         for action in store.reconcile():
             log.info("store.reconciled", action=action)
@@ -90,8 +90,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
         health = HealthReporter(
             settings, store,
             backends=comfy_backends(comfy.pool) if comfy is not None else None,
-            in_flight=engine.in_flight,
             disk=janitor.disk,
+            in_flight=engine.in_flight,
         )
         if once:
             for path in watcher.scan_once():
@@ -131,10 +131,10 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False) 
             channel.stop()
         if watcher is not None:
             watcher.stop()
-        if comfy is not None:
-            comfy.close()
         if janitor is not None:
             janitor.stop()
+        if comfy is not None:
+            comfy.close()
         if health is not None:
             health.stop()
         release()

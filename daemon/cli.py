@@ -373,10 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("items", nargs="*", metavar="SEGMENT:CANDIDATE")
         if name == "regenerate":
             p.add_argument("items", nargs="+", metavar="SEGMENT")
-        if name == "approve":
-            p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
-        if name == "status":
-            p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
         if name == "forget":
             p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, their starts, or a word of the song")
             p.add_argument("--delete", action="store_true", help="delete instead of archiving (songs included)")
@@ -389,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pending":
             p.add_argument("run", nargs="?", default=None, help="only this run (its id, start, or a word)")
             p.add_argument("-v", "--verbose", action="store_true", help="also print each candidate's path")
+        if name == "approve":
+            p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
+        if name == "status":
+            p.add_argument("-v", "--verbose", action="store_true", help="list every run, not just counts")
         if name == "demo":
             p.add_argument("--dir", type=Path, default=Path("tandava-demo"), help="demo folder")
         if name == "logs":

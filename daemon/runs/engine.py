@@ -102,10 +102,10 @@ class StageRun:
     manifest: Manifest
     store: RunStore
     stop_event: threading.Event
-    log: Any = field(default=log)
     # Job ids this attempt has handed to a backend (``daemon.stages.jobs``): a job
     # started, then waited for, is one attempt, not two.
     started: set[str] = field(default_factory=set)
+    log: Any = field(default=log)
 
     def is_done(self, step: str) -> bool:
         """Whether ``step`` finished in an earlier attempt (then skip it)."""
@@ -133,8 +133,8 @@ class Engine:
         attempts: int = 5,
         backoff_initial: float = 2.0,
         backoff_max: float = 300.0,
-        tick_seconds: float = 0.5,
         store_error_pause: float = STORE_ERROR_PAUSE_SECONDS,
+        tick_seconds: float = 0.5,
     ) -> None:
         self.store = store
         self.stages = stages

@@ -78,9 +78,9 @@ class Health:
     backends: list[dict[str, Any]] = field(default_factory=list)
     last_error: dict[str, Any] | None = None
     stalls: list[Stall] = field(default_factory=list)
-    stopped_at: str | None = None
     # {"state_root_bytes": …} once the janitor measured it (see daemon.runs.retention).
     disk: dict[str, int] | None = None
+    stopped_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,8 +96,8 @@ class Health:
             backends=[dict(b) for b in data.get("backends") or []],
             last_error=data.get("last_error"),
             stalls=[Stall(**s) for s in data.get("stalls") or []],
-            stopped_at=data.get("stopped_at"),
             disk=data.get("disk"),
+            stopped_at=data.get("stopped_at"),
         )
 
     def age_seconds(self, now: datetime) -> float:
@@ -118,8 +118,8 @@ class HealthReporter:
         store: RunStore,
         *,
         backends: Backends | None = None,
-        in_flight: Callable[[], list[str]] | None = None,
         disk: Callable[[], dict[str, int] | None] | None = None,
+        in_flight: Callable[[], list[str]] | None = None,
         clock: Callable[[], datetime] = utcnow,
         stall_minutes: float | None = None,
         write_seconds: float = WRITE_SECONDS,
@@ -128,8 +128,8 @@ class HealthReporter:
         self.store = store
         self.path = health_path(store.root)
         self.backends = backends
-        self.in_flight = in_flight
         self.disk = disk
+        self.in_flight = in_flight
         self.clock = clock
         configured = getattr(settings.engine, "stall_minutes", None)
         self.stall_minutes = float(stall_minutes if stall_minutes is not None else configured or STALL_MINUTES)
@@ -186,9 +186,9 @@ class HealthReporter:
             in_flight=sorted(self.in_flight()) if self.in_flight is not None and not stopped else [],
             backends=self._backends(),
             last_error=self._last_error,
+            disk=self.disk() if self.disk is not None else None,
             stalls=list(self._stalls),
             stopped_at=now.isoformat() if stopped else None,
-            disk=self.disk() if self.disk is not None else None,
         )
 
     def _write(self, health: Health) -> None:

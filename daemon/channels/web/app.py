@@ -183,12 +183,11 @@ class PanelApp:
     def __init__(self, store: RunStore, *, token: str, hosts: frozenset[str] | None, csrf: str,
                  poll_seconds: float, inbox: Path | None = None) -> None:
         self.store = store
+        from daemon.channels.web.forget import forget_routes
         self.views = ViewCache(store)
         self.csrf = csrf
         self.poll_ms = max(0, round(poll_seconds * 1000))
         self.inbox_hint = f" ({inbox})" if inbox is not None else ""
-        from daemon.channels.web.forget import forget_routes
-
         routes = [
             Route("/", self.index),
             Route("/states/{state}", self.state_page),

@@ -169,11 +169,11 @@ def card(s: Summary, csrf: str) -> str:
             f'<p class="meta wrap">{e(v.run_id)}</p>']
     if s.problem:
         body.append(f'<p class="err wrap">cannot read this run: {e(s.problem)}</p>')
+    if v.state is State.FAILED:  # junk a person wants gone: archived, song and all
+        body.append(f'<div class="actions">{action(v.run_id, "forget", "Forget", csrf)}</div>')
     if v.error:
         body.append(f'<p class="err wrap">{e(v.error)}</p>')
     body.append(progress_list(s.progress))
-    if v.state is State.FAILED:  # junk a person wants gone: archived, song and all
-        body.append(f'<div class="actions">{action(v.run_id, "forget", "Forget", csrf)}</div>')
     buttons = ""
     if v.state is State.PENDING_APPROVAL and v.segments:
         body.append(f'<p><b>{len(v.open_segments)} of {len(v.segments)}</b> segments to decide</p>')
