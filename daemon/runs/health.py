@@ -321,10 +321,8 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
     else:
         yield (f"no daemon has written a heartbeat for {format_age(age)}: is it running? "
                f"(last pid {health.pid}; `tandava logs` shows its last words)")
-    if health.in_flight and health.stopped_at is None:
-        # A daemon whose heartbeat went stale was working on these when it went silent.
-        doing = "working on" if age <= stale_seconds else "was working on"
-        yield f"{doing}: {', '.join(health.in_flight)}"
+    if health.in_flight:
+        yield f"working on: {', '.join(health.in_flight)}"
     for backend in health.backends:
         where = backend.get("url") or backend.get("name") or "?"
         state = "up" if backend.get("up") else f"DOWN: {backend.get('problem') or 'not answering'}"
@@ -334,7 +332,6 @@ def health_lines(state_root: Path, *, now: datetime | None = None,
     if health.last_error is not None:
         err = health.last_error
         yield f"last error: {err.get('run_id')} in {err.get('stage')}: {err.get('reason')}"
-
 
 
 def health_json(state_root: Path, *, now: datetime | None = None,
