@@ -26,6 +26,7 @@ from daemon.host.service import STOP_TIMEOUT_SECONDS
 from daemon.intake.intake import Intake
 from daemon.runs.engine import Engine
 from daemon.runs.health import HealthReporter, comfy_backends
+from daemon.runs.retention import Janitor
 from daemon.runs.store import RunStore
 from daemon.stages.pipeline import build_stages
 
@@ -69,6 +70,7 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
     comfy: ComfyBackends | None = None
     google: GoogleBackends | None = None
     channels: list[Channel] = []
+    janitor: Janitor | None = None
     health: HealthReporter | None = None
     showing = contextlib.ExitStack()
     try:
@@ -99,9 +101,11 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
             backoff_max=settings.engine.backoff_max_seconds,
             tick_seconds=settings.engine.tick_seconds,
         )
+        janitor = Janitor(store, settings.retention, inbox=settings.paths.inbox).start()
         health = HealthReporter(
             settings, store,
             backends=comfy_backends(comfy.pool) if comfy is not None else None,
+            disk=janitor.disk,
             in_flight=engine.in_flight,
             progress=engine.board.as_json,
         )
@@ -148,6 +152,8 @@ def run(settings: Settings, stop_event: threading.Event, *, once: bool = False,
             channel.stop()
         if watcher is not None:
             watcher.stop()
+        if janitor is not None:
+            janitor.stop()
         if comfy is not None:
             comfy.close()
         if google is not None:

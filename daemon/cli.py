@@ -143,13 +143,17 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
-    """List what waits for a person: every run in pending_approval, its segments and candidate images.
+    """List what waits for a person: one line per segment of every run in pending_approval (or of RUN).
+
+    Each segment is approved, or open with its number of candidates; -v adds
+    each candidate's image path.
 
     Example: tandava pending
+             tandava pending shiva -v
     """
     from daemon.host.report import pending_lines
 
-    for line in pending_lines(settings.paths.state_root):
+    for line in pending_lines(settings.paths.state_root, args.run, verbose=args.verbose):
         print(line)
     return 0
 
@@ -188,6 +192,43 @@ def cmd_regenerate(args: argparse.Namespace, settings: Settings) -> int:
     Example: tandava regenerate 20261121-101500_shiva 2
     """
     return _decide(args, settings, "regenerate")
+
+
+@command
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    """Archive runs you no longer want to see: failed or finished ones, or folders that are not runs.
+
+    Each RUN moves whole (song included) into archive/ under the state root,
+    out of status, the panel and the daemon's sight; moving its folder back
+    into a state folder brings it back. --delete removes it for good, song
+    included. Runs being worked on are refused.
+
+    Example: tandava forget 20261121-101500_broken-song
+             tandava forget 20261121-1015 20261122-0930 --delete
+    """
+    from daemon.host.cleanup import forget_runs
+
+    return forget_runs(settings.paths.state_root, args.runs, delete=args.delete, out=sys.stdout, err=sys.stderr)
+
+
+@command
+def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    """Free disk now: apply the [retention] policy, and with --failed archive failed runs.
+
+    Retention removes the candidates and clips of runs rendered more than
+    intermediates_days ago, and duplicates older than duplicates_days (the
+    daemon does this hourly too). --failed archives failed runs (only those
+    that failed longer ago than --older-than, e.g. 7d); --delete removes them
+    instead, songs included. --dry-run prints what would go and what it would
+    free, and changes nothing.
+
+    Example: tandava clean --dry-run
+             tandava clean --failed --older-than 7d
+    """
+    from daemon.host.cleanup import clean
+
+    return clean(settings, failed=args.failed, older_than=args.older_than, delete=args.delete,
+                 dry_run=args.dry_run, out=sys.stdout, err=sys.stderr)
 
 
 def _decide(args: argparse.Namespace, settings: Settings, verdict: Verdict) -> int:
@@ -413,6 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("items", nargs="*", metavar="SEGMENT:CANDIDATE")
         if name == "regenerate":
             p.add_argument("items", nargs="+", metavar="SEGMENT")
+        if name == "forget":
+            p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, their starts, or a word of the song")
+            p.add_argument("--delete", action="store_true", help="delete instead of archiving (songs included)")
+        if name == "clean":
+            p.add_argument("--failed", action="store_true", help="also archive failed runs")
+            p.add_argument("--older-than", default="0d", metavar="AGE",
+                           help="with --failed: only runs that failed this long ago (7d, 12h)")
+            p.add_argument("--delete", action="store_true", help="with --failed: delete them, songs included")
+            p.add_argument("--dry-run", action="store_true", help="print what would go; change nothing")
+        if name == "pending":
+            p.add_argument("run", nargs="?", default=None, help="only this run (its id, start, or a word)")
+            p.add_argument("-v", "--verbose", action="store_true", help="also print each candidate's path")
         if name == "approve":
             p.add_argument("--all", action="store_true", help="approve every open segment's first candidate")
         if name == "status":

@@ -277,6 +277,16 @@ class EngineConfig(_Section):
     tick_seconds: float = Field(defaults.ENGINE_TICK_SECONDS, gt=0)
 
 
+class RetentionConfig(_Section):
+    """What old runs keep: 0 days keeps everything forever."""
+
+    # Candidates and clips of runs rendered this long ago are removed; the video,
+    # its exports, thumbnail, contact sheet, run.json, decisions and the song stay.
+    intermediates_days: float = Field(defaults.INTERMEDIATES_DAYS, ge=0)
+    # Files in <inbox>/duplicates/ older than this are removed (a run holds the same song).
+    duplicates_days: float = Field(defaults.DUPLICATES_DAYS, ge=0)
+
+
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     console: Literal["auto", "json", "pretty"] = "auto"
@@ -313,6 +323,7 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     # Where the configuration came from; set by load_settings, never by a user.
     config_file: Path | None = Field(default=None, exclude=True)

@@ -104,6 +104,16 @@ STALL_MINUTES = 30.0
 # Logs roll weekly as well as by size, so months of them stay findable by date.
 LOG_MAX_AGE_DAYS = 7
 
+# Retention (issue 11): what old runs keep. Two weeks is time to notice a video
+# needs a redo from its candidates; after that candidates and clips (MBs per
+# run, far more at 832x480) go, the video and its decisions stay.
+INTERMEDIATES_DAYS = 14.0
+# A duplicate is a second copy of a song a run already holds.
+DUPLICATES_DAYS = 30.0
+# Retention looks at old runs hourly; the state root's size is measured at most this often.
+RETENTION_SWEEP_SECONDS = 3600.0
+DISK_USAGE_SECONDS = 300.0
+
 # Approval channels (issue 5).
 TELEGRAM_BASE_URL = "https://api.telegram.org/bot"
 TELEGRAM_REMINDER_HOURS = 12.0

@@ -333,3 +333,26 @@ def test_the_api_tells_each_segment_offered(store: RunStore, tmp_path: Path, two
     assert offered == [0, 1, 2]
     first = next(e for e in log.since(0) if e.type == "segment.offered")
     assert first.data == {"segment": 0, "offered": 1}
+
+
+def test_pending_lists_the_segments_offered_so_far(store: RunStore, tmp_path: Path, two: Settings) -> None:
+    """`tandava pending` shows a run whose images are still being made, with its offered segments."""
+    from daemon.host.report import pending_lines
+
+    ref = analyzed_run(store, tmp_path, segments=3)
+    backend = PacedImages()
+    engine = engine_for(store, two, backend)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run, args=(stop,))
+    worker.start()
+    try:
+        backend.allow(2)
+        wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
+        lines = list(pending_lines(store.root))
+    finally:
+        backend.free = True
+        stop.set()
+        worker.join(WAIT)
+    assert lines[0].endswith("1 of 1 segment(s) open, 2 more being made")
+    assert [line for line in lines if line.startswith("  segment ")] == [
+        "  segment 0  00:00.00-00:05.00  steady  [open, 2 candidate(s)]"]

@@ -405,3 +405,40 @@ def test_a_long_state_shows_its_newest_and_pages_the_rest(panel: WebPanel, store
     assert [r.run_id in first for r in runs] == [False, True, True]
     assert [r.run_id in second for r in runs] == [True, False, False] and "Page 2 of 2" in second
     assert requests.get(f"{panel.url}states/nowhere", timeout=10).status_code == 404
+
+
+def test_failed_runs_come_last_folded_and_can_be_forgotten(panel: WebPanel, store: RunStore,
+                                                           tmp_path: Path) -> None:
+    """Failed runs are listed after waiting and finished ones, folded; Forget and Forget all archive them."""
+    pending = new_run(store, tmp_path, "waiting.wav")
+    for event in (Event.ANALYSIS_DONE, Event.IMAGES_DONE, Event.OFFERED):
+        pending = store.move(pending, event)
+    rendered = new_rendered_run(store, tmp_path)
+    failed = [new_failed_run(store, tmp_path, f"broken {i}.mp3") for i in range(3)]
+    with requests.Session() as http:
+        page = http.get(panel.url, timeout=10).text
+        order = [page.index(f'id="{state.value}"') for state in
+                 (State.PENDING_APPROVAL, State.RENDERED, State.FAILED)]
+        assert order == sorted(order)
+        folded = section_of(page, State.FAILED)
+        assert folded.startswith("<details><summary><h2>Failed <small>(3)</small></h2></summary>")
+        assert "Forget all failed runs" in folded
+        answer = http.post(f"{panel.url}runs/{failed[0].run_id}/forget", data={"csrf": csrf_of(page)},
+                           headers={"X-Tandava-Fetch": "1"}, timeout=10)
+        assert answer.status_code == 200 and "archive/" in answer.json()["message"]
+        assert (store.root / "archive" / failed[0].run_id / "broken 0.mp3").is_file()
+        waiting = http.post(f"{panel.url}runs/{pending.run_id}/forget", data={"csrf": csrf_of(page)},
+                            allow_redirects=False, timeout=10)
+        assert waiting.status_code == 303 and not pending.path.exists()  # a waiting run may be forgotten
+        busy = new_run(store, tmp_path, "arriving.wav")
+        refused = http.post(f"{panel.url}runs/{busy.run_id}/forget", data={"csrf": csrf_of(page)}, timeout=10)
+        assert refused.status_code == 409 and "is being worked on" in refused.text
+        assert busy.path.is_dir()
+        everything = http.post(f"{panel.url}failed/forget", data={"csrf": csrf_of(page)},
+                               allow_redirects=False, timeout=10)
+        assert everything.status_code == 303 and everything.headers["location"] == "/"
+        page = http.get(panel.url, timeout=10).text
+    assert list(store.iter_runs([State.FAILED])) == []
+    assert section_of(page, State.FAILED) == "" and rendered.run_id in section_of(page, State.RENDERED)
+    assert sorted(p.name for p in (store.root / "archive").iterdir()) == sorted(
+        [pending.run_id, *(r.run_id for r in failed)])

@@ -142,3 +142,23 @@ def test_every_page_fits_a_phone_without_horizontal_scroll(browser: Browser, pan
             assert 0.5 < page.evaluate("document.querySelector('video').duration") < 2
     finally:
         context.close()
+
+
+def test_failed_runs_are_folded_and_forgotten_by_a_click(browser: Browser, panel: WebPanel,
+                                                          store: RunStore, tmp_path: Path) -> None:
+    """Failed runs come folded; unfolded, a click on Forget archives one and the page shows one less."""
+    first = new_failed_run(store, tmp_path, "first broken.mp3")
+    new_failed_run(store, tmp_path, "second broken.mp3")
+    page = browser.new_page()
+    try:
+        page.goto(panel.url)
+        assert page.locator("#failed details").get_attribute("open") is None
+        forget = page.locator(f"#run-{first.run_id} button:has-text('Forget')")
+        assert not forget.is_visible()
+        page.locator("#failed summary").click()
+        forget.click()
+        page.wait_for_selector("#failed h2:has-text('(1)')", timeout=WAIT_MS)
+        assert "archive/" in (page.locator("#flash").text_content() or "")
+    finally:
+        page.close()
+    assert (store.root / "archive" / first.run_id / "first broken.mp3").is_file()

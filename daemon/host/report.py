@@ -6,10 +6,12 @@ CLI prints them and tests compare them.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon.errors import StoreError
+from daemon.errors import RunNotFound, StoreError
+from daemon.runs.archive import ARCHIVE_DIR
 from daemon.runs.manifest import Manifest
 from daemon.runs.progress import StepCount
 from daemon.runs.states import State
@@ -27,6 +29,7 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
     from daemon.runs.health import health_lines
 
     yield from health_lines(root)
+    yield _disk_line(root)
     yield "  ".join(f"{state.value}: {counts[state]}" for state in State)
     yield from _spend_today(root)
     if not refs:
@@ -67,6 +70,22 @@ def _cost_lines(run_dir: Path) -> list[str]:
     return estimate_lines(run_dir)
 
 
+def _disk_line(root: Path) -> str:
+    """How much the state root holds: a running daemon's recent measurement, else measured now."""
+    from daemon.runs.archive import human_bytes
+    from daemon.runs.health import STALE_SECONDS, read_health
+    from daemon.runs.manifest import utcnow
+    from daemon.runs.retention import DiskUsage
+
+    health = read_health(root)
+    if (health is not None and health.disk and "state_root_bytes" in health.disk
+            and health.stopped_at is None and health.age_seconds(utcnow()) <= STALE_SECONDS):
+        size = health.disk["state_root_bytes"]
+    else:  # no daemon keeps it current: one walk, for this command only
+        size = DiskUsage(root).measure()
+    return f"disk: the state root holds {human_bytes(size)}"
+
+
 def _live_jobs(store: RunStore, ref: RunRef) -> Iterator[str]:
     """One line per backend job in flight: where it is (queued, running on which server) and how far."""
     try:
@@ -83,7 +102,7 @@ def _progress(store: RunStore, ref: RunRef) -> str:
     try:
         manifest = store.load(ref)
     except StoreError as exc:
-        return f"(manifest unreadable: {exc})"
+        return f"BROKEN: {store.problem_of(ref, exc)}"
     if ref.state is State.FAILED and manifest.last_error is not None:
         err = manifest.last_error
         return f"failed in {err.stage}: {err.reason}"
@@ -93,7 +112,7 @@ def _progress(store: RunStore, ref: RunRef) -> str:
             else f"{', '.join(progress.steps_done) or 'starting'} (attempt {progress.attempts})"
         ) + _count(progress.detail)
         for stage, progress in manifest.stages.items()
-        if progress.finished_at is None
+        if progress.is_open
     ]
     analyze = manifest.stages.get("analyze")
     if analyze is not None and analyze.finished_at is not None:
@@ -113,8 +132,22 @@ def _count(detail: dict[str, object]) -> str:
 
 def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
     """Everything about one run a person might ask."""
-    ref = store.find(run_id)
-    manifest: Manifest = store.load(ref)
+    try:
+        ref = store.find(run_id)
+    except RunNotFound:
+        archived = sorted((store.root / ARCHIVE_DIR).glob(f"{glob.escape(run_id)}*"))
+        if not archived:
+            raise
+        for path in archived:
+            yield f"{path.name} was forgotten: it is in {path} (move it back into a state folder to bring it back)"
+        return
+    try:
+        manifest: Manifest = store.load(ref)
+    except StoreError as exc:
+        yield f"run      {ref.run_id}"
+        yield f"state    {ref.state.value}   ({ref.path})"
+        yield f"BROKEN   {store.problem_of(ref, exc)}"
+        return
     song = manifest.song
     yield f"run      {ref.run_id}"
     yield f"state    {ref.state.value}   ({ref.path})"
@@ -126,11 +159,12 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
     if manifest.stages:
         yield "stages"
         for name, progress in manifest.stages.items():
-            done = "finished" if progress.finished_at else "in progress"
+            done = progress.outcome
             steps = ", ".join(progress.steps_done) or "-"
             extra = " ".join(f"{k}={v}" for k, v in progress.detail.items() if k != "progress") + _count(
                 progress.detail)
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
+    yield from _job_lines(manifest)
     yield from _writing_lines(ref.path)
     cost = _cost_lines(ref.path)
     if cost:
@@ -146,8 +180,27 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
             yield f"  {err.at:%Y-%m-%d %H:%M:%S}  {err.stage}: {err.reason}"
             if err.hint:
                 yield f"      fix: {err.hint}"
+    if manifest.intermediates_removed_at is not None:
+        yield (f"retention removed its candidates and clips on "
+               f"{manifest.intermediates_removed_at:%Y-%m-%d} (the video and decisions stay)")
     if ref.state is State.FAILED:
         yield f"retry with: tandava retry {ref.run_id}"
+        yield f"or forget it (archived, song kept): tandava forget {ref.run_id}"
+
+
+def _job_lines(manifest: Manifest) -> Iterator[str]:
+    """Backend jobs by status, then each job that took more than one attempt (what kills
+    and failures cost) or has not finished."""
+    jobs = list(manifest.jobs.values())
+    if not jobs:
+        return
+    counts = {status: sum(1 for j in jobs if j.status == status) for status in ("done", "submitted", "failed")}
+    made = sum(j.attempts for j in jobs)
+    yield (f"jobs     {counts['done']} done, {counts['submitted']} in flight, {counts['failed']} failed; "
+           f"{made} attempt(s) for {len(jobs)} job(s)")
+    for job in sorted(jobs, key=lambda j: (j.kind, j.segment, j.index, j.id)):
+        if job.attempts > 1 or job.status != "done":
+            yield f"  {job.kind} s{job.segment:03d}#{job.index}  {job.status}; attempts: {job.attempts}  [{job.id}]"
 
 
 def _writing_lines(run_dir: Path) -> Iterator[str]:
@@ -167,14 +220,30 @@ def _writing_lines(run_dir: Path) -> Iterator[str]:
             yield f"      fix: {entry['hint']}"
 
 
-def pending_lines(root: Path) -> Iterator[str]:
-    """Runs waiting for approval, per segment: status and candidate images."""
-    from daemon.approval.store import ApprovalStore, candidates_of, statuses
+def pending_lines(root: Path, run: str | None = None, *, verbose: bool = False) -> Iterator[str]:
+    """What waits for approval: one line per segment (decided, or open with its candidates),
+    for every waiting run or just ``run``; ``verbose`` adds each candidate's image path."""
+    from daemon.approval.store import (
+        DECIDING_STATES,
+        ApprovalStore,
+        candidates_of,
+        offered_segments,
+        statuses,
+    )
     from daemon.music.segments_file import read_segments
 
     store = RunStore(root)
     approvals = ApprovalStore(store)
-    refs = list(store.iter_runs([State.PENDING_APPROVAL]))
+    if run is not None:
+        ref = store.find(run)
+        if ref.state not in DECIDING_STATES:
+            yield f"{ref.run_id} is in {ref.state.value}/: it does not wait for approval."
+            return
+        refs = [ref]
+    else:
+        # Runs whose images are still being made list the segments offered so far.
+        refs = [r for r in store.iter_runs([State.PENDING_APPROVAL, State.IMAGED, State.ANALYZED])
+                if r.state is State.PENDING_APPROVAL or _has_offers(store, r)]
     if not refs:
         yield "nothing waits for approval."
         return
@@ -187,17 +256,40 @@ def pending_lines(root: Path) -> Iterator[str]:
             yield f"{ref.run_id}: cannot read ({exc})"
             continue
         jobs = candidates_of(manifest)
+        offered = offered_segments(manifest) if ref.state is not State.PENDING_APPROVAL else None
+        if offered is not None:
+            current = [s for s in current if s.segment in offered]
+        coming = f", {len(segments) - len(current)} more being made" if offered is not None else ""
         open_count = sum(1 for s in current if s.approved is None)
-        yield f"{ref.run_id}  ({manifest.song.original_name}): {open_count} of {len(current)} segment(s) open"
-        for status, segment in zip(current, segments, strict=True):
-            state = f"approved {status.approved}" if status.approved is not None else (
-                "all rejected" if status.all_rejected else "open")
+        yield (f"{ref.run_id}  ({manifest.song.original_name}): {open_count} of {len(current)} "
+               f"segment(s) open{coming}")
+        for status in current:
+            segment = segments[status.segment]
+            made = jobs.get(segment.index, [])
+            if status.approved is not None:
+                state = f"approved {status.approved}"
+            else:
+                state = f"{'all rejected' if status.all_rejected else 'open'}, {len(made)} candidate(s)"
             yield f"  segment {segment.index}  {_clock(segment.start)}-{_clock(segment.end)}  {segment.mood}  [{state}]"
-            for job in jobs.get(segment.index, []):
+            if not verbose:
+                continue
+            for job in made:
                 mark = "approved" if job.index == status.approved else (
                     "rejected" if job.index in status.rejected else "")
                 yield f"    {segment.index}:{job.index}  {ref.path / job.output}  {mark}".rstrip()
         yield f"  approve with: tandava approve {ref.run_id} --all   (or SEGMENT:CANDIDATE …)"
+    if not verbose:
+        yield "(`tandava pending -v` adds each candidate's image path)"
+
+
+def _has_offers(store: RunStore, ref: RunRef) -> bool:
+    """Whether a run still making images has a segment offered already."""
+    from daemon.approval.store import offered_segments
+
+    try:
+        return bool(offered_segments(store.load(ref)))
+    except (StoreError, OSError, ValueError):
+        return False
 
 
 def _clock(seconds: float) -> str:

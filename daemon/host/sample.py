@@ -39,6 +39,7 @@ SECTION_NOTES: dict[str, str] = {
     "comfy.managed": "A ComfyUI that Tandava launches, watches and restarts (optional).",
     "telegram": "The Telegram approval bot. Its token: TANDAVA_TELEGRAM__TOKEN=… in .env beside this file.",
     "web": "The control panel, served while `tandava run` runs.",
+    "retention": "What old runs keep; `tandava clean --dry-run` previews it.",
     "api": "The HTTP API, served by the panel under /api/v1 with its host, port and token rule.",
     "google": "Google's models as backends (gemini images, veo clips): prices, caps and the route. "
               "The key: GOOGLE_API_KEY in .env beside this file.",
@@ -156,6 +157,8 @@ NOTES: dict[str, str] = {
     "api.webhook_backoff_initial_seconds": "a receiver that is down is tried again after this, doubling",
     "api.webhook_backoff_max_seconds": "up to this",
     "api.watch_seconds": "how often the store is looked at for events to tell (SSE and webhooks)",
+    "retention.intermediates_days": "candidates and clips of runs rendered this long ago are removed (0: never)",
+    "retention.duplicates_days": "files in <inbox>/duplicates/ older than this are removed (0: never)",
     "log.level": "DEBUG, INFO, WARNING or ERROR",
     "log.console": "auto (pretty on a terminal, JSON otherwise and under journald), json or pretty",
     "log.max_bytes": "roll the log at this size",

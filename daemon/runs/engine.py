@@ -15,6 +15,15 @@ share that went away, a full disk) is retried with exponential backoff and
 jitter; ``PermanentError``, or a transient one that outlived its attempts,
 moves the run to failed/ with ``error.json``.
 
+Every outcome closes the stage: finished (the engine moved the run, or the
+stage moved it itself and answered ``Moved``) or failed (``RunStore.fail``),
+and what it waited for is dropped (``StageProgress.end``), so ``status``,
+``show`` and the panel never show an ended stage as waiting.
+
+A folder that is not a run (no ``run.json``) or whose manifest is damaged is
+named once, in words that say how to fix it, and then left alone until its
+``run.json`` changes (``_broken``): no warning every few seconds for months.
+
 Stopping: ``run(stop_event)`` returns once the stop event is set and the work
 in flight has finished (a warm stop); queued work that has not started is
 dropped and simply found again in its input directory on the next start.
@@ -98,6 +107,9 @@ class StageRun:
     manifest: Manifest
     store: RunStore
     stop_event: threading.Event
+    # Job ids this attempt has handed to a backend (``daemon.stages.jobs``): a job
+    # started, then waited for, is one attempt, not two.
+    started: set[str] = field(default_factory=set)
     log: Any = field(default=log)
     board: ProgressBoard | None = None
     _saved_at: float = field(default=0.0, repr=False)
@@ -144,6 +156,7 @@ class Engine:
         attempts: int = 5,
         backoff_initial: float = 2.0,
         backoff_max: float = 300.0,
+        store_error_pause: float = STORE_ERROR_PAUSE_SECONDS,
         tick_seconds: float = 0.5,
         board: ProgressBoard | None = None,
     ) -> None:
@@ -155,6 +168,7 @@ class Engine:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.tick_seconds = tick_seconds
+        self.store_error_pause = store_error_pause
         workers = workers or {}
         self._pools = {
             resource: ThreadPoolExecutor(
@@ -165,6 +179,11 @@ class Engine:
         self._in_flight: dict[str, Future[None]] = {}
         # Runs that answered Waiting are not looked at again before this time.
         self._not_before: dict[str, float] = {}
+        # Folders that cannot be read as runs, by the stamp of their run.json when
+        # they were named: they are looked at again only once that changes.
+        self._broken: dict[str, _Stamp] = {}
+        # The last store error logged per readable run, so a repeat is not logged again.
+        self._store_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -198,18 +217,38 @@ class Engine:
         submitted = 0
         self._reap()
         now = time.monotonic()
+        seen: set[str] = set()
         for stage in self.stages:
             for ref in self.store.iter_runs([stage.input]):
+                seen.add(ref.run_id)
+                with self._lock:
+                    broken = self._broken.get(ref.run_id)
+                if broken is not None and broken == _stamp(ref):
+                    continue
                 with self._lock:
                     if ref.run_id in self._in_flight or self._stop.is_set():
                         continue
                     if self._not_before.get(ref.run_id, 0.0) > now:
                         continue
+                    self._broken.pop(ref.run_id, None)
                     self._in_flight[ref.run_id] = self._pools[stage.resource].submit(
                         self._process, stage, ref
                     )
                 submitted += 1
+        self._forget_gone(seen)
         return submitted
+
+    def _forget_gone(self, seen: set[str]) -> None:
+        """Drop what the engine remembers about runs no stage will see again (failed,
+        rendered, archived, deleted by hand), so a daemon running for months does not
+        keep an entry for every run it ever paused."""
+        with self._lock:
+            for run_id in [r for r in self._not_before if r not in seen and r not in self._in_flight]:
+                del self._not_before[run_id]
+            for run_id in [r for r in self._broken if r not in seen]:
+                del self._broken[run_id]
+            for run_id in [r for r in self._store_errors if r not in seen]:
+                del self._store_errors[run_id]
 
     def busy(self) -> bool:
         """Whether any run is being worked on."""
@@ -223,9 +262,11 @@ class Engine:
             return list(self._not_before)
 
     def in_flight(self) -> list[str]:
-        """Run ids being worked on now."""
+        """Run ids being worked on now; a run only re-checked while it waits (for a person,
+        a server) is not being worked on."""
+        self._reap()
         with self._lock:
-            return list(self._in_flight)
+            return [r for r in self._in_flight if r not in self._not_before]
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Let work in flight finish (``wait``) and drop what has not started."""
@@ -245,11 +286,7 @@ class Engine:
             try:
                 self._attempt_stage(stage, ref)
             except StoreError as exc:
-                # The run was moved or damaged under us (a person ran retry, or a
-                # share blinked): look again later, without a warning every tick.
-                with self._lock:
-                    self._not_before[ref.run_id] = time.monotonic() + STORE_ERROR_PAUSE_SECONDS
-                log.warning("stage.store_error", error=str(exc), retry_in=STORE_ERROR_PAUSE_SECONDS)
+                self._store_error(ref, exc)
             except Exception as exc:  # a bug must not take the daemon down
                 log.exception("stage.crashed")
                 self._fail(stage, ref, PermanentError(
@@ -258,6 +295,42 @@ class Engine:
                     f"Then run `tandava retry {ref.run_id}`.",
                     cause="InternalError",
                 ))
+
+    def _close_moved(self, stage: Stage, ref: RunRef) -> None:
+        """Close a stage that moved the run itself (the approval gate, under its lock).
+
+        It saved the manifest where the run went; the stage is closed in that
+        copy (ours is older), before the run's next stage can look at it.
+        """
+        moved = self.store.load(ref)
+        moved.progress(stage.name).end(self.store.clock())
+        self.store.save(ref, moved)
+
+    def _store_error(self, ref: RunRef, exc: StoreError) -> None:
+        """A run that cannot be read: moved under us (look again soon), or broken (say so once)."""
+        stamp = _stamp(ref)
+        if stamp[0] is None:
+            # The folder went (a person ran retry or forget, a share blinked):
+            # look again later, without a warning every tick.
+            with self._lock:
+                self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
+            log.info("stage.run_gone", error=str(exc), retry_in=self.store_error_pause)
+            return
+        try:
+            self.store.load(ref)
+        except StoreError as unreadable:
+            with self._lock:
+                self._broken[ref.run_id] = stamp
+            log.warning("run.broken", path=str(ref.path), problem=self.store.problem_of(ref, unreadable))
+            return
+        # A readable run that cannot move on (a folder of its name is in the way):
+        # tried again every few seconds, its reason logged once until it changes.
+        with self._lock:
+            self._not_before[ref.run_id] = time.monotonic() + self.store_error_pause
+            repeated = self._store_errors.get(ref.run_id) == str(exc)
+            self._store_errors[ref.run_id] = str(exc)
+        if not repeated:
+            log.warning("stage.store_error", error=str(exc), retry_in=self.store_error_pause)
 
     def _attempt_stage(self, stage: Stage, ref: RunRef) -> None:
         manifest = self.store.load(ref)
@@ -310,6 +383,8 @@ class Engine:
         except StageError as exc:
             self._fail(stage, ref, exc, attempt=progress.attempts)
             return
+        if isinstance(outcome, Moved):
+            self._close_moved(stage, outcome.ref)
         if isinstance(outcome, Waiting):
             with self._lock:
                 self._not_before[ref.run_id] = time.monotonic() + outcome.recheck_seconds
@@ -368,6 +443,21 @@ class Engine:
             log.error("stage.cannot_record_failure", error=str(exc), reason=error.reason)
             return
         log.error("run.failed", cause=error.cause, reason=error.reason, hint=error.hint)
+
+
+# What a run folder looked like when it was found broken: whether it exists,
+# and the (mtime, size, inode) of its run.json (None: there is none).
+_Stamp = tuple[object, ...]
+
+
+def _stamp(ref: RunRef) -> _Stamp:
+    if not ref.path.is_dir():
+        return (None,)
+    try:
+        st = ref.manifest_path.stat()
+    except OSError:
+        return (True, None)
+    return (True, st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _as_stage_error(exc: BaseException, run_id: str) -> StageError:

@@ -78,6 +78,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def keep_previous(path: Path, backup: Path) -> bool:
+    """Make ``backup`` a whole copy of ``path`` as it is now; False when it could not.
+
+    A hard link under a temp name renamed over ``backup``: no data is copied and
+    the backup is never half-written. Where links are not supported (FAT, some
+    shares) the content is copied the same way. A backup is a convenience: a
+    failure (``path`` missing, a backup held open on Windows) never stops the
+    write it precedes.
+    """
+    tmp = temp_path_for(backup)
+    try:
+        try:
+            os.link(path, tmp)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, backup)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Atomically write UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -80,6 +80,8 @@ class Health:
     backends: list[dict[str, Any]] = field(default_factory=list)
     last_error: dict[str, Any] | None = None
     stalls: list[Stall] = field(default_factory=list)
+    # {"state_root_bytes": …} once the janitor measured it (see daemon.runs.retention).
+    disk: dict[str, int] | None = None
     stopped_at: str | None = None
     # Per run in the pipeline: state, stage, waiting reason and its step count (``ProgressBoard.as_json``).
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -98,6 +100,7 @@ class Health:
             backends=[dict(b) for b in data.get("backends") or []],
             last_error=data.get("last_error"),
             stalls=[Stall(**s) for s in data.get("stalls") or []],
+            disk=data.get("disk"),
             stopped_at=data.get("stopped_at"),
             progress={str(k): dict(v) for k, v in dict(data.get("progress") or {}).items()},
         )
@@ -120,6 +123,7 @@ class HealthReporter:
         store: RunStore,
         *,
         backends: Backends | None = None,
+        disk: Callable[[], dict[str, int] | None] | None = None,
         in_flight: Callable[[], list[str]] | None = None,
         progress: Callable[[], dict[str, dict[str, Any]]] | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -130,6 +134,7 @@ class HealthReporter:
         self.store = store
         self.path = health_path(store.root)
         self.backends = backends
+        self.disk = disk
         self.in_flight = in_flight
         self.progress = progress
         # The last snapshot written: a live view takes its counts from here, not from the disk.
@@ -172,8 +177,12 @@ class HealthReporter:
         """Record that the daemon stopped on purpose (so status does not ask whether it crashed)."""
         now = self.clock()
         try:
+            # The last word stays on disk until the next start: make it true now,
+            # not as of the last scan (a run may have failed since).
+            self._stalls = self._find_stalls(now)
+            self._last_error = self._find_last_error()
             self._write(self.snapshot(now, stopped=True))
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             log.warning("health.not_written", path=str(self.path), error=str(exc))
 
     def snapshot(self, now: datetime, *, stopped: bool = False) -> Health:
@@ -183,9 +192,11 @@ class HealthReporter:
             started_at=self.started_at.isoformat(),
             heartbeat=now.isoformat(),
             counts=count_runs(self.store.root),
-            in_flight=sorted(self.in_flight()) if self.in_flight is not None else [],
+            # A stopped daemon works on nothing, whatever it was doing last.
+            in_flight=sorted(self.in_flight()) if self.in_flight is not None and not stopped else [],
             backends=self._backends(),
             last_error=self._last_error,
+            disk=self.disk() if self.disk is not None else None,
             stalls=list(self._stalls),
             stopped_at=now.isoformat() if stopped else None,
             progress=self.progress() if self.progress is not None else {},
@@ -226,7 +237,7 @@ class HealthReporter:
             return None
         open_stages = [
             (name, progress) for name, progress in manifest.stages.items()
-            if progress.started_at is not None and progress.finished_at is None
+            if progress.started_at is not None and progress.is_open
         ]
         if not open_stages:
             return None  # queued, not started: waiting for a worker is not a stall

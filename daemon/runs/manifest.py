@@ -60,6 +60,12 @@ class ErrorRecord(BaseModel):
     retryable: bool = False
 
 
+# Detail keys that describe a stage while it is open (what it waits for, how
+# often it stumbled); they are dropped when the stage ends, so nothing shows a
+# finished or failed stage as still waiting.
+OPEN_DETAIL_KEYS = ("waiting", "transient_failures")
+
+
 class StageProgress(BaseModel):
     """How far a stage got: finished steps survive a crash and are never redone."""
 
@@ -67,7 +73,32 @@ class StageProgress(BaseModel):
     attempts: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Set when the run failed in this stage; cleared when it is retried.
+    failed_at: datetime | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the stage has neither finished nor failed (it is working or waiting)."""
+        return self.finished_at is None and self.failed_at is None
+
+    @property
+    def outcome(self) -> str:
+        """``finished``, ``failed``, ``waiting`` or ``in progress``: what ``show`` prints."""
+        if self.finished_at is not None:
+            return "finished"
+        if self.failed_at is not None:
+            return "failed"
+        return "waiting" if "waiting" in self.detail else "in progress"
+
+    def end(self, at: datetime, *, failed: bool = False) -> None:
+        """Close the stage, whichever way it ended: nothing it waited for is pending any more."""
+        if failed:
+            self.failed_at = at
+        else:
+            self.finished_at, self.failed_at = at, None
+        for key in OPEN_DETAIL_KEYS:
+            self.detail.pop(key, None)
 
 
 class Manifest(BaseModel):
@@ -85,6 +116,8 @@ class Manifest(BaseModel):
     failed_from: State | None = None
     # Backend work by job id; a job is recorded here before it is submitted.
     jobs: dict[str, Job] = Field(default_factory=dict)
+    # When retention removed the candidates and clips of this (rendered) run.
+    intermediates_removed_at: datetime | None = None
 
     def progress(self, stage: str) -> StageProgress:
         """The progress record of ``stage``, created on first use."""

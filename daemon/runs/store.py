@@ -45,6 +45,8 @@ from daemon.runs.manifest import (
 from daemon.runs.states import Event, State, next_state
 
 INGEST_PREFIX = ".ingest-"
+# The manifest as it was before its last rewrite (see ``RunStore.save``).
+MANIFEST_BACKUP = MANIFEST + ".bak"
 LOCK_FILE = ".tandava.lock"
 
 
@@ -59,6 +61,29 @@ class RunRef:
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
+
+
+def _close_resting_stages(manifest: Manifest, state: State) -> bool:
+    """Close stages a finished or failed run still shows open (written before every outcome
+    closed its stage): a rendered run waits for nobody. Returns whether anything changed."""
+    if state not in (State.RENDERED, State.FAILED):
+        return False
+    error = manifest.last_error
+    changed = False
+    for name, progress in manifest.stages.items():
+        if not progress.is_open or progress.started_at is None:
+            continue
+        failed = state is State.FAILED and error is not None and error.stage == name
+        progress.end(error.at if failed and error is not None else manifest.updated_at, failed=failed)
+        changed = True
+    return changed
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message without pydantic's multi-line detail (a log line stays one line)."""
+    if isinstance(exc, ValidationError):
+        return f"{exc.error_count()} invalid field(s), first: {exc.errors()[0].get('msg', '')}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class RunStore:
@@ -127,7 +152,7 @@ class RunStore:
         try:
             manifest = Manifest.model_validate_json(ref.manifest_path.read_bytes())
         except (OSError, ValidationError, ValueError) as exc:
-            raise StoreError(f"cannot read {ref.manifest_path}: {exc}") from exc
+            raise StoreError(f"cannot read {ref.manifest_path}: {_short(exc)}") from exc
         if manifest.schema_version > SCHEMA_VERSION:
             raise StoreError(
                 f"{ref.manifest_path} has schema {manifest.schema_version}; "
@@ -136,9 +161,25 @@ class RunStore:
         return manifest
 
     def save(self, ref: RunRef, manifest: Manifest) -> None:
-        """Atomically rewrite a run's manifest."""
+        """Atomically rewrite a run's manifest, keeping the previous one as ``run.json.bak``.
+
+        The previous file was written (whole) by this method, so the backup is
+        always a manifest that read back: the way back from a damaged run.json.
+        """
         manifest.updated_at = self.clock()
+        fsutil.keep_previous(ref.manifest_path, ref.path / MANIFEST_BACKUP)
         fsutil.atomic_write_text(ref.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+
+    def problem_of(self, ref: RunRef, exc: StoreError | None = None) -> str:
+        """Why a run folder cannot be read, and what a person does about it (one sentence each)."""
+        forget = f"`tandava forget {ref.run_id}`"
+        if not ref.manifest_path.is_file():
+            return (f"{ref.path} is not a Tandava run: no run.json. Move it out of "
+                    f"{ref.state.value}/, or archive it with {forget}.")
+        if exc is not None and "schema" in str(exc):
+            return f"{exc}: upgrade Tandava, or archive the run with {forget}."
+        backup = "restore it from run.json.bak" if (ref.path / MANIFEST_BACKUP).is_file() else "restore it"
+        return f"{ref.manifest_path} is damaged: {backup} or {forget}."
 
     # -- moves ----------------------------------------------------------------
 
@@ -168,6 +209,7 @@ class RunStore:
         )
         manifest.errors.append(record)
         manifest.failed_from = ref.state
+        manifest.progress(stage).end(record.at, failed=True)
         self.save(ref, manifest)
         error_doc = record.model_dump(mode="json") | {
             "run_id": ref.run_id,
@@ -187,6 +229,7 @@ class RunStore:
             # A fresh start of the failed stage: its attempts count from zero again.
             for progress in manifest.stages.values():
                 progress.attempts = 0
+                progress.failed_at = None
             self.save(ref, manifest)
         new_ref = self.move(ref, Event.RETRY, note="retry requested")
         with contextlib.suppress(FileNotFoundError):
@@ -332,13 +375,19 @@ class RunStore:
             except StoreError as exc:
                 actions.append(f"cannot read manifest of {ref.run_id}: {exc}")
                 continue
+            changed = False
             if manifest.state is not ref.state:
                 manifest.state = ref.state
                 manifest.history.append(
                     StateChange(state=ref.state, at=self.clock(), note="reconciled after restart")
                 )
-                self.save(ref, manifest)
+                changed = True
                 actions.append(f"recorded {ref.run_id} as {ref.state.value}")
+            if _close_resting_stages(manifest, ref.state):
+                changed = True
+                actions.append(f"closed the stages {ref.run_id} left open")
+            if changed:
+                self.save(ref, manifest)
         return actions
 
     # -- ownership ------------------------------------------------------------

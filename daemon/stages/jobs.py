@@ -5,7 +5,9 @@ backend. A job that is done (status recorded and its output on disk) is
 returned as it is. A new job is written into ``run.json`` *before* the backend
 hears of it (invariant 4), so a crash after submitting leaves a record to
 re-attach to. A job recorded but not done is re-attached when the backend can
-resume it, and submitted again otherwise (redone once). ``finish_job`` waits
+resume it, and submitted again otherwise (redone once). Each submission counts
+an attempt, recorded before the backend starts it, so a job made again after
+a kill shows ``attempts: 2``. ``finish_job`` waits
 for it, checks the output and records it done. A stage starts all the jobs it
 can before it finishes the first, so a GPU server always has the next job
 queued. Paths in the manifest are relative to the run folder, because the
@@ -85,16 +87,24 @@ def start_job(job: StageRun, backend: Backend, job_id: str, make_record: Callabl
     if is_done(job, record):
         assert record is not None
         return record
+    if record is not None and record.status == "submitted" and job_id in job.started:
+        return record  # started a moment ago by this same attempt (a stage starts all, then waits)
     if record is None:
         record = make_record()
+        record.attempts = 1
         manifest.jobs[job_id] = record
         job.store.save(job.ref, manifest)  # the id is on disk before the backend hears of it
         _submit(job, backend, record)
     elif record.status == "failed" or not _can_resume(job, backend, record):
+        # Made again (after a kill, a lost server, a failure): the attempt is on
+        # disk before the backend starts it, so `show` counts what kills cost.
+        record.attempts += 1
         record.status = "submitted"
         # Made again, perhaps by another backend than the one that recorded it first.
         record.backend = backend.name
+        job.store.save(job.ref, manifest)
         _submit(job, backend, record)
+    job.started.add(job_id)
     return record
 
 
@@ -106,6 +116,7 @@ def start_jobs(job: StageRun, backend: Backend,
     manifest = job.manifest
     new = [(jid, make()) for jid, make in wanted if jid not in manifest.jobs]
     for jid, record in new:
+        record.attempts = 1
         manifest.jobs[jid] = record
     if new:
         job.store.save(job.ref, manifest)
@@ -115,6 +126,7 @@ def start_jobs(job: StageRun, backend: Backend,
         if jid in fresh:
             record = manifest.jobs[jid]
             _submit(job, backend, record)
+            job.started.add(jid)
         else:
             record = start_job(job, backend, jid, make)
         records.append(record)
@@ -134,15 +146,18 @@ def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | N
         return record
     (job.ref.path / record.output).parent.mkdir(parents=True, exist_ok=True)
     with structlog.contextvars.bound_contextvars(segment=record.segment):
-        record.attempts += 1
+        record.attempts = max(record.attempts, 1)  # a record written before attempts were counted at start
         sent = located(record, job.ref.path)
         try:
             output = backend.collect(sent, progress=_progress_writer(job, record), stop=job.stop_event)
+            if check is not None:
+                check(output, record)
+        except BaseException:
+            job.started.discard(record.id)  # a retry of the stage starts it again: a new attempt
+            raise
         finally:
             if _take_back(record, sent):
                 job.store.save(job.ref, job.manifest)
-        if check is not None:
-            check(output, record)
         record.status = "done"
         for key in ("progress", "where"):
             record.detail.pop(key, None)

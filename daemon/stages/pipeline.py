@@ -29,6 +29,7 @@ from daemon.music.segments_file import SEGMENTS_FILE, write_segments
 from daemon.runs import fsutil
 from daemon.runs.engine import Outcome, Stage, StageRun, Waiting
 from daemon.runs.states import Event, State
+from daemon.stages.song import song_of
 
 if TYPE_CHECKING:
     from daemon.backends.base import ImageBackend, VideoBackend
@@ -104,6 +105,7 @@ class Analyze:
 
     def __call__(self, job: StageRun) -> Outcome:
         song = job.ref.path / job.manifest.song.file_name
+        song_of(job)  # a song deleted from the run fails it with the way back
         if not job.is_done("hash") and not job.manifest.song.sha256:
             job.manifest.song.sha256 = _hash_or_explain(song, job.ref.run_id)
             job.done("hash")

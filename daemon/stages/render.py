@@ -25,6 +25,7 @@ from daemon.errors import PermanentError, TransientError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
 from daemon.runs.engine import StageRun
+from daemon.runs.states import State
 from daemon.stages.candidates import seed_for
 from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job
 from daemon.video import media, qc
@@ -115,6 +116,7 @@ class Render:
         self.rewrite = rewrite or gentle_prompt
 
     def __call__(self, job: StageRun) -> None:
+        from daemon.stages.song import song_of
         from daemon.video.assembly import (
             assemble,
             thumbnail_time,
@@ -122,6 +124,7 @@ class Render:
             write_thumbnail,
         )
 
+        song = song_of(job)
         ffmpeg = media.find_ffmpeg(self.settings.assembly.ffmpeg)
         segments = read_segments(job.ref.path)
         backend: VideoBackend = self.backend_for(self.settings)
@@ -152,7 +155,7 @@ class Render:
             job.report("clips", len(clips), len(timeline.clips))
         if not job.is_done("assembly") or not (job.ref.path / "final.mp4").is_file():
             result = assemble(
-                timeline, clips, job.ref.path / job.manifest.song.file_name, job.ref.path,
+                timeline, clips, song, job.ref.path,
                 width=self.settings.video.width, height=self.settings.video.height,
                 cfg=self.settings.assembly, ffmpeg=ffmpeg,
                 # A hung ffmpeg must not hold the run forever; even a slow machine
@@ -169,7 +172,10 @@ class Render:
             labels = [f"{s.index:02d} {s.start:05.1f}-{s.end:05.1f}s {s.mood}" for s in segments]
             write_contact_sheet(list(zip(images, labels, strict=True)), job.ref.path / CONTACT_SHEET)
             job.done("thumbnail")
-        log.info("render.done", video=str(job.ref.path / "final.mp4"))
+        # The engine moves the run to rendered/ next: name the video where it will
+        # stay, not in approved/, which it leaves a moment later.
+        log.info("render.done", video="final.mp4",
+                 path=str(job.store.dir_for(State.RENDERED) / job.ref.run_id / "final.mp4"))
 
     def _interpolation(self, job: StageRun, timeline: Timeline, images: list[Path]) -> dict[int, str]:
         """Veo interpolate mode: the clip index → the next segment's approved image it ends on."""

@@ -158,6 +158,11 @@ class Pool:
                 continue
             if outcome is None and not queued:
                 continue
+            if outcome is not None and outcome.outcome != "success":
+                # It ended in an error there: attaching would only hand back that
+                # error; the job is made again.
+                log.info("comfy.ended_in_error_before", prompt_id=prompt_id, server=server.name)
+                return False
             ticket = Ticket(prompt_id, workflow, values, start_image, self.clock(), server=server,
                             posted_at=self.clock())
             with self._cond:
@@ -203,6 +208,12 @@ class Pool:
             else:
                 progress(ticket.watch.progress, f"running on {server.name}")
         if ticket.error is not None:
+            # The ticket has told its end; a retry submits the job afresh (a new
+            # ticket, or a new id for a new seed), so keeping it would leak one
+            # ticket per failed job for the life of the daemon.
+            with self._cond:
+                if self.tickets.get(prompt_id) is ticket:
+                    del self.tickets[prompt_id]
             raise ticket.error
         return ticket
 

@@ -86,6 +86,7 @@ class PanelApp:
     def __init__(self, store: RunStore, *, token: str, hosts: frozenset[str] | None, csrf: str,
                  poll_seconds: float, inbox: Path | None = None, api: ASGIApp | None = None) -> None:
         self.store = store
+        from daemon.channels.web.forget import forget_routes
         self.views = ViewCache(store)
         self.csrf = csrf
         self.poll_ms = max(0, round(poll_seconds * 1000))
@@ -101,6 +102,7 @@ class PanelApp:
             Route("/runs/{run_id}/decide", self.decide, methods=["POST"]),
             Route("/runs/{run_id}/approve-all", self.approve_all, methods=["POST"]),
             Route("/runs/{run_id}/retry", self.retry, methods=["POST"]),
+            *forget_routes(store, self._form, fetch_header=FETCH_HEADER),
             Route("/static/panel.css", lambda _: Response(CSS, media_type="text/css")),
             Route("/static/panel.js", lambda _: Response(JS, media_type="text/javascript")),
             Route("/static/icon.svg", lambda _: Response(ICON, media_type="image/svg+xml")),

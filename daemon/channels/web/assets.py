@@ -37,6 +37,7 @@ header.top { display: flex; flex-wrap: wrap; gap: .25rem 1rem; align-items: base
 main { padding: 1rem; max-width: 1200px; margin: 0 auto; }
 h1 { font-size: 1.5rem; margin: .25rem 0; }
 h2 { font-size: 1.15rem; margin: 1.25rem 0 .5rem; }
+summary > h2 { display: inline-block; cursor: pointer; }
 h3 { font-size: 1rem; margin: 0; }
 .wrap, h1, h3, .meta, .progress li, code, .prompt { overflow-wrap: anywhere; }
 .grid { display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(min(100%, 15rem), 1fr)); }

@@ -22,11 +22,16 @@ from daemon.approval.notice import Action, Code, parse
 from daemon.channels.web.views import Summary
 from daemon.runs.states import State
 
-# The order a person reads the index in: what needs them first, finished work last.
+# The order a person reads the index in: what needs them first, then work in
+# progress and finished videos; failed runs last, folded away (``COLLAPSED``)
+# so a pile of junk never pushes the finished ones below the fold.
 INDEX_ORDER: tuple[State, ...] = (
-    State.PENDING_APPROVAL, State.FAILED, State.INCOMING, State.ANALYZED,
-    State.IMAGED, State.APPROVED, State.RENDERED,
+    State.PENDING_APPROVAL, State.INCOMING, State.ANALYZED,
+    State.IMAGED, State.APPROVED, State.RENDERED, State.FAILED,
 )
+COLLAPSED: frozenset[State] = frozenset({State.FAILED})
+# Where the panel's "Forget all failed" form posts (see daemon.channels.web.app).
+FORGET_FAILED_PATH = "/failed/forget"
 LABELS: dict[State, str] = {
     State.PENDING_APPROVAL: "Waiting for you",
     State.FAILED: "Failed",
@@ -118,16 +123,25 @@ def index_main(groups: Sequence[tuple[State, Sequence[Summary], int]], csrf: str
         if total > len(summaries):
             more = (f'<p class="more"><a class="btn" href="/states/{state.value}">All {total} '
                     f'{e(LABELS[state].lower())} runs</a></p>')
-        parts.append(section(state, summaries, csrf, total=total, more=more))
+        parts.append(section(state, summaries, csrf, total=total, more=more,
+                             collapsed=state in COLLAPSED))
     return "\n".join(parts)
 
 
 def section(state: State, summaries: Iterable[Summary], csrf: str, *, total: int,
-            more: str = "") -> str:
-    """One state's heading and its cards."""
+            more: str = "", collapsed: bool = False) -> str:
+    """One state's heading and its cards; ``collapsed`` folds them under the heading."""
     cards = "\n".join(card(s, csrf) for s in summaries)
-    return (f'<section class="state" id="{state.value}"><h2>{e(LABELS[state])} '
-            f'<small>({total})</small></h2><div class="grid">{cards}</div>{more}</section>')
+    heading = f'<h2>{e(LABELS[state])} <small>({total})</small></h2>'
+    body = f'<div class="grid">{cards}</div>{more}'
+    if state is State.FAILED:
+        body += (f'<form class="act" method="post" action="{FORGET_FAILED_PATH}">{_hidden(csrf)}'
+                 f'<button type="submit">Forget all failed runs</button></form>'
+                 '<p class="meta">Forgotten runs move to archive/ in the state folder, songs and all.</p>')
+    if collapsed:
+        return (f'<section class="state" id="{state.value}"><details>'
+                f'<summary>{heading}</summary>{body}</details></section>')
+    return f'<section class="state" id="{state.value}">{heading}{body}</section>'
 
 
 def state_main(state: State, summaries: Sequence[Summary], csrf: str, *, total: int,
@@ -160,6 +174,8 @@ def card(s: Summary, csrf: str) -> str:
             f'<p class="meta wrap">{e(v.run_id)}</p>']
     if s.problem:
         body.append(f'<p class="err wrap">cannot read this run: {e(s.problem)}</p>')
+    if v.state is State.FAILED:  # junk a person wants gone: archived, song and all
+        body.append(f'<div class="actions">{action(v.run_id, "forget", "Forget", csrf)}</div>')
     if v.error:
         body.append(f'<p class="err wrap">{e(v.error)}</p>')
     body.append(progress_list(s.progress, csrf, v.run_id))
@@ -243,7 +259,7 @@ def run_main(s: Summary, csrf: str, *, files: Sequence[str] = ()) -> str:
         parts.append(f'<section class="box err"><h2>What went wrong</h2>'
                      f'<p class="wrap">{e(v.error or "no reason recorded")}</p>{hint}'
                      f'<div class="actions">{action(v.run_id, "retry", "Retry", csrf, primary=True)}'
-                     f'</div></section>')
+                     f'{action(v.run_id, "forget", "Forget (archive it)", csrf)}</div></section>')
     elif v.state is State.RENDERED:
         parts.append(player(s, files))
     elif v.state is State.PENDING_APPROVAL:

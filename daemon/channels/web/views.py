@@ -54,7 +54,8 @@ def summarize(store: RunStore, ref: RunRef) -> Summary:
         manifest = store.load(ref)
     except (StoreError, OSError, ValueError) as exc:
         # ValueError covers a damaged segments.json (JSON and pydantic errors).
-        return Summary(RunView(ref.run_id, ref.state, ref.run_id, ref.path), problem=str(exc))
+        problem = store.problem_of(ref, exc) if isinstance(exc, StoreError) else str(exc)
+        return Summary(RunView(ref.run_id, ref.state, ref.run_id, ref.path), problem=problem)
     return Summary(view, (*stage_lines(manifest), *view.jobs), _first_image(view, manifest, ref))
 
 
@@ -62,7 +63,7 @@ def stage_lines(manifest: Manifest) -> list[str]:
     """One line per unfinished stage: what it waits for, or which steps it finished."""
     lines = []
     for name, progress in manifest.stages.items():
-        if progress.finished_at is not None:
+        if not progress.is_open:
             continue
         if "waiting" in progress.detail:
             lines.append(f"{name}: {progress.detail['waiting']}")
