@@ -27,6 +27,7 @@ from daemon.logs import configure_logging, default_console, log_file_for
 
 if TYPE_CHECKING:
     from daemon.approval.store import Verdict
+    from daemon.runs.store import RunStore
 
 Command = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, Command] = {}
@@ -101,13 +102,38 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     inside the run folder, free disk space, start ComfyUI…).
 
     Example: tandava retry 20261121-101500_shiva-tandav
+
+    With --tempo BPM the run is re-planned at that tempo instead (the analysis
+    chose half or double time, or flagged itself as unsure): segments that do
+    not move keep their candidates and approvals, the others get new ones.
+    Possible until the run is approved.
+
+    Example: tandava retry 20261121-101500_shiva-tandav --tempo 90
     """
     from daemon.runs.store import RunStore
 
     store = RunStore(settings.paths.state_root)
+    if args.tempo is not None:
+        return _retempo(settings, store, args.run, args.tempo)
     ref = store.find(args.run)
     new_ref = store.retry(ref)
     print(f"{new_ref.run_id}: back in {new_ref.state.value}/; a running daemon picks it up now.")
+    return 0
+
+
+def _retempo(settings: Settings, store: RunStore, run: str, tempo: float) -> int:
+    from daemon.music.beats import TEMPO_RANGE
+    from daemon.stages.retempo import retempo
+
+    low, high = TEMPO_RANGE
+    if not low <= tempo <= high:
+        print(f"--tempo {tempo:g} is outside {low:g}-{high:g} BPM; give the beat you would clap to",
+              file=sys.stderr)
+        return 2
+    done = retempo(settings, store, run, tempo)
+    print(f"{done.ref.run_id}: re-planned at {done.tempo:.1f} BPM, {done.beats_per_bar}/4, "
+          f"{done.segments} segments; {len(done.kept)} kept their candidates and approvals "
+          f"({', '.join(map(str, done.kept)) or 'none'}). A running daemon makes the missing candidates.")
     return 0
 
 
@@ -328,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--once", action="store_true", help="process what is waiting, then exit")
         if name in {"show", "retry", "approve", "reject", "regenerate"}:
             p.add_argument("run", help="run id, its start, or a word of the song name")
+        if name == "retry":
+            p.add_argument("--tempo", type=float, default=None, metavar="BPM",
+                           help="re-plan the run at this tempo (the beat you would clap to)")
         if name in {"approve", "reject"}:
             p.add_argument("items", nargs="*", metavar="SEGMENT:CANDIDATE")
         if name == "regenerate":
