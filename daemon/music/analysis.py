@@ -16,9 +16,10 @@ How this works
    ``low_confidence`` so a person can correct it (``retry --tempo``).
 4. A tempo a person gives replaces step 3's choice of level; the tracking is
    the same.
-5. Downbeats: each beat's accent (low-band onset plus chord change) is folded
-   by 3 and by 4 beats per bar; the meter and phase with the strongest accent
-   contrast win, with a small preference for 4/4.
+5. Meter and downbeats (daemon.music.meter): each beat's accent (low-band
+   onset plus chord change) folded by 3 and by 4 picks the meter; a Viterbi
+   path through bar positions places the downbeats, keeping the bar's phase
+   unless the accents say for several bars that it moved.
 6. Sections: timbre (MFCCs) and harmony (chroma) averaged per bar, then
    adjacent bars merged by Ward's criterion down to a count that suits the
    song's length, so boundaries fall on downbeats by construction.
@@ -51,12 +52,11 @@ from daemon.music.features import (
     onset_flux,
     spectral_features,
 )
+from daemon.music.meter import beat_accents, downbeat_mask, meter_of
 
 # Positive log-flux rises as soon as a transient enters the window's tail, so
 # onset frames read ~21 ms early (measured on synthetic drums at 75-174 BPM).
 _ONSET_LAG_SECONDS = 0.02
-# 4/4 is far more common than 3/4; 3 must beat 4 by this factor.
-_METER_PREFERENCE = 1.15
 # Typical pop sections run 15-30 s; one per ~24 s gives 10 for a 4-min song.
 _SECONDS_PER_SECTION = 24.0
 _MAX_SECTIONS = 12
@@ -154,8 +154,9 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
     beat_frames, beats = beat_frames[keep], beats[keep]
     found_tempo = _tempo_from_beats(beats, 60.0 * fps / period)
 
-    bpb, phase = _meter(beat_frames, low_onset, chroma)
-    downbeats = beats[phase::bpb]
+    accent = beat_accents(beat_frames, low_onset, chroma)
+    bpb = meter_of(accent)
+    downbeats = beats[downbeat_mask(accent, bpb)]
     energy = energy_curve(power, fps)
     sections = _sections(logmel, chroma, downbeats, fps, duration, energy)
     return Analysis(
@@ -180,34 +181,6 @@ def _tempo_from_beats(beats: np.ndarray, fallback: float) -> float:
     # The slope of beat time against beat number: immune to frame rounding.
     slope = np.polyfit(np.arange(len(beats)), beats, 1)[0]
     return 60.0 / slope if slope > 0 else fallback
-
-
-def _meter(beats: np.ndarray, low_onset: np.ndarray, chroma: np.ndarray) -> tuple[int, int]:
-    """(beats per bar, index of the first downbeat among the beats)."""
-    if len(beats) < 8:
-        return 4, 0
-    n = len(low_onset)
-    low = np.array([low_onset[max(0, b - 1) : b + 2].max() for b in beats])
-    edges = np.concatenate([beats, [n]])
-    spans = [
-        chroma[:, edges[i] : max(edges[i] + 1, edges[i + 1])].mean(axis=1)
-        for i in range(len(beats))
-    ]
-    chords = np.array(spans)
-    chords /= np.linalg.norm(chords, axis=1, keepdims=True) + 1e-9
-    change = np.concatenate([[0.0], 1.0 - np.sum(chords[1:] * chords[:-1], axis=1)])
-    accent = _zscore(low) + _zscore(change)
-    best: dict[int, tuple[float, int]] = {}
-    for bpb in (4, 3):
-        contrasts = []
-        for phase in range(bpb):
-            on = np.zeros(len(beats), dtype=bool)
-            on[phase::bpb] = True
-            contrasts.append(accent[on].mean() - accent[~on].mean())
-        best[bpb] = (max(contrasts), int(np.argmax(contrasts)))
-    if best[3][0] > _METER_PREFERENCE * max(best[4][0], 0.0):
-        return 3, best[3][1]
-    return 4, best[4][1]
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
