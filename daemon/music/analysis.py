@@ -141,10 +141,11 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
     if tempo is not None:
         if not TEMPO_RANGE[0] <= tempo <= TEMPO_RANGE[1]:
             raise ValueError(f"tempo must be {TEMPO_RANGE[0]:g}-{TEMPO_RANGE[1]:g} BPM, got {tempo:g}")
-        period, confidence, doubt = 60.0 * fps / tempo, 1.0, None
+        period, confidence, doubt, half_doubt = 60.0 * fps / tempo, 1.0, None, False
     else:
         level = choose_level(norm, fps)
         period, confidence, doubt = level.period, level.confidence, level.doubt
+        half_doubt = level.doubt_kind == "half"
     beat_frames = track(norm, local_periods(norm, period, fps))
     if len(beat_frames) < 2:
         # No pulse to follow (a drone, a spoken word): a steady grid at the
@@ -157,6 +158,10 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
 
     accent = beat_accents(beat_frames, low_onset, chroma)
     bpb = meter_of(accent)
+    if half_doubt and bpb == 3:
+        # A bar of three does not fall into pairs: "every other beat" is the
+        # bar's own pattern, not a sign of half time.
+        doubt, confidence = None, max(confidence, 0.5)
     downbeats = beats[downbeat_mask(accent, bpb)]
     energy = energy_curve(power, fps)
     sections = _sections(logmel, chroma, downbeats, fps, duration, energy)

@@ -63,6 +63,8 @@ class Level:
     period: float
     confidence: float
     doubt: str | None = None
+    # Which test was close: "pulse", "double" or "half" (None when sure).
+    doubt_kind: str | None = None
 
 
 def prior(bpm: np.ndarray | float) -> np.ndarray:
@@ -112,14 +114,21 @@ def choose_level(onset: np.ndarray, fps: float) -> Level:
         "half": (alternate - halve_at) / 0.2 if period * 2 <= longest else 1.0,
     }
     confidence = float(np.clip(min(margins.values()), 0.0, 1.0))
-    doubt = None
+    kind = None
     if contrast < _LOW_CONTRAST:
-        doubt = "the beats barely stand out from the music between them (no clear pulse)"
+        kind = "pulse"
     elif margins["double"] < 0.5:
-        doubt = "the off-beats are nearly as strong as the beats (the tempo may be double)"
+        kind = "double"
     elif margins["half"] < 0.5:
-        doubt = "every other beat is much weaker (the tempo may be half)"
-    return Level(period, round(confidence, 3), doubt)
+        kind = "half"
+    return Level(period, round(confidence, 3), _DOUBTS.get(kind or ""), kind)
+
+
+_DOUBTS = {
+    "pulse": "the beats barely stand out from the music between them (no clear pulse)",
+    "double": "the off-beats are nearly as strong as the beats (the tempo may be double)",
+    "half": "every other beat is much weaker (the tempo may be half)",
+}
 
 
 def _steady(onset: np.ndarray, period: float, fps: float) -> bool:
