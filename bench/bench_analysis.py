@@ -11,9 +11,14 @@ a. a cold process (fresh interpreter: imports + decode + analysis), median of
    install;
 b. warm in-process analysis (decode + analysis, median of five), the daemon's
    steady state;
-c. peak RSS of the analysing process.
+c. peak RSS of the analysing process;
+d. the previous tracker (``daemon/music/analysis.py`` as of commit
+   ``PREVIOUS``, read from git) on the same samples, warm and in a cold
+   process, and the ratio of the current one to it. The machine is shared,
+   so absolute seconds vary from run to run; the ratio, measured in the same
+   run under the same load, is the figure to compare.
 
-Targets from the issue: warm <= 1 s, cold <= 4 s, on a 2-core machine.
+Targets (issue 12): warm <= 1.5 s, cold <= 3 s, on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -26,17 +31,35 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-WARM_TARGET, COLD_TARGET = 1.0, 4.0
+WARM_TARGET, COLD_TARGET = 1.5, 3.0
+# The tracker before issue 12 (fixed-period Ellis DP, _choose_period).
+PREVIOUS = "885b86d"
 
 
-def _child(song: Path) -> None:
+def previous_analysis() -> types.ModuleType:
+    """``daemon.music.analysis`` as it was at ``PREVIOUS``, loaded from git as its own module."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{PREVIOUS}:daemon/music/analysis.py"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    module = types.ModuleType("previous_analysis")
+    sys.modules[module.__name__] = module  # pydantic resolves annotations through it
+    exec(compile(source, "previous_analysis.py", "exec"), module.__dict__)
+    return module
+
+
+def _child(song: Path, previous: bool) -> None:
     """Runs in the spawned process: import, analyse, report timings and peak memory."""
     started = time.perf_counter()
-    from daemon.music.analysis import analyze
+    if previous:
+        analyze = previous_analysis().analyze
+    else:
+        from daemon.music.analysis import analyze
 
     imported = time.perf_counter()
     result = analyze(song)
@@ -67,11 +90,11 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def _spawn(song: Path) -> dict[str, Any]:
+def _spawn(song: Path, previous: bool = False) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(song)],
+        [sys.executable, __file__, "--child", str(song), *(["--previous"] if previous else [])],
         capture_output=True,
         text=True,
         env=env,
@@ -88,9 +111,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--format", default="mp3", choices=["mp3", "flac", "wav", "ogg", "m4a"])
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--previous", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child)
+        _child(args.child, args.previous)
         return
 
     sys.path.insert(0, str(ROOT))
@@ -101,14 +125,23 @@ def main() -> None:
         song = Path(tmp) / f"song.{args.format}"
         truth = write_song(song, args.seconds, 126.0, sr=44100, section_change_at=args.seconds / 2)
         _spawn(song)  # untimed: fills the OS file cache
-        cold = [_spawn(song) for _ in range(3)]
+        # Interleaved, so a change in the machine's load hits both alike.
+        cold, cold_prev = [], []
+        for _ in range(3):
+            cold.append(_spawn(song))
+            cold_prev.append(_spawn(song, previous=True))
 
+        old_analyze = previous_analysis().analyze
         analyze(song)  # untimed: imports, FFT plans and the file cache are ready
-        warm = []
+        old_analyze(song)
+        warm, warm_prev = [], []
         for _ in range(5):
             started = time.perf_counter()
             result = analyze(song)
             warm.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            old_analyze(song)
+            warm_prev.append(time.perf_counter() - started)
 
     cold_wall = statistics.median(r["wall_s"] for r in cold)
     warm_s = statistics.median(warm)
@@ -130,6 +163,10 @@ def main() -> None:
     print(
         f"cold process split: imports {median_import:.2f} s, decode+analysis {median_analyse:.2f} s"
     )
+    prev_warm = statistics.median(warm_prev)
+    prev_cold = statistics.median(r["wall_s"] for r in cold_prev)
+    print(f"previous tracker ({PREVIOUS}): warm {prev_warm:.2f} s, cold {prev_cold:.2f} s; "
+          f"ratio now/previous: warm {warm_s / prev_warm:.2f}, cold {cold_wall / prev_cold:.2f}")
     print(f"peak RSS of the analysing process: {max(r['peak_rss_mb'] for r in cold):.0f} MB")
     jit = sorted({m for r in cold for m in r["jit_modules"]})
     print(f"JIT modules imported (librosa, numba): {', '.join(jit) or 'none'}")

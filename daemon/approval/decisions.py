@@ -13,6 +13,7 @@ atomically, so a reader sees the log before or after a decision, never half.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -77,6 +78,9 @@ class RunView:
     planned: int = 0
     # The Google estimate and spend ("clips: 41 × 6 s on veo-3.1-fast-generate-001 ≈ $29.52"), if any.
     cost: tuple[str, ...] = ()
+    # Why the analysis is unsure of the tempo ("" when sure or given by a
+    # person): a channel shows it with `tandava retry RUN --tempo BPM`.
+    tempo_doubt: str = ""
 
     def segment(self, index: int) -> SegmentView | None:
         """The segment numbered ``index``, if it is shown (offered) yet."""
@@ -109,6 +113,7 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
     jobs = tuple(f"{j.kind} s{j.segment:03d}#{j.index} {float(j.detail.get('progress', 0.0)):.0%} "
                  f"{j.detail.get('where', '')}".rstrip()
                  for j in manifest.jobs.values() if j.status == "submitted")
+    base = replace(base, tempo_doubt=tempo_doubt(ref.path))
     if ref.state not in DECIDING_STATES:
         return replace(base, jobs=jobs)
     # While images are being made, the segments offered so far (each can be decided at once).
@@ -133,6 +138,17 @@ def run_view(store: RunStore, ref: RunRef) -> RunView:
         views.append(SegmentView(status.segment, seg.start, seg.end, seg.mood, seg.visual_prompt, cands,
                                  status.approved, status.all_rejected, status.rounds))
     return replace(base, segments=tuple(views), jobs=jobs, planned=len(plan))
+
+
+def tempo_doubt(run_dir: Path) -> str:
+    """The analysis' reason to doubt its tempo, "" when it is sure or a person set the tempo."""
+    try:
+        doc = json.loads((run_dir / "analysis.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(doc, dict) or doc.get("tempo_given"):
+        return ""
+    return str(doc.get("low_confidence") or "")
 
 
 def runs_by_state(store: RunStore, states: list[State] | None = None) -> dict[State, list[RunRef]]:

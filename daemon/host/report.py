@@ -7,8 +7,10 @@ CLI prints them and tests compare them.
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from daemon.errors import RunNotFound, StoreError
 from daemon.runs.archive import ARCHIVE_DIR
@@ -46,6 +48,8 @@ def status_lines(root: Path, *, verbose: bool = False) -> Iterator[str]:
         yield f"{state.value}/"
         for ref in chosen:
             yield f"  {ref.run_id}  {_progress(store, ref)}"
+            if state in (State.ANALYZED, State.IMAGED, State.PENDING_APPROVAL):
+                yield from _doubt_lines(ref, indent="      ")
             if state in (State.ANALYZED, State.PENDING_APPROVAL, State.APPROVED):
                 yield from _live_jobs(store, ref)
                 yield from (f"      {line}" for line in _cost_lines(ref.path))
@@ -165,6 +169,7 @@ def show_lines(store: RunStore, run_id: str) -> Iterator[str]:
                 progress.detail)
             yield f"  {name}: {done}; steps: {steps}; attempts: {progress.attempts}  {extra}".rstrip()
     yield from _job_lines(manifest)
+    yield from _music_lines(ref)
     yield from _writing_lines(ref.path)
     cost = _cost_lines(ref.path)
     if cost:
@@ -201,6 +206,35 @@ def _job_lines(manifest: Manifest) -> Iterator[str]:
     for job in sorted(jobs, key=lambda j: (j.kind, j.segment, j.index, j.id)):
         if job.attempts > 1 or job.status != "done":
             yield f"  {job.kind} s{job.segment:03d}#{job.index}  {job.status}; attempts: {job.attempts}  [{job.id}]"
+
+
+def _analysis_facts(run_dir: Path) -> dict[str, Any] | None:
+    """The few facts of ``analysis.json`` a report shows (None before analysis)."""
+    try:
+        doc = json.loads((run_dir / "analysis.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _music_lines(ref: RunRef) -> Iterator[str]:
+    """Tempo, meter and how sure the analysis was."""
+    facts = _analysis_facts(ref.path)
+    if facts is None:
+        return
+    given = " (given by a person)" if facts.get("tempo_given") else ""
+    yield (f"music    {facts.get('tempo', 0):.1f} BPM{given}, {facts.get('beats_per_bar', 4)}/4, "
+           f"confidence {facts.get('confidence', 1.0):.2f}")
+    yield from _doubt_lines(ref, indent="  ", facts=facts)
+
+
+def _doubt_lines(ref: RunRef, *, indent: str, facts: dict[str, Any] | None = None) -> Iterator[str]:
+    """A low-confidence analysis, flagged with how to correct it before GPU time is spent."""
+    facts = facts if facts is not None else _analysis_facts(ref.path)
+    if not facts or not facts.get("low_confidence") or facts.get("tempo_given"):
+        return
+    yield f"{indent}! tempo unsure: {facts['low_confidence']}"
+    yield f"{indent}  if the beat is wrong: tandava retry {ref.run_id} --tempo BPM"
 
 
 def _writing_lines(run_dir: Path) -> Iterator[str]:

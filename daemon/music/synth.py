@@ -88,11 +88,14 @@ def synth_song(
     section_change_at: float | None = None,
     hats_per_beat: int = 1,
     seed: int = 0,
+    bpm_end: float | None = None,
 ) -> tuple[np.ndarray, SongTruth]:
     """Return ``(mono float32 samples, truth)`` for a drum-and-chords song.
 
     ``hats_per_beat`` > 1 adds softer off-beat hats (2 for eighths, 3 for
     triplets): the busier pulse that lures tempo estimators to a multiple.
+    ``bpm_end`` makes the tempo ramp linearly from ``bpm`` to it over the song
+    (``truth.bpm`` is then the starting tempo).
     """
     rng = np.random.default_rng(seed)
     n = int(round(duration * sr))
@@ -101,7 +104,7 @@ def synth_song(
     # Start a little after zero so the first beat is not at the file's edge,
     # where any framing would smear it.
     first = 0.25 * period + 0.05
-    beats = [float(b) for b in np.arange(first, duration - 0.05, period)]
+    beats = _beat_times(first, duration - 0.05, bpm, bpm if bpm_end is None else bpm_end)
     downbeats = beats[::beats_per_bar]
 
     change = None
@@ -109,8 +112,9 @@ def synth_song(
         later = [d for d in downbeats if d >= section_change_at]
         change = later[0] if later else None
 
-    kick, bar_seconds = _kick(sr), period * beats_per_bar
+    kick = _kick(sr)
     for i, beat in enumerate(beats):
+        period = beats[i + 1] - beat if i + 1 < len(beats) else period
         at = int(round(beat * sr))
         gain = 0.8 + 0.2 * rng.random()
         if i % beats_per_bar == 0:
@@ -122,10 +126,11 @@ def synth_song(
             at_sub = int(round((beat + sub * period / hats_per_beat) * sr))
             _add(y, at_sub, 0.07 * gain * _noise_hit(sr, rng, 0.04, 110))
 
-    for bar, start in enumerate(downbeats):
+    bar_ends = [*downbeats[1:], downbeats[-1] + beats_per_bar * period] if downbeats else []
+    for bar, (start, end) in enumerate(zip(downbeats, bar_ends, strict=True)):
         chorus = change is not None and start >= change
         progression = _CHORUS if chorus else _VERSE
-        chord = _chord(progression[bar % 4], bar_seconds, sr, brightness=6 if chorus else 2)
+        chord = _chord(progression[bar % 4], end - start, sr, brightness=6 if chorus else 2)
         _add(y, int(round(start * sr)), (0.35 if chorus else 0.15) * chord)
 
     # A faint noise floor: real recordings are never digitally silent, and
@@ -142,6 +147,17 @@ def synth_song(
         section_change_at=change,
     )
     return y.astype(np.float32), truth
+
+
+def _beat_times(first: float, last: float, bpm: float, bpm_end: float) -> list[float]:
+    """Beat times from ``first`` to ``last`` with the tempo moving linearly in time."""
+    if bpm_end == bpm:
+        return [float(b) for b in np.arange(first, last, 60.0 / bpm)]
+    beats, t = [], first
+    while t < last:
+        beats.append(float(t))
+        t += 60.0 / (bpm + (bpm_end - bpm) * t / last)
+    return beats
 
 
 def write_audio(path: Path, y: np.ndarray, sr: int) -> Path:

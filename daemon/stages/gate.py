@@ -88,6 +88,8 @@ class Gate:
     def _wait_or_regenerate(self, job: StageRun, current: list[SegmentStatus], segments: list[Segment]) -> Outcome:
         limit = self.settings.images.max_rounds
         fresh = [s for s in current if s.asking or (s.all_rejected and s.rounds < limit + s.extra_rounds)]
+        # A segment with no candidate at all was re-planned (``retry --tempo``): its first round.
+        fresh = [s for s in current if not s.candidates] + fresh
         if fresh:
             self._new_round(job, fresh, segments)
             return Waiting(f"made new candidates for segment(s) {_list(fresh)}", recheck_seconds=0.0)
@@ -106,7 +108,7 @@ class Gate:
         existing = candidates_of(job.manifest)
         for status in fresh:
             segment = segments[status.segment]
-            first = max(j.index for j in existing[status.segment]) + 1
+            first = max((j.index for j in existing.get(status.segment, [])), default=-1) + 1
             for index in range(first, first + self.settings.images.candidates):
                 ensure_candidate(job, backend, segment, index, settings=self.settings,
                                  segments=len(segments), round_=status.rounds + 1)
