@@ -15,6 +15,7 @@ Used by ``bench/bench_beats.py`` and ``tests/test_real_beats.py``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = ROOT / "tests" / "data" / "beats"
-CACHE = Path(__file__).resolve().parent / ".corpus-cache"
+# Mixdowns are made once; TANDAVA_CORPUS_CACHE puts them outside the checkout (CI's clone is new each run).
+CACHE = Path(os.environ.get("TANDAVA_CORPUS_CACHE") or Path(__file__).resolve().parent / ".corpus-cache")
 # madmom reads WAV itself only at its models' rate (it resamples through ffmpeg).
 SR = 44100
 _FOF = Path("/usr/share/games/fretsonfire/data/songs")
@@ -104,7 +106,7 @@ def mixdown(song: Song) -> Path:
     for p in parts:
         y[: len(p)] += p
     y *= 0.9 / max(1e-9, float(np.max(np.abs(y))))
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.wav")
     sf.write(str(tmp), y, SR)
     tmp.replace(out)
