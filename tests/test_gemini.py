@@ -160,7 +160,8 @@ def test_times_off_the_grid_come_back_as_given(fake: FakeGemini, brief: Brief) -
 
     last = ideas.segments[-1]
     assert last.end is not None and last.end > brief.analysis.duration
-    starts = [i.start for i in ideas.segments]
+    # The first segment starts at the song's start, not on a beat: 0.123 s after it may be near one.
+    starts = [i.start for i in ideas.segments[1:]]
     assert all(s is not None and min(abs(s - b) for b in brief.analysis.beats) > 0.05 for s in starts)
 
 

@@ -66,7 +66,7 @@ def _recorded(width: int) -> Console:
 def test_a_once_run_shows_counts_no_job_lines_and_a_summary(settings: Settings, tmp_path: Path) -> None:
     """A real --once run on a recorded console: counts reach the jobs done, no job.done line, the video listed."""
     _small(settings)
-    _drop_song(settings, seconds=16.0)  # an assembly long enough for ffmpeg to report on it
+    _drop_song(settings, seconds=40.0)  # an assembly long enough (over a second) for the view to see it
     console = _recorded(100)
     view = LiveView(console, transient=False)
     configure_logging(log_file=tmp_path / "logs" / "daemon.log", console=None, **logging_for(view, verbose=False))

@@ -82,7 +82,7 @@ def test_regenerate_makes_a_new_round_now_offered_everywhere(daemon: Settings, t
         assert cand.image.is_file() and cand.image.read_bytes() not in {c.image.read_bytes() for c in old}
     assert seg.rounds == 2
 
-    listed = "\n".join(pending_lines(daemon.paths.state_root))
+    listed = "\n".join(pending_lines(daemon.paths.state_root, verbose=True))
     assert all(str(c.image) in listed for c in new)
     page = requests.get(f"http://127.0.0.1:{daemon.web.port}/runs/{ref.run_id}", timeout=10).text
     assert 'id="c-0-2"' in page and 'id="c-0-3"' in page

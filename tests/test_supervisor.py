@@ -247,7 +247,9 @@ def test_stop_event_interrupts_a_slow_start(make_comfy: Callable[..., ComfyProce
         comfy.ensure_running(stop)
     timer.join()
     assert comfy.pid is None
-    assert psutil.Process().children() == []
+    # A killed process can take a moment to be reaped on a loaded machine: none may stay alive.
+    _, alive = psutil.wait_procs(psutil.Process().children(), timeout=10)
+    assert alive == []
 
 
 def test_remote_comfy_never_launches() -> None:

@@ -174,7 +174,8 @@ def refuse_to_start(settings: Settings) -> None:
     if failing:
         lines = "\n".join(f"FAIL {check.name}: {check.detail}" for check in failing)
         # Names only, never values: the environment also carries tokens.
-        env = sorted(key for key in os.environ if key.startswith("TANDAVA_") and key != "TANDAVA_CONFIG")
+        # Settings come from TANDAVA_<SECTION>__<KEY>; other TANDAVA_ variables (tests, tools) are not settings.
+        env = sorted(key for key in os.environ if key.startswith("TANDAVA_") and "__" in key)
         where = f"\n(the environment sets {', '.join(env)}; it overrides tandava.toml)" if env else ""
         raise StartRefused(f"not started; fix this first (`tandava doctor` runs every check):\n{lines}{where}")
 

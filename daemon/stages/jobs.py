@@ -149,15 +149,17 @@ def finish_job(job: StageRun, backend: Backend, record: Job, *, check: Check | N
         record.attempts = max(record.attempts, 1)  # a record written before attempts were counted at start
         sent = located(record, job.ref.path)
         try:
-            output = backend.collect(sent, progress=_progress_writer(job, record), stop=job.stop_event)
+            try:
+                output = backend.collect(sent, progress=_progress_writer(job, record), stop=job.stop_event)
+            finally:
+                # What the backend recorded while collecting; before the check, which adds its figures.
+                if _take_back(record, sent):
+                    job.store.save(job.ref, job.manifest)
             if check is not None:
                 check(output, record)
         except BaseException:
             job.started.discard(record.id)  # a retry of the stage starts it again: a new attempt
             raise
-        finally:
-            if _take_back(record, sent):
-                job.store.save(job.ref, job.manifest)
         record.status = "done"
         for key in ("progress", "where"):
             record.detail.pop(key, None)
