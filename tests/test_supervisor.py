@@ -247,9 +247,18 @@ def test_stop_event_interrupts_a_slow_start(make_comfy: Callable[..., ComfyProce
         comfy.ensure_running(stop)
     timer.join()
     assert comfy.pid is None
-    # A killed process can take a moment to be reaped on a loaded machine: none may stay alive.
-    _, alive = psutil.wait_procs(psutil.Process().children(), timeout=10)
+    # No ComfyUI of this test's is left (other tests' helpers may be children of this process too).
+    main_py = str(comfy.cfg.folder / "main.py")
+    ours = [p for p in psutil.Process().children(recursive=True) if main_py in " ".join(_cmdline(p))]
+    _, alive = psutil.wait_procs(ours, timeout=10)
     assert alive == []
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 def test_remote_comfy_never_launches() -> None:
