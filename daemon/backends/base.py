@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 from daemon.runs.job import Job, JobKind, JobStatus, job_id
 
 __all__ = ["SAFETY_FILTERED", "ImageBackend", "Job", "JobKind", "JobStatus", "Progress", "VideoBackend",
-           "job_id", "noop_progress"]
+           "job_id", "job_detail", "job_number", "noop_progress"]
 
 # The ``cause`` of a PermanentError for an output a backend's safety filter refused (Veo's RAI
 # filter): the render stage rewrites the prompt once, then falls back to a Ken Burns clip.
@@ -80,3 +80,21 @@ class VideoBackend(Protocol):
     def can_resume(self, job: Job) -> bool:
         """Whether a job submitted before a restart can still be collected."""
         ...
+
+
+def job_detail(job: Job, key: str) -> str | int | float:
+    """A value the stage put in ``job.detail`` for the backend (a miss is a bug, named as such)."""
+    try:
+        return job.detail[key]
+    except KeyError:
+        # The stage that creates jobs always fills these; a miss is our bug.
+        raise ValueError(f"job {job.id} lacks detail {key!r} (has {sorted(job.detail)})") from None
+
+
+def job_number(job: Job, key: str) -> float:
+    """``job_detail`` as a number."""
+    value = job_detail(job, key)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"job {job.id} detail {key!r} is not a number: {value!r}") from None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from daemon.backends.base import ImageBackend, Job, Progress
+from daemon.backends.base import ImageBackend, Job, Progress, job_number
 from daemon.backends.storyboard import render_storyboard
 from daemon.config import Settings
 from daemon.errors import RUN_PLACEHOLDER, PermanentError
@@ -79,10 +79,10 @@ class FolderBackend:
     def collect(self, job: Job, *, progress: Progress, stop: threading.Event) -> Path:
         """Fit the job's photo to ``job.width``×``job.height`` and write it to ``job.output``."""
         photos = self.photos()
-        segments = max(1, int(_number(job, "segments")))
+        segments = max(1, int(job_number(job, "segments")))
         turn = job.index
         if "round" in job.detail:
-            turn += (int(_number(job, "round")) - 1) * int(_number(job, "candidates"))
+            turn += (int(job_number(job, "round")) - 1) * int(job_number(job, "candidates"))
         photo = photos[photo_index(job.segment, turn, segments, len(photos))]
         output = Path(job.output)
         _save(self._fit(photo, job.width, job.height), output)
@@ -178,19 +178,3 @@ def _flatten(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def _detail(job: Job, key: str) -> str | int | float:
-    try:
-        return job.detail[key]
-    except KeyError:
-        # The stage that creates jobs always fills these; a miss is our bug.
-        raise ValueError(f"job {job.id} lacks detail {key!r} (has {sorted(job.detail)})") from None
-
-
-def _number(job: Job, key: str) -> float:
-    value = _detail(job, key)
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"job {job.id} detail {key!r} is not a number: {value!r}") from None

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from daemon.backends.base import Job
+from daemon.backends.base import Job, job_detail, job_number
 from daemon.backends.framing import Box, safe_area
 
 # Base hue (degrees) per mood, from plan.MOODS: cool for quiet, warm for loud.
@@ -97,9 +97,9 @@ def render_storyboard(job: Job) -> Image.Image:
 
 def draw_storyboard(job: Job) -> tuple[Image.Image, Box | None]:
     """The frame, and the box its label covers (None when the frame is too small for one)."""
-    start, end = _number(job, "start"), _number(job, "end")
-    energy = min(1.0, max(0.0, _number(job, "energy")))
-    mood = str(_detail(job, "mood"))
+    start, end = job_number(job, "start"), job_number(job, "end")
+    energy = min(1.0, max(0.0, job_number(job, "energy")))
+    mood = str(job_detail(job, "mood"))
     # A string seed is hashed with SHA-512 by random.seed: stable across
     # processes and Python versions, unlike hash().
     rng = random.Random(f"storyboard/{job.seed}/{job.segment}/{job.index}")
@@ -322,22 +322,6 @@ def _over(base: np.ndarray, colour: RGB | np.ndarray, cover: np.ndarray) -> np.n
 def _hls(hue: float, lightness: float, saturation: float) -> RGB:
     r, g, b = colorsys.hls_to_rgb((hue % 360.0) / 360.0, min(1.0, lightness), min(1.0, saturation))
     return r, g, b
-
-
-def _detail(job: Job, key: str) -> str | int | float:
-    try:
-        return job.detail[key]
-    except KeyError:
-        # The stage that creates jobs always fills these; a miss is our bug.
-        raise ValueError(f"job {job.id} lacks detail {key!r} (has {sorted(job.detail)})") from None
-
-
-def _number(job: Job, key: str) -> float:
-    value = _detail(job, key)
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"job {job.id} detail {key!r} is not a number: {value!r}") from None
 
 
 def _font(size: int) -> Font:
