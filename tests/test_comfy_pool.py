@@ -86,6 +86,30 @@ def test_video_job_uploads_the_start_image_and_rounds_frames_for_wan(fake: FakeC
     assert (fake.input_dir / "tandava_run-clip-s000.png").is_file()
 
 
+def test_a_queued_clip_keeps_its_start_image_when_the_run_folder_moves(fake: FakeComfy, tmp_path: Path,
+                                                                      stop: threading.Event) -> None:
+    """A clip queued behind other work (a head start) uploads the image it was queued with, even
+    after the run folder it came from moved on (analyzed/ → approved/) before a server took it."""
+    start = tmp_path / "analyzed" / "approved.png"
+    start.parent.mkdir()
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(start)
+    fake.job_seconds = 1.0
+    pool = make_pool(server_for(fake.url, depth=1))
+    images, clips = ComfyImageBackend(pool, FLUX), ComfyVideoBackend(pool, WAN)
+    busy = image_job(0, tmp_path)
+    clip = clip_job(0, tmp_path, start, frames=9)
+    try:
+        images.submit(busy)
+        clips.submit(clip)  # waits behind the image: the server holds one job at a time here
+        start.parent.rename(tmp_path / "approved")
+        images.collect(busy, progress=noop_progress, stop=stop)
+        out = clips.collect(clip, progress=noop_progress, stop=stop)
+    finally:
+        pool.stop()
+    assert media.probe(out).frames >= 9
+    assert (fake.input_dir / "tandava_run-clip-s000.png").is_file()
+
+
 def test_missing_model_is_caught_by_preflight_before_any_gpu_time(tmp_path: Path, stop: threading.Event) -> None:
     """A server without the Flux model: the job fails with the model's folder named, and nothing is posted."""
     with FakeComfy(tmp_path / "comfy", models={}) as bare:

@@ -205,11 +205,12 @@ class ComfyClient:
 
     # -- files ------------------------------------------------------------------
 
-    def upload_image(self, path: Path, name: str) -> str:
-        """Upload a start image to ``input/``; returns the name LoadImage must use."""
-        with path.open("rb") as fh:
-            response = self._request("POST", "/upload/image", files={"image": (name, fh, "image/png")},
-                                     data={"overwrite": "true", "type": "input"})
+    def upload_image(self, path: Path, name: str, *, data: bytes | None = None) -> str:
+        """Upload a start image to ``input/`` (``data``, or the file at ``path``); returns the name
+        LoadImage must use."""
+        body = data if data is not None else path.read_bytes()
+        response = self._request("POST", "/upload/image", files={"image": (name, body, "image/png")},
+                                 data={"overwrite": "true", "type": "input"})
         if response.status_code != 200:
             raise TransientError(f"ComfyUI at {self.url} refused the upload of {path.name}: HTTP {response.status_code}",
                                  cause="ComfyUpload")

@@ -131,7 +131,8 @@ class Pool:
             live = self.tickets.get(prompt_id)
             if live is not None and not (live.done.is_set() and live.error is not None):
                 return live
-            ticket = Ticket(prompt_id, workflow, values, start_image, self.clock())
+            ticket = Ticket(prompt_id, workflow, values, start_image, self.clock(),
+                            start_bytes=start_image.read_bytes() if start_image is not None else None)
             self.tickets[prompt_id] = ticket
             self.queue.append(ticket)
             self._notify()
@@ -292,7 +293,8 @@ class Pool:
             self._preflight(server, ticket.workflow)
             if ticket.start_image is not None:
                 values["start_image"] = server.client.upload_image(
-                    ticket.start_image, f"tandava_{ticket.prompt_id}{ticket.start_image.suffix}")
+                    ticket.start_image, f"tandava_{ticket.prompt_id}{ticket.start_image.suffix}",
+                    data=ticket.start_bytes)
             graph = ticket.workflow.fill(**values)
             with self._cond:
                 self.queue.remove(ticket)

@@ -48,6 +48,9 @@ class Ticket:
     losses: int = 0
     position: int = 0  # place in the server's queue while pending there
     interrupted_at: float = 0.0  # when we interrupted it for silence (escalation step one)
+    # The start image as it was when the job was queued: the run folder it came from may move
+    # (analyzed → approved) before a server takes the job, so the path alone is not enough.
+    start_bytes: bytes | None = None
     watch: JobWatch = field(init=False)
     result: HistoryOutcome | None = None
     error: StageError | None = None
