@@ -11,7 +11,8 @@ How this works
    with a 120 BPM prior, the grid among its cross-rhythm relatives whose
    multiples all correlate, the level (double, half) chosen by onset
    strength on the beats against between them, and Ellis' dynamic programme
-   following the local beat period so a tempo that drifts keeps its beats.
+   following the local beat period so a tempo that drifts keeps its beats,
+   then once more on the onset bands weighed by how they mark those beats.
    How clear the level was becomes ``confidence``, and a doubt is named in
    ``low_confidence`` so a person can correct it (``retry --tempo``).
 4. A tempo a person gives replaces step 3's choice of level; the tracking is
@@ -42,9 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from daemon import defaults
 from daemon.music.audio import load_mono
-from daemon.music.beats import TEMPO_RANGE, choose_level, local_periods, track
+from daemon.music.beats import TEMPO_RANGE, choose_level, local_periods, track, weigh_bands
 from daemon.music.features import (
     ENERGY_HOP,
+    band_fluxes,
     energy_curve,
     energy_slice,
     frame_geometry,
@@ -147,6 +149,10 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
         period, confidence, doubt = level.period, level.confidence, level.doubt
         half_doubt = level.doubt_kind == "half"
     beat_frames = track(norm, local_periods(norm, period, fps))
+    weighted = weigh_bands(band_fluxes(logmel), beat_frames)
+    if weighted is not None:
+        # Second pass: the bands that mark this song's beats (beats.py, step 5).
+        beat_frames = track(weighted, local_periods(weighted, period, fps))
     if len(beat_frames) < 2:
         # No pulse to follow (a drone, a spoken word): a steady grid at the
         # estimated tempo still gives the planner beats to cut on.
