@@ -58,6 +58,11 @@ _PRIOR_WEIGHT, _PRIOR_SLACK = 0.5, 0.5
 _HALVE_IF_ALTERNATE = 0.45
 # Below this beat-versus-between contrast the pulse is too vague to trust.
 _LOW_CONTRAST = 0.25
+# Most listeners tap between these (BPM). A level outside them whose double
+# or half lies inside is reported as a doubt even when the onsets chose it
+# clearly: on the corpus, madmom and the charts disagree on exactly such songs
+# (75 vs 150, 95 vs 190), so a person should glance at it before GPU time.
+_LISTENER_RANGE = (80.0, 185.0)
 # Local tempo: windows this long (s), this far apart (s), this far from the
 # global period at most (ratio), smoothed over this many windows.
 _WINDOW_S, _STEP_S, _DRIFT, _SMOOTH = 8.0, 2.0, 1.2, 5
@@ -70,7 +75,8 @@ class Level:
     period: float
     confidence: float
     doubt: str | None = None
-    # Which test was close: "pulse", "double" or "half" (None when sure).
+    # Which test was close: "pulse", "double" or "half", or "slow"/"fast" for a
+    # level outside the range listeners tap (None when sure).
     doubt_kind: str | None = None
 
 
@@ -128,13 +134,29 @@ def choose_level(onset: np.ndarray, fps: float) -> Level:
         kind = "double"
     elif margins["half"] < 0.5:
         kind = "half"
+    else:
+        kind = _outside_listener_range(60.0 * fps / period)
+        if kind:
+            confidence = min(confidence, 0.4)
     return Level(period, round(confidence, 3), _DOUBTS.get(kind or ""), kind)
+
+
+def _outside_listener_range(bpm: float) -> str | None:
+    """"slow"/"fast" when ``bpm`` is outside the range listeners tap and its double/half is inside."""
+    low, high = _LISTENER_RANGE
+    if bpm < low and low <= 2 * bpm <= TEMPO_RANGE[1]:
+        return "slow"
+    if bpm > high and low <= bpm / 2:
+        return "fast"
+    return None
 
 
 _DOUBTS = {
     "pulse": "the beats barely stand out from the music between them (no clear pulse)",
     "double": "the off-beats are nearly as strong as the beats (the tempo may be double)",
     "half": "every other beat is much weaker (the tempo may be half)",
+    "slow": "slower than most listeners tap (the tempo may be double)",
+    "fast": "faster than most listeners tap (the tempo may be half)",
 }
 
 
