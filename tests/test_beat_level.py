@@ -9,7 +9,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from daemon.music.analysis import analyze_signal
-from daemon.music.beats import prior
+from daemon.music.beats import prior, weigh_bands
 from daemon.music.synth import synth_song
 
 SR = 22050
@@ -72,3 +72,25 @@ def test_prior_peaks_at_120_bpm() -> None:
     assert float(prior(120.0)) == pytest.approx(1.0)
     assert float(prior(60.0)) == pytest.approx(float(prior(240.0)))
     assert float(prior(90.0)) < 1.0
+
+
+def test_a_level_outside_the_listeners_range_is_flagged() -> None:
+    """A clear 70 BPM pulse keeps its tempo but is flagged, naming the double a listener may tap."""
+    y, _ = synth_song(24.0, 70.0, seed=4)
+    analysis = analyze_signal(y, SR)
+    assert analysis.tempo == pytest.approx(70.0, rel=0.02)
+    assert analysis.low_confidence is not None and "double" in analysis.low_confidence
+    assert analysis.confidence < 0.5
+
+
+def test_bands_that_sit_between_the_beats_get_no_weight() -> None:
+    """weigh_bands keeps the band on the beats and drops one louder halfway between them."""
+    n, period = 4000, 20
+    beats = np.arange(10, n - 10, period)
+    on_beat, off_beat = np.zeros(n), np.zeros(n)
+    on_beat[beats] = 1.0
+    off_beat[beats[:-1] + period // 2] = 3.0
+    env = weigh_bands(np.vstack([on_beat, off_beat]), beats)
+    assert env is not None
+    assert env[beats].mean() > 1.0 and env[beats[:-1] + period // 2].max() == pytest.approx(0.0)
+    assert weigh_bands(np.vstack([off_beat]), beats) is None
