@@ -54,3 +54,31 @@ def test_real_song_scores_at_least_its_floor(song: beat_corpus.Song) -> None:
     assert got.cuts >= floor["cuts"], got.line()
     if floor.get("right_level"):
         assert got.right_level, got.line()
+
+
+def test_click_tracks_score_at_least_097() -> None:
+    """Every click track of the bench (hats, a ramp, waltzes) scores beat F >= 0.97 at its written level."""
+    from beat_scoring import click_tracks
+
+    for row in click_tracks():
+        assert row.best_f >= 0.97 and row.relation == "ok", row.line()
+
+
+def test_downbeats_count_against_the_reference_that_agrees_more() -> None:
+    """Where madmom and the chart start the bar on different beats, downbeat F follows the one we match."""
+    from beat_scoring import score
+
+    from daemon.music.analysis import Analysis
+
+    beats = [i * 0.5 for i in range(80)]
+    ours = Analysis(
+        duration=40.0, sample_rate=22050, tempo=120.0, beats=beats, downbeats=beats[1::4],
+        beats_per_bar=4, energy=[0.5] * 80, energy_hop=0.5, sections=[],
+    )
+    ref = {
+        "madmom": {"beats": beats, "downbeats": beats[0::4], "beats_per_bar": 4},
+        "chart": {"beats": beats, "downbeats": beats[1::4], "beats_per_bar": 4},
+    }
+    assert score("bars", ours, ref).downbeat_f == 1.0
+    del ref["chart"]
+    assert score("bars", ours, ref).downbeat_f == 0.0
