@@ -225,3 +225,30 @@ def test_unavailable_backend_parks_the_run_without_using_attempts(store: RunStor
     moved = store.find(ref.run_id)
     assert moved.state is State.ANALYZED
     assert len(calls) == 7
+
+
+def test_a_run_someone_else_is_rewriting_waits_for_them(store: RunStore, tmp_path: Path) -> None:
+    """A run whose work lock another holds (retry --tempo) is left alone until it is released, then processed."""
+    from daemon.runs import worklock
+
+    calls: list[str] = []
+
+    def work(job: StageRun) -> None:
+        calls.append(job.ref.run_id)
+        job.done("write")
+
+    ref = add_run(store, tmp_path)
+    engine = engine_for(store, work)
+    stop = threading.Event()
+    with worklock.working_on(store.root, ref.run_id, "tandava retry --tempo (pid 1)") as mine:
+        assert mine
+        runner = threading.Thread(target=engine.run, args=(stop,))
+        runner.start()
+        time.sleep(0.3)
+        assert calls == [] and store.find(ref.run_id).state is State.INCOMING
+    deadline = time.monotonic() + 10
+    while store.find(ref.run_id).state is not State.ANALYZED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    runner.join(10)
+    assert calls == [ref.run_id] and store.find(ref.run_id).state is State.ANALYZED

@@ -123,26 +123,15 @@ def test_a_rendered_run_is_refused(settings: Settings, tmp_path: Path) -> None:
         retempo(settings, store, ref.run_id, 90.0)
 
 
-def _write_health(store: RunStore, run_id: str, *, age: float) -> None:
-    """A daemon's health file, its heartbeat ``age`` seconds old, with ``run_id`` in flight."""
-    from datetime import UTC, datetime, timedelta
+def test_a_run_a_stage_is_working_on_is_refused(settings: Settings) -> None:
+    """While a stage holds the run's work lock, retempo refuses, naming it and the run unchanged; then it works."""
+    from daemon.runs import worklock
 
-    from daemon.runs import fsutil
-    from daemon.runs.health import Health, health_path
-
-    beat = (datetime.now(UTC) - timedelta(seconds=age)).isoformat()
-    health = Health(pid=os.getpid(), started_at=beat, heartbeat=beat, counts={}, in_flight=[run_id],
-                    progress={run_id: {"stage": "candidates"}})
-    fsutil.atomic_write_json(health_path(store.root), health.to_json())
-
-
-def test_a_run_the_daemon_is_working_on_is_refused(settings: Settings, tmp_path: Path) -> None:
-    """While a live daemon works on the run, retempo refuses and says when to retry; a dead one does not block."""
     store, run_id = _pending_run(settings)
     before = (store.find(run_id).path / "segments.json").read_text(encoding="utf-8")
-    _write_health(store, run_id, age=1.0)
-    with pytest.raises(StoreError, match="working on it now .candidates.*pending_approval"):
-        retempo(settings, store, run_id, 60.0)
+    with worklock.working_on(store.root, run_id, "the daemon's candidates stage (pid 1)") as mine:
+        assert mine
+        with pytest.raises(StoreError, match="candidates stage .pid 1. is working on it now.*pending_approval"):
+            retempo(settings, store, run_id, 60.0)
     assert (store.find(run_id).path / "segments.json").read_text(encoding="utf-8") == before
-    _write_health(store, run_id, age=600.0)
     assert retempo(settings, store, run_id, 60.0).tempo == pytest.approx(60.0, rel=0.03)

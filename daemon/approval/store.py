@@ -34,9 +34,9 @@ from daemon.runs.job import Job
 from daemon.runs.manifest import Manifest, utcnow
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
+from daemon.runs.worklock import LOCKS_DIR
 
 APPROVALS_FILE = "approvals.json"
-LOCKS_DIR = ".locks"
 Verdict = Literal["approve", "reject", "regenerate", "undo"]
 # How long after a decision it can be taken back: a person who pressed the wrong key notices at once.
 # The panel offers 10 s; the store allows a little more for the round trip.

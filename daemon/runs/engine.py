@@ -31,6 +31,7 @@ dropped and simply found again in its input directory on the next start.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from daemon.errors import (
     TransientError,
     Unavailable,
 )
+from daemon.runs import worklock
 from daemon.runs.manifest import Manifest
 from daemon.runs.progress import ProgressBoard, StepCount
 from daemon.runs.states import Event, State
@@ -282,7 +284,16 @@ class Engine:
     # -- one run through one stage ----------------------------------------------
 
     def _process(self, stage: Stage, ref: RunRef) -> None:
-        with structlog.contextvars.bound_contextvars(run_id=ref.run_id, stage=stage.name):
+        with (
+            structlog.contextvars.bound_contextvars(run_id=ref.run_id, stage=stage.name),
+            worklock.working_on(
+                self.store.root, ref.run_id, f"the daemon's {stage.name} stage (pid {os.getpid()})"
+            ) as mine,
+        ):
+            if not mine:
+                # A person's command is rewriting the run (retry --tempo): the next tick takes it.
+                log.info("run.busy", holder=worklock.holder(self.store.root, ref.run_id))
+                return
             try:
                 self._attempt_stage(stage, ref)
             except StoreError as exc:

@@ -17,18 +17,19 @@ gives its tempo. ``retempo`` then, under the run's decision lock:
 A run before approval (analyzed, imaged, pending approval, or failed in one
 of those) can be re-planned; an approved or rendered run has its clips made
 from the plan, so it is refused with how to start over instead. So is a run
-a running daemon is working on this moment (its health file lists it in
-flight): the stage holds the run's records in memory and would write the old
-plan's candidates back over the new plan. Waiting for approval is not
-working on it, so a run in pending_approval/ can be corrected while the
-daemon runs.
+a daemon's stage is working on this moment (it holds the run's work lock,
+daemon.runs.worklock): the stage holds the run's records in memory and would
+write the old plan's candidates back over the new plan. The re-plan holds the
+same lock, so no stage starts on the run until it is done. Waiting for
+approval is not working on it, so a run in pending_approval/ can be corrected
+while the daemon runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.approval.store import ApprovalStore
@@ -36,8 +37,7 @@ from daemon.config import Settings
 from daemon.errors import StoreError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import SEGMENTS_FILE, read_segments, write_segments
-from daemon.runs import fsutil
-from daemon.runs.health import STALE_SECONDS, read_health
+from daemon.runs import fsutil, worklock
 from daemon.runs.states import State
 from daemon.runs.store import RunRef, RunStore
 from daemon.stages.pipeline import ANALYSIS_FILE
@@ -61,10 +61,23 @@ class Replanned:
 
 def retempo(settings: Settings, store: RunStore, run_id: str, tempo: float) -> Replanned:
     """Re-plan ``run_id`` at ``tempo`` BPM, keeping the segments that did not move."""
+    ref = store.find(run_id)
+    with worklock.working_on(store.root, ref.run_id, f"tandava retry --tempo (pid {os.getpid()})") as mine:
+        if not mine:
+            who = worklock.holder(store.root, ref.run_id) or "another process"
+            raise StoreError(
+                f"{ref.run_id}: {who} is working on it now; run the retry again once "
+                "`tandava status` shows it in pending_approval/, or stop the daemon first"
+            )
+        return _replan(settings, store, ref, tempo)
+
+
+def _replan(settings: Settings, store: RunStore, ref: RunRef, tempo: float) -> Replanned:
+    """The re-plan itself, under the run's work lock (see the module docstring)."""
     from daemon.music.analysis import analyze
     from daemon.writers.chain import write_plan
 
-    ref = store.find(run_id)
+    ref = store.refresh(ref)
     if ref.state is State.FAILED:
         manifest = store.load(ref)
         if manifest.failed_from not in REPLANNABLE:
@@ -72,12 +85,6 @@ def retempo(settings: Settings, store: RunStore, run_id: str, tempo: float) -> R
         ref = store.retry(ref)
     if ref.state not in REPLANNABLE:
         raise StoreError(_refusal(ref, ref.state))
-    busy = _in_flight(store, ref.run_id)
-    if busy is not None:
-        raise StoreError(
-            f"{ref.run_id}: the daemon is working on it now ({busy}); run the retry again once "
-            "`tandava status` shows it in pending_approval/, or stop the daemon first"
-        )
     cfg = settings.analysis
     manifest = store.load(ref)
     song = ref.path / manifest.song.file_name
@@ -108,16 +115,6 @@ def retempo(settings: Settings, store: RunStore, run_id: str, tempo: float) -> R
         if (ref.path / "approvals.json").is_file():
             approvals.save(ref, decisions)
     return Replanned(ref, analysis.tempo, analysis.beats_per_bar, len(segments), kept)
-
-
-def _in_flight(store: RunStore, run_id: str) -> str | None:
-    """The stage a running daemon (fresh heartbeat) is working on ``run_id`` in, if any."""
-    health = read_health(store.root)
-    if health is None or health.stopped_at is not None or run_id not in health.in_flight:
-        return None
-    if health.age_seconds(datetime.now(UTC)) > STALE_SECONDS:
-        return None
-    return str(health.progress.get(run_id, {}).get("stage") or "a stage")
 
 
 def _same_span(a: Segment, b: Segment) -> bool:
