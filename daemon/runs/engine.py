@@ -63,6 +63,9 @@ log = structlog.get_logger("tandava.engine")
 STORE_ERROR_PAUSE_SECONDS = 5.0
 # A step that reports often (ffmpeg's progress) rewrites run.json at most this often.
 PROGRESS_SAVE_SECONDS = 1.0
+# A run's work lock (daemon.runs.worklock): tries, this far apart (s), before
+# leaving the run to the next tick.
+_LOCK_TRIES, _LOCK_WAIT = 20, 0.05
 
 
 @dataclass(frozen=True)
@@ -284,28 +287,32 @@ class Engine:
     # -- one run through one stage ----------------------------------------------
 
     def _process(self, stage: Stage, ref: RunRef) -> None:
-        with (
-            structlog.contextvars.bound_contextvars(run_id=ref.run_id, stage=stage.name),
-            worklock.working_on(
-                self.store.root, ref.run_id, f"the daemon's {stage.name} stage (pid {os.getpid()})"
-            ) as mine,
-        ):
-            if not mine:
-                # A person's command is rewriting the run (retry --tempo): the next tick takes it.
-                log.info("run.busy", holder=worklock.holder(self.store.root, ref.run_id))
-                return
-            try:
-                self._attempt_stage(stage, ref)
-            except StoreError as exc:
-                self._store_error(ref, exc)
-            except Exception as exc:  # a bug must not take the daemon down
-                log.exception("stage.crashed")
-                self._fail(stage, ref, PermanentError(
-                    f"Tandava hit an internal error in {stage.name}: {exc!r}",
-                    "This is a bug; please report it with the log. "
-                    f"Then run `tandava retry {ref.run_id}`.",
-                    cause="InternalError",
-                ))
+        who = f"the daemon's {stage.name} stage (pid {os.getpid()})"
+        with structlog.contextvars.bound_contextvars(run_id=ref.run_id, stage=stage.name):
+            # A stage chained from the one before starts while that one is
+            # still returning through its lock: a short wait covers it. A
+            # person's command (retry --tempo) holds it longer: the next tick.
+            for _ in range(_LOCK_TRIES):
+                with worklock.working_on(self.store.root, ref.run_id, who) as mine:
+                    if mine:
+                        self._guarded(stage, ref)
+                        return
+                self._stop.wait(_LOCK_WAIT)
+            log.info("run.busy", holder=worklock.holder(self.store.root, ref.run_id))
+
+    def _guarded(self, stage: Stage, ref: RunRef) -> None:
+        try:
+            self._attempt_stage(stage, ref)
+        except StoreError as exc:
+            self._store_error(ref, exc)
+        except Exception as exc:  # a bug must not take the daemon down
+            log.exception("stage.crashed")
+            self._fail(stage, ref, PermanentError(
+                f"Tandava hit an internal error in {stage.name}: {exc!r}",
+                "This is a bug; please report it with the log. "
+                f"Then run `tandava retry {ref.run_id}`.",
+                cause="InternalError",
+            ))
 
     def _close_moved(self, stage: Stage, ref: RunRef) -> None:
         """Close a stage that moved the run itself (the approval gate, under its lock).
