@@ -292,12 +292,16 @@ class Engine:
             # A stage chained from the one before starts while that one is
             # still returning through its lock: a short wait covers it. A
             # person's command (retry --tempo) holds it longer: the next tick.
-            for _ in range(_LOCK_TRIES):
-                with worklock.working_on(self.store.root, ref.run_id, who) as mine:
-                    if mine:
-                        self._guarded(stage, ref)
-                        return
-                self._stop.wait(_LOCK_WAIT)
+            try:
+                for _ in range(_LOCK_TRIES):
+                    with worklock.working_on(self.store.root, ref.run_id, who) as mine:
+                        if mine:
+                            self._guarded(stage, ref)
+                            return
+                    self._stop.wait(_LOCK_WAIT)
+            except StoreError as exc:
+                self._store_error(ref, exc)
+                return
             log.info("run.busy", holder=worklock.holder(self.store.root, ref.run_id))
 
     def _guarded(self, stage: Stage, ref: RunRef) -> None:

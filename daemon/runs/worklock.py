@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemon.errors import StoreError
 from daemon.runs import oslock
 
 LOCKS_DIR = ".locks"
@@ -34,10 +35,14 @@ def working_on(state_root: Path, run_id: str, who: str) -> Iterator[bool]:
     """Hold the run's work lock for the block; yields False (and holds nothing) if another has it.
 
     ``who`` is written into the file for the person an error names it to.
+    Raises StoreError when the lock file cannot be opened at all.
     """
     path = lock_path(state_root, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    held = oslock.try_lock(path, note=who)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        held = oslock.try_lock(path, note=who)
+    except OSError as exc:  # the state root's share blinked: the caller's store-error path
+        raise StoreError(f"cannot take the work lock of {run_id} ({path}): {exc}") from exc
     if held is None:
         yield False
         return
