@@ -21,7 +21,7 @@ from daemon.config import Settings
 from daemon.errors import StoreError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
-from daemon.runs.engine import StageRun
+from daemon.runs.stage import StageRun
 from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job, start_jobs
 from daemon.video import qc
 

@@ -32,8 +32,8 @@ from daemon.backends.base import ImageBackend
 from daemon.config import Settings
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
-from daemon.runs.engine import Moved, Outcome, StageRun, Waiting
 from daemon.runs.manifest import utcnow
+from daemon.runs.stage import Moved, Outcome, StageRun, Waiting
 from daemon.runs.states import Event
 from daemon.stages.candidates import ensure_candidate, image_backend_for
 

@@ -28,7 +28,7 @@ import structlog
 
 from daemon.backends.base import ImageBackend, Job, VideoBackend
 from daemon.errors import QCFailed, QCGaveUp
-from daemon.runs.engine import StageRun
+from daemon.runs.stage import StageRun
 
 log = structlog.get_logger("tandava.jobs")
 

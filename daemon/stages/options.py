@@ -37,7 +37,7 @@ from daemon.music.analysis import Analysis
 from daemon.music.ideas import PlanIdeas, SegmentIdea
 from daemon.music.plan import Segment, fit_ideas
 from daemon.runs import fsutil
-from daemon.runs.engine import Outcome, StageRun
+from daemon.runs.stage import Outcome, StageRun
 
 OPTIONS_FILE = "options.json"
 PHOTOS_DIR = "photos"

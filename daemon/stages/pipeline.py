@@ -27,7 +27,7 @@ from daemon.config import Settings
 from daemon.errors import BadInput
 from daemon.music.segments_file import SEGMENTS_FILE, write_segments
 from daemon.runs import fsutil
-from daemon.runs.engine import Outcome, Stage, StageRun, Waiting
+from daemon.runs.stage import Outcome, Stage, StageRun, Waiting
 from daemon.runs.states import Event, State
 from daemon.stages.song import song_of
 

@@ -24,7 +24,7 @@ from daemon.config import Settings
 from daemon.errors import PermanentError, TransientError
 from daemon.music.plan import Segment
 from daemon.music.segments_file import read_segments
-from daemon.runs.engine import StageRun
+from daemon.runs.stage import StageRun
 from daemon.runs.states import State
 from daemon.stages.candidates import seed_for
 from daemon.stages.jobs import Attempt, ensure_checked, ensure_job, start_job

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.errors import BadInput
-from daemon.runs.engine import StageRun
+from daemon.runs.stage import StageRun
 from daemon.runs.states import State
 
 
