@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,19 @@ def engine_for(store: RunStore, settings: Settings, backend: PacedImages, *, tic
     ], tick_seconds=tick)
 
 
+@contextlib.contextmanager
+def engine_thread(engine: Engine) -> Iterator[None]:
+    """The engine's loop in a thread for the block; stopped and joined however the block ends."""
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.run, args=(stop,))
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(WAIT)
+
+
 def wait_until(check: object, what: str) -> None:
     """Poll ``check()`` until it is true, or fail naming ``what``."""
     deadline = time.monotonic() + WAIT
@@ -110,34 +125,27 @@ def test_a_segment_is_decided_on_every_channel_before_the_last_image_exists(
     ref = analyzed_run(store, tmp_path, segments=4)
     backend = PacedImages()
     engine = engine_for(store, two, backend)
-    stop = threading.Event()
-    worker = threading.Thread(target=engine.run, args=(stop,))
-    worker.start()
     two.web.port = 0
-    try:
-        with WebPanel(two, store) as panel:
-            backend.allow(4)  # segments 0 and 1
-            wait_until(lambda: offered_segments(store.load(store.find(ref.run_id))) == {0, 1},
-                       "segments 0 and 1 to be offered")
-            assert store.find(ref.run_id).state is State.ANALYZED
-            assert main(["--config", str(two.config_file), "approve", ref.run_id, "0:1"]) == 0
-            with requests.Session() as s:
-                page = s.get(f"{panel.url}runs/{ref.run_id}", timeout=10).text
-                assert "2 more on their way" in page
-                answer = s.post(f"{panel.url}runs/{ref.run_id}/decide", timeout=10,
-                                data={"csrf": csrf_of(page), "verdict": "approve", "segment": "1",
-                                      "candidate": "0"}, allow_redirects=False)
-                assert answer.status_code == 303
-            with pytest.raises(DecisionRefused, match="segment 3 .* is not offered yet"):
-                decisions.decide(store, ref.run_id, "approve", 3, 0, by="me", channel="cli")
-            assert len(backend.made) == 4  # the last segments' images do not exist yet
-            backend.allow(4)
-            wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
-            decisions.approve_all(store, ref.run_id, by="me", channel="cli")
-            wait_until(lambda: store.find(ref.run_id).state is State.APPROVED, "approved")
-    finally:
-        stop.set()
-        worker.join(WAIT)
+    with engine_thread(engine), WebPanel(two, store) as panel:
+        backend.allow(4)  # segments 0 and 1
+        wait_until(lambda: offered_segments(store.load(store.find(ref.run_id))) == {0, 1},
+                   "segments 0 and 1 to be offered")
+        assert store.find(ref.run_id).state is State.ANALYZED
+        assert main(["--config", str(two.config_file), "approve", ref.run_id, "0:1"]) == 0
+        with requests.Session() as s:
+            page = s.get(f"{panel.url}runs/{ref.run_id}", timeout=10).text
+            assert "2 more on their way" in page
+            answer = s.post(f"{panel.url}runs/{ref.run_id}/decide", timeout=10,
+                            data={"csrf": csrf_of(page), "verdict": "approve", "segment": "1",
+                                  "candidate": "0"}, allow_redirects=False)
+            assert answer.status_code == 303
+        with pytest.raises(DecisionRefused, match="segment 3 .* is not offered yet"):
+            decisions.decide(store, ref.run_id, "approve", 3, 0, by="me", channel="cli")
+        assert len(backend.made) == 4  # the last segments' images do not exist yet
+        backend.allow(4)
+        wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
+        decisions.approve_all(store, ref.run_id, by="me", channel="cli")
+        wait_until(lambda: store.find(ref.run_id).state is State.APPROVED, "approved")
     log = ApprovalStore(store).load(store.find(ref.run_id)).decisions
     assert [(d.segment, d.candidate, d.channel) for d in log[:2]] == [(0, 1, "cli"), (1, 0, "web")]
 
@@ -147,26 +155,14 @@ def test_a_decision_made_during_imaging_survives_a_crash(store: RunStore, tmp_pa
     """The engine is abandoned mid-run (a crash); a new one finds the early decision and goes on."""
     ref = analyzed_run(store, tmp_path, segments=3)
     backend = PacedImages()
-    first = engine_for(store, two, backend)
-    stop = threading.Event()
-    worker = threading.Thread(target=first.run, args=(stop,))
-    worker.start()
-    backend.allow(2)
-    wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
-    decisions.decide(store, ref.run_id, "approve", 0, 0, by="me", channel="telegram")
-    stop.set()
-    worker.join(WAIT)
-    second = engine_for(store, two, PacedImages(free=True))
-    stop = threading.Event()
-    worker = threading.Thread(target=second.run, args=(stop,))
-    worker.start()
-    try:
+    with engine_thread(engine_for(store, two, backend)):
+        backend.allow(2)
+        wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
+        decisions.decide(store, ref.run_id, "approve", 0, 0, by="me", channel="telegram")
+    with engine_thread(engine_for(store, two, PacedImages(free=True))):
         wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
         view = decisions.run_view(store, store.find(ref.run_id))
         assert view.segments[0].approved == 0 and len(view.open_segments) == 2
-    finally:
-        stop.set()
-        worker.join(WAIT)
 
 
 def test_a_rejection_while_images_are_made_queues_a_new_round_in_the_same_batch(
@@ -176,10 +172,7 @@ def test_a_rejection_while_images_are_made_queues_a_new_round_in_the_same_batch(
     ref = analyzed_run(store, tmp_path, segments=3)
     backend = PacedImages()
     engine = engine_for(store, two, backend)
-    stop = threading.Event()
-    worker = threading.Thread(target=engine.run, args=(stop,))
-    worker.start()
-    try:
+    with engine_thread(engine):
         backend.allow(2)
         wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
         for cand in (0, 1):
@@ -194,9 +187,6 @@ def test_a_rejection_while_images_are_made_queues_a_new_round_in_the_same_batch(
         view = decisions.run_view(store, store.find(ref.run_id))
         assert [c.index for c in view.segments[0].candidates] == [0, 1, 2, 3]
         assert view.segments[0].rounds == 2
-    finally:
-        stop.set()
-        worker.join(WAIT)
     assert len(backend.made) == 8
 
 
@@ -208,16 +198,10 @@ def test_auto_mode_passes_from_images_to_approved_without_waiting_for_a_tick(
     settings.images.candidates = 2
     ref = analyzed_run(store, tmp_path, segments=3)
     engine = engine_for(store, settings, PacedImages(free=True), tick=30.0)
-    stop = threading.Event()
-    worker = threading.Thread(target=engine.run, args=(stop,))
     started = time.monotonic()
-    worker.start()
-    try:
+    with engine_thread(engine):
         wait_until(lambda: store.find(ref.run_id).state is State.APPROVED, "approved")
         took = time.monotonic() - started
-    finally:
-        stop.set()
-        worker.join(WAIT)
     assert took < 5.0
     history = [h.state for h in store.load(store.find(ref.run_id)).history]
     assert history[-3:] == [State.IMAGED, State.PENDING_APPROVAL, State.APPROVED]
@@ -280,28 +264,21 @@ def test_telegram_offers_each_segment_as_it_is_ready_and_takes_a_tap_on_it(
     ref = analyzed_run(store, tmp_path, segments=3)
     backend = PacedImages()
     engine = engine_for(store, tg, backend)
-    stop = threading.Event()
-    worker = threading.Thread(target=engine.run, args=(stop,))
-    worker.start()
-    try:
-        with running(tg, store):
-            backend.allow(2)
-            fake.wait_for(lambda: any("segment 0 of 3" in s.text for s in fake.sent("sendMessage")))
-            song = fake.sent("sendMessage")[0]
-            assert "first segments ready (1 of 3), more coming" in song.text
-            control = next(s for s in fake.sent("sendMessage") if "segment 0 of 3" in s.text)
-            fake.tap(USER, button(fake, control.message_ids[0], "✅1"), control.message_ids[0])
-            wait_until(lambda: decisions.run_view(store, store.find(ref.run_id)).segments[0].approved == 1,
-                       "the tap to be recorded")
-            assert store.find(ref.run_id).state is State.ANALYZED and len(backend.made) == 2
-            backend.allow(2)
-            fake.wait_for(lambda: any(e.message_id == song.message_ids[0] and "(2 of 3)" in e.text
-                                      for e in fake.edits))
-            backend.allow(2)
-            wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
-    finally:
-        stop.set()
-        worker.join(WAIT)
+    with engine_thread(engine), running(tg, store):
+        backend.allow(2)
+        fake.wait_for(lambda: any("segment 0 of 3" in s.text for s in fake.sent("sendMessage")))
+        song = fake.sent("sendMessage")[0]
+        assert "first segments ready (1 of 3), more coming" in song.text
+        control = next(s for s in fake.sent("sendMessage") if "segment 0 of 3" in s.text)
+        fake.tap(USER, button(fake, control.message_ids[0], "✅1"), control.message_ids[0])
+        wait_until(lambda: decisions.run_view(store, store.find(ref.run_id)).segments[0].approved == 1,
+                   "the tap to be recorded")
+        assert store.find(ref.run_id).state is State.ANALYZED and len(backend.made) == 2
+        backend.allow(2)
+        fake.wait_for(lambda: any(e.message_id == song.message_ids[0] and "(2 of 3)" in e.text
+                                  for e in fake.edits))
+        backend.allow(2)
+        wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
     log = ApprovalStore(store).load(store.find(ref.run_id)).decisions
     assert [(d.segment, d.candidate, d.channel) for d in log] == [(0, 1, "telegram")]
 
@@ -316,19 +293,13 @@ def test_the_api_tells_each_segment_offered(store: RunStore, tmp_path: Path, two
     watcher.poll()  # the baseline: a store as it was is not news
     backend = PacedImages()
     engine = engine_for(store, two, backend)
-    stop = threading.Event()
-    worker = threading.Thread(target=engine.run, args=(stop,))
-    worker.start()
-    try:
+    with engine_thread(engine):
         backend.allow(2)
         wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
         watcher.poll()
         backend.allow(4)
         wait_until(lambda: store.find(ref.run_id).state is State.PENDING_APPROVAL, "pending_approval")
         watcher.poll()
-    finally:
-        stop.set()
-        worker.join(WAIT)
     offered = [e.data["segment"] for e in log.since(0) if e.type == "segment.offered"]
     assert offered == [0, 1, 2]
     first = next(e for e in log.since(0) if e.type == "segment.offered")
@@ -342,17 +313,13 @@ def test_pending_lists_the_segments_offered_so_far(store: RunStore, tmp_path: Pa
     ref = analyzed_run(store, tmp_path, segments=3)
     backend = PacedImages()
     engine = engine_for(store, two, backend)
-    stop = threading.Event()
-    worker = threading.Thread(target=engine.run, args=(stop,))
-    worker.start()
-    try:
-        backend.allow(2)
-        wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
-        lines = list(pending_lines(store.root))
-    finally:
-        backend.free = True
-        stop.set()
-        worker.join(WAIT)
+    with engine_thread(engine):
+        try:
+            backend.allow(2)
+            wait_until(lambda: 0 in offered_segments(store.load(store.find(ref.run_id))), "segment 0 offered")
+            lines = list(pending_lines(store.root))
+        finally:
+            backend.free = True  # lets the images stage end, so the engine can stop
     assert lines[0].endswith("1 of 1 segment(s) open, 2 more being made")
     assert [line for line in lines if line.startswith("  segment ")] == [
         "  segment 0  00:00.00-00:05.00  steady  [open, 2 candidate(s)]"]
