@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from faketelegram import CHAT_ID, TOKEN, FakeTelegram
@@ -11,6 +12,14 @@ from pydantic import SecretStr
 
 from daemon.config import Settings, TelegramConfig, load_settings
 from daemon.runs.store import RunStore
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+# Debian's Chromium (.ci/run installs it), for the browser tests; they skip where it is missing.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture
@@ -65,3 +74,16 @@ def telegram_settings(settings: Settings, telegram_api: FakeTelegram) -> Setting
     settings.approval.mode = "manual"
     settings.images.candidates = 2
     return settings
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium per browser-test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+# The browser fixture (conftest.py) drives Debian's Chromium.
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is missing (.ci/run installs it)", allow_module_level=True)
 pytest.importorskip("playwright.sync_api")
 
-from playwright.sync_api import Browser, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser  # noqa: E402
 from test_approval import gate_once, new_pending_run  # noqa: E402
 from test_web import TOKEN, new_failed_run, new_rendered_run  # noqa: E402
 
@@ -25,20 +26,7 @@ from daemon.runs.states import Event, State  # noqa: E402
 from daemon.runs.store import RunStore  # noqa: E402
 from daemon.stages.gate import Gate  # noqa: E402
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One headless Chromium for the module."""
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
