@@ -112,6 +112,26 @@ def cut_share(cuts: Sequence[float], beats: np.ndarray) -> float:
     return float(np.mean(near))
 
 
+def best_beat_f(beats: Sequence[float], ref: dict) -> tuple[float, str]:
+    """(beat F against madmom or the chart, whichever agrees more; tempo relation to it).
+
+    For a tracker that gives beats only (the essentia yardstick in
+    ``bench_beats.py --essentia``), scored as ``Score.best_f`` is.
+    """
+    est = mir_eval.beat.trim_beats(np.asarray(beats, dtype=float))
+    tempo = 60.0 / float(np.median(np.diff(beats))) if len(beats) > 1 else 0.0
+    scored = []
+    for key in ("madmom", "chart"):
+        if key in ref:
+            ref_beats = np.asarray(ref[key]["beats"])
+            f = mir_eval.beat.f_measure(mir_eval.beat.trim_beats(ref_beats), est)
+            rel = relation(tempo, 60.0 / float(np.median(np.diff(ref_beats)))) if tempo else "?"
+            scored.append((f, rel))
+    best, rel = max(scored)
+    # As in ``score``: "ok" against either reference is the right level.
+    return best, "ok" if any(r == "ok" for _, r in scored) else rel
+
+
 def score(song_id: str, analysis: object, ref: dict) -> Score:
     """Score an ``Analysis`` against a reference dict (``tests/data/beats`` format)."""
     from daemon.music.analysis import Analysis

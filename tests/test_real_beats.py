@@ -82,3 +82,19 @@ def test_downbeats_count_against_the_reference_that_agrees_more() -> None:
     assert score("bars", ours, ref).downbeat_f == 1.0
     del ref["chart"]
     assert score("bars", ours, ref).downbeat_f == 0.0
+
+
+def test_beats_only_score_takes_the_better_reference_and_either_level() -> None:
+    """A beats-only tracker (the essentia yardstick) scores against the reference that agrees more."""
+    from beat_scoring import best_beat_f
+
+    madmom = [i * 1.0 for i in range(60)]
+    chart = [i * 0.5 for i in range(120)]
+    ref = {"madmom": {"beats": madmom}, "chart": {"beats": chart}}
+    f, rel = best_beat_f(chart, ref)
+    assert f == 1.0 and rel == "ok"
+    off_beat = [t + 0.5 for t in madmom]
+    f, rel = best_beat_f(off_beat, {"madmom": {"beats": madmom}})
+    assert f == 0.0 and rel == "ok"
+    f, rel = best_beat_f(madmom[::2], {"madmom": {"beats": madmom}})
+    assert rel == "1:2" and 0.6 < f < 0.7
