@@ -15,7 +15,9 @@ MIREX beat task does). Per song:
   agrees more, when both are at our level: they may start the bar on
   different beats); ``bpb`` our beats per bar / the reference's;
 * ``cuts``: the share of planned cuts within one video frame (1/24 s) of a
-  reference beat (madmom's or the chart's, whichever agrees with more);
+  reference beat: madmom's or the chart's, whichever holds more of the cuts
+  (as for the downbeats: the two may sit 30-50 ms apart, a chart's
+  calibration, which is more than a frame);
 * ``conf``: the analysis' confidence, ``LOW`` when it flags itself.
 """
 
@@ -178,6 +180,9 @@ def score(song_id: str, analysis: object, ref: dict) -> Score:
             )
             downbeat_f = max(downbeat_f, other_f)
     cuts = [s.start for s in plan_segments(analysis)[1:]]
+    cut_shares = [cut_share(cuts, cut_ref)]
+    if chart and "madmom" in ref:
+        cut_shares += [cut_share(cuts, np.asarray(r["beats"])) for r in (mm, chart)]
     return Score(
         id=song_id,
         f=f,
@@ -189,7 +194,7 @@ def score(song_id: str, analysis: object, ref: dict) -> Score:
         relation=rel,
         downbeat_f=downbeat_f,
         bpb=f"{analysis.beats_per_bar}/{ref_bpb}",
-        cuts=cut_share(cuts, cut_ref),
+        cuts=max(cut_shares),
         confidence=float(getattr(analysis, "confidence", 1.0)),
         low=bool(getattr(analysis, "low_confidence", None)),
     )
