@@ -15,6 +15,9 @@ How this works
    then once more on the onset bands weighed by how they mark those beats.
    How clear the level was becomes ``confidence``, and a doubt is named in
    ``low_confidence`` so a person can correct it (``retry --tempo``).
+   A song whose tracked beats fit one steady grid gets that grid, fitted to
+   the whole song, instead (daemon.music.steady): loud off-beats in one
+   passage cannot pull it aside.
 4. A tempo a person gives replaces step 3's choice of level; the tracking is
    the same.
 5. Meter and downbeats (daemon.music.meter): each beat's accent (low-band
@@ -55,6 +58,7 @@ from daemon.music.features import (
     spectral_features,
 )
 from daemon.music.meter import beat_accents, downbeat_mask, meter_of
+from daemon.music.steady import steady_beats
 
 # The compressed, max-filtered flux reads onsets a little early: against
 # madmom and the charts on real music by ~15 ms, on synthetic drums by ~12 ms
@@ -157,7 +161,12 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
         # No pulse to follow (a drone, a spoken word): a steady grid at the
         # estimated tempo still gives the planner beats to cut on.
         beat_frames = np.arange(0, len(norm), period).round().astype(int)
-    beats = beat_frames / fps + _ONSET_LAG_SECONDS
+    # A song at one tempo throughout: one grid fitted to the whole song, which
+    # a passage of loud off-beats cannot pull aside (daemon.music.steady).
+    grid = steady_beats(weighted if weighted is not None else norm, beat_frames, fps)
+    points = grid if grid is not None else beat_frames.astype(float)
+    beat_frames = np.round(points).astype(int)
+    beats = points / fps + _ONSET_LAG_SECONDS
     keep = (beats >= 0) & (beats < duration)
     beat_frames, beats = beat_frames[keep], beats[keep]
     found_tempo = _tempo_from_beats(beats, 60.0 * fps / period)
