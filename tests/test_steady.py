@@ -9,6 +9,7 @@ import pytest
 from daemon.music import analysis
 from daemon.music.beats import choose_level, local_periods, track, weigh_bands
 from daemon.music.features import band_fluxes, frame_geometry, onset_flux, spectral_features
+from daemon.music.meter import JUMP_COST, STEADY_JUMP_COST, downbeat_mask
 from daemon.music.steady import Grid, fit_grid, steady_beats, steady_share
 from daemon.music.synth import _noise_hit, synth_song
 
@@ -106,3 +107,17 @@ def test_without_the_grid_the_tracker_follows_those_offbeats() -> None:
     assert weighted is not None
     tracked = track(weighted, local_periods(weighted, period, fps))
     assert _f(list(tracked / fps + 0.005), beats) < 0.8
+
+
+def test_on_a_steady_grid_a_passage_of_offbeat_accents_does_not_move_the_bar() -> None:
+    """Twelve bars accented on beat 3: the tracked beats' bar follows them, a steady grid's bar holds."""
+    bars = 60
+    accent = np.zeros(bars * 4)
+    accent[0::4] = 1.0
+    passage = slice(24 * 4, 36 * 4)
+    accent[passage][0::4] = 0.0
+    accent[passage][2::4] = 2.5
+    moved = downbeat_mask(accent, 4, JUMP_COST)
+    held = downbeat_mask(accent, 4, STEADY_JUMP_COST)
+    assert moved[passage][2::4].all() and not moved[passage][0::4].any()
+    assert held[0::4].all() and held.sum() == bars

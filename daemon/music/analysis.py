@@ -57,7 +57,13 @@ from daemon.music.features import (
     onset_flux,
     spectral_features,
 )
-from daemon.music.meter import beat_accents, downbeat_mask, meter_of
+from daemon.music.meter import (
+    JUMP_COST,
+    STEADY_JUMP_COST,
+    beat_accents,
+    downbeat_mask,
+    meter_of,
+)
 from daemon.music.steady import steady_beats
 
 # The compressed, max-filtered flux reads onsets a little early: against
@@ -177,7 +183,8 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
         # A bar of three does not fall into pairs: "every other beat" is the
         # bar's own pattern, not a sign of half time.
         doubt, confidence = None, max(confidence, 0.5)
-    downbeats = beats[downbeat_mask(accent, bpb)]
+    jump_cost = STEADY_JUMP_COST if grid is not None else JUMP_COST
+    downbeats = beats[downbeat_mask(accent, bpb, jump_cost)]
     energy = energy_curve(power, fps)
     sections = _sections(logmel, chroma, downbeats, fps, duration, energy)
     return Analysis(

@@ -12,7 +12,10 @@ How this works
    bar normally advances one position per beat; jumping elsewhere costs as
    much as several bars of accent, so the bar keeps its phase through a weak
    passage but finds it again after a pickup, a bar of 2/4 or a beat the
-   tracker skipped.
+   tracker skipped. Beats from a steady grid (daemon.music.steady) never
+   skip, so there a jump costs twice as much: only a real odd bar moves the
+   bar (none of the corpus' 24 references has one; corpus downbeat F median
+   0.875 at the single cost, 0.909 at the double).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import numpy as np
 # 4/4 is far more common than 3/4; 3 must beat 4 by this factor.
 _METER_PREFERENCE = 1.15
 # Jumping to another bar position costs this much accent (z-score units):
-# roughly four bars of a clear downbeat.
-_JUMP_COST = 10.0
+# roughly four bars of a clear downbeat; twice that on a steady grid.
+JUMP_COST, STEADY_JUMP_COST = 10.0, 20.0
 
 
 def beat_accents(beats: np.ndarray, low_onset: np.ndarray, chroma: np.ndarray) -> np.ndarray:
@@ -56,7 +59,7 @@ def meter_of(accent: np.ndarray) -> int:
     return 3 if best[3] > _METER_PREFERENCE * max(best[4], 0.0) else 4
 
 
-def downbeat_mask(accent: np.ndarray, bpb: int) -> np.ndarray:
+def downbeat_mask(accent: np.ndarray, bpb: int, jump_cost: float = JUMP_COST) -> np.ndarray:
     """Which beats start a bar: the Viterbi path through bar positions (see the module docstring)."""
     n = len(accent)
     if n < 8:
@@ -71,7 +74,7 @@ def downbeat_mask(accent: np.ndarray, bpb: int) -> np.ndarray:
     for i in range(1, n):
         natural = score[advance]
         jump_from = int(np.argmax(score))
-        jump = score[jump_from] - _JUMP_COST
+        jump = score[jump_from] - jump_cost
         take_jump = jump > natural
         back[i] = np.where(take_jump, jump_from, advance)
         score = np.maximum(natural, jump) + first * accent[i]
