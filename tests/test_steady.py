@@ -121,3 +121,14 @@ def test_on_a_steady_grid_a_passage_of_offbeat_accents_does_not_move_the_bar() -
     held = downbeat_mask(accent, 4, STEADY_JUMP_COST)
     assert moved[passage][2::4].all() and not moved[passage][0::4].any()
     assert held[0::4].all() and held.sum() == bars
+
+
+def test_a_ritardando_ending_keeps_its_tracked_beats() -> None:
+    """60 s at 120 BPM then 10 s slowing to 100: the grid stops where the song leaves it."""
+    steady, first = synth_song(60.0, 120.0, seed=1)
+    slowing, last = synth_song(10.0, 120.0, bpm_end=100.0, seed=2)
+    y = np.concatenate([steady, slowing])
+    truth = first.beats + [60.0 + b for b in last.beats]
+    found = np.asarray(analysis.analyze_signal(y, first.sample_rate).beats)
+    ending = [b for b in truth if b > 60.0]
+    assert _f(list(found[found > 60.0] - 55.0), [b - 55.0 for b in ending]) >= 0.97

@@ -26,6 +26,13 @@ the off-beats on every song of the corpus. So:
    whose tracker wavers (86 %).
 3. The grid spans the tracked beats (the quiet lead-in and fade-out stay
    out) and keeps its fractional frames: beat times finer than a frame.
+4. **Where the song leaves the grid at its ends, the tracker stands.** A
+   steady song may still open in free time or end on a ritardando. The grid
+   runs from the first to the last stretch of ``_LEAVE_BEATS`` tracked beats
+   in a row on it (or on its halfway points); the tracked beats before and
+   after stand. Inside that span the grid holds: with the steady tempo on
+   both sides, a tracked beat off the grid there is the tracker's error
+   (an off-beat passage, a wobble of a frame or two), not the song's.
 
 What it costs: ~15 ms for a 4-minute song (the comb is vectorised over phases).
 """
@@ -43,6 +50,8 @@ _COARSE_PERIODS, _FINE_PERIODS = 61, 41
 _TOLERANCE_S = 0.046
 # A song is steady when this share of its tracked beats agrees with the grid.
 _STEADY_SHARE = 0.9
+# This many tracked beats in a row off the grid are a passage that is not steady.
+_LEAVE_BEATS = 4
 
 
 @dataclass(frozen=True)
@@ -73,27 +82,52 @@ def fit_grid(onset: np.ndarray, period: float) -> Grid:
     return best
 
 
-def steady_share(beats: np.ndarray, grid: Grid, fps: float) -> float:
-    """Share of tracked ``beats`` (frames) within the tolerance of the grid or its halfway points."""
-    if not len(beats):
-        return 0.0
+def _agrees(beats: np.ndarray, grid: Grid, fps: float) -> np.ndarray:
+    """Per tracked beat (frames): within the tolerance of the grid or of its halfway points."""
     half = grid.period / 2
     k = (np.asarray(beats, dtype=float) - grid.phase) / half
-    distance = np.abs(k - np.round(k)) * half
-    return float(np.mean(distance <= _TOLERANCE_S * fps))
+    return np.asarray(np.abs(k - np.round(k)) * half <= _TOLERANCE_S * fps)
+
+
+def steady_share(beats: np.ndarray, grid: Grid, fps: float) -> float:
+    """Share of tracked ``beats`` (frames) within the tolerance of the grid or its halfway points."""
+    return float(np.mean(_agrees(beats, grid, fps))) if len(beats) else 0.0
 
 
 def steady_beats(onset: np.ndarray, beats: np.ndarray, fps: float) -> np.ndarray | None:
-    """The steady grid's points over the tracked ``beats`` (frames), or None for a song that drifts."""
+    """The beats (fractional frames) with the steady grid where the song is steady, or None (step 2).
+
+    None for a song that drifts; otherwise the grid's points over the tracked
+    ``beats``, but for stretches where the tracked beats leave the grid (step 4).
+    """
     if len(beats) < 16:
         return None
     slope = float(np.polyfit(np.arange(len(beats)), beats, 1)[0])
     grid = fit_grid(onset, slope)
-    if steady_share(beats, grid, fps) < _STEADY_SHARE:
+    agrees = _agrees(beats, grid, fps)
+    if np.mean(agrees) < _STEADY_SHARE:
         return None
     half = grid.period / 2
-    points = grid.points(beats[0] - half, min(beats[-1] + half, len(onset) - 1))
-    return points if len(points) >= 2 else None
+    # The grid runs from the first to the last stretch of _LEAVE_BEATS tracked
+    # beats in a row on it; beyond, the tracked beats stand (step 4).
+    steady = _runs(agrees, _LEAVE_BEATS)
+    if not steady:
+        return None
+    first, last = steady[0][0], steady[-1][1]
+    points = grid.points(beats[first] - half, min(beats[last] + half, len(onset) - 1))
+    if len(points) < 2:
+        return None
+    before, after = beats[:first], beats[last + 1 :]
+    # Half a period at least between a tracked beat and the grid it meets.
+    before, after = before[before <= points[0] - half], after[after >= points[-1] + half]
+    return np.concatenate([before, points, after]).astype(float)
+
+
+def _runs(mask: np.ndarray, shortest: int) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in ``mask`` at least ``shortest`` long."""
+    edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(a), int(b) - 1) for a, b in zip(starts, ends, strict=True) if b - a >= shortest]
 
 
 def _best_phase(env: np.ndarray, period: float, phases: np.ndarray) -> Grid:
