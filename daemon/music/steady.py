@@ -22,7 +22,7 @@ the off-beats on every song of the corpus. So:
    the off-beat is still steady) for at least ``_STEADY_SHARE`` of the song.
    A tempo that drifts or ramps pulls the tracked beats off any one grid
    (a 100 to 130 BPM ramp: 45 %; 100 to 103 BPM over a minute: 67 %), so
-   those songs keep the tracked beats. Corpus songs: 95-100 %, but for one
+   those songs keep the tracked beats. Corpus songs: 94-100 %, but for one
    whose tracker wavers (86 %).
 3. The grid spans the tracked beats (the quiet lead-in and fade-out stay
    out) and keeps its fractional frames: beat times finer than a frame.
