@@ -56,6 +56,28 @@ def test_real_song_scores_at_least_its_floor(song: beat_corpus.Song) -> None:
         assert got.right_level, got.line()
 
 
+# Songs flagged at the other level, and the tempo a listener gives them.
+CORRECTED = {"fof-feelings": (95.0, 0.95), "hr3-rlyeh": (150.0, 0.9), "hr3-hell": (125.0, 0.7)}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("song_id", sorted(CORRECTED))
+def test_a_flagged_song_retried_at_the_listeners_tempo_scores_well(song_id: str) -> None:
+    """``retry --tempo`` on a song flagged at the other level gives beats the references agree with."""
+    song = next(s for s in beat_corpus.SONGS if s.id == song_id)
+    if not song.present():
+        pytest.skip(f"{song.id} needs the Debian package {song.package}: {beat_corpus.INSTALL_COMMAND}")
+    from beat_scoring import score
+
+    from daemon.music.analysis import analyze
+
+    tempo, floor = CORRECTED[song_id]
+    ref = beat_corpus.reference(song)
+    assert ref is not None
+    got = score(song.id, analyze(beat_corpus.mixdown(song), tempo=tempo), ref)
+    assert got.relation == "ok" and got.best_f >= floor, got.line()
+
+
 def test_click_tracks_score_at_least_097() -> None:
     """Every click track of the bench (hats, a ramp, waltzes) scores beat F >= 0.97 at its written level."""
     from beat_scoring import click_tracks

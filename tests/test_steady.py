@@ -132,3 +132,14 @@ def test_a_ritardando_ending_keeps_its_tracked_beats() -> None:
     found = np.asarray(analysis.analyze_signal(y, first.sample_rate).beats)
     ending = [b for b in truth if b > 60.0]
     assert _f(list(found[found > 60.0] - 55.0), [b - 55.0 for b in ending]) >= 0.97
+
+
+def test_a_local_track_that_locks_onto_a_cross_rhythm_still_gets_the_grid() -> None:
+    """A third of the local track at 5/6 the tempo does not hide a steady song from the one-tempo track."""
+    env = _impulses(25.0, 3.0, 6000)
+    steady = np.arange(3.0, 5990.0, 25.0).round().astype(int)
+    local = np.concatenate([steady[:80], np.arange(steady[80], steady[160], 30.0), steady[160:]]).astype(int)
+    assert steady_beats(env, local, FPS) is None
+    points = steady_beats(env, local, FPS, one_tempo=steady)
+    assert points is not None
+    assert np.allclose(np.diff(points), 25.0, atol=0.01)

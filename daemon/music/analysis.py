@@ -169,7 +169,8 @@ def analyze_signal(y: np.ndarray, sr: int, *, tempo: float | None = None) -> Ana
         beat_frames = np.arange(0, len(norm), period).round().astype(int)
     # A song at one tempo throughout: one grid fitted to the whole song, which
     # a passage of loud off-beats cannot pull aside (daemon.music.steady).
-    grid = steady_beats(weighted if weighted is not None else norm, beat_frames, fps)
+    envelope = weighted if weighted is not None else norm
+    grid = steady_beats(envelope, beat_frames, fps, one_tempo=track(envelope, period))
     points = grid if grid is not None else beat_frames.astype(float)
     beat_frames = np.round(points).astype(int)
     beats = points / fps + _ONSET_LAG_SECONDS
