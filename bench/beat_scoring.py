@@ -154,7 +154,6 @@ def score(song_id: str, analysis: object, ref: dict) -> Score:
     downbeats = np.asarray(mm["downbeats"])
     db_source = mm
     ref_bpb = int(mm["beats_per_bar"])
-    cut_ref = ref_beats
     chart = ref.get("chart")
     if chart:
         chart_beats = np.asarray(chart["beats"])
@@ -166,7 +165,7 @@ def score(song_id: str, analysis: object, ref: dict) -> Score:
             rel, ref_tempo = "ok", chart_tempo
         if f is None or f_chart > f:
             # Our level is the chart's: its bars and beats are the fairer reference.
-            downbeats, ref_bpb, cut_ref = np.asarray(chart["downbeats"]), int(chart["beats_per_bar"]), chart_beats
+            downbeats, ref_bpb = np.asarray(chart["downbeats"]), int(chart["beats_per_bar"])
             db_source = chart
             _, cmlt, _, amlt = mir_eval.beat.continuity(mir_eval.beat.trim_beats(chart_beats), est)
     downbeat_f = mir_eval.beat.f_measure(mir_eval.beat.trim_beats(downbeats), est_db)
@@ -180,9 +179,7 @@ def score(song_id: str, analysis: object, ref: dict) -> Score:
             )
             downbeat_f = max(downbeat_f, other_f)
     cuts = [s.start for s in plan_segments(analysis)[1:]]
-    cut_shares = [cut_share(cuts, cut_ref)]
-    if chart and "madmom" in ref:
-        cut_shares += [cut_share(cuts, np.asarray(r["beats"])) for r in (mm, chart)]
+    cut_shares = [cut_share(cuts, np.asarray(r["beats"])) for r in (ref.get("madmom"), chart) if r]
     return Score(
         id=song_id,
         f=f,

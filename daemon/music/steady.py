@@ -27,8 +27,8 @@ the off-beats on every song of the corpus. So:
    the off-beat is still steady) for at least ``_STEADY_SHARE`` of the song.
    A tempo that drifts or ramps pulls the tracked beats off any one grid
    (a 100 to 130 BPM ramp: 41-44 %; 100 to 103 BPM over a minute: 63 %;
-   120 to 121.2: 89 %), so those songs keep the tracked beats. Corpus songs: 94-100 %, but for one
-   whose tracker wavers (86 %).
+   120 to 121.2: 89 %), so those songs keep the tracked beats. Corpus
+   songs: 94-100 %, but for one whose tracker wavers (86 %).
 3. The grid spans the tracked beats (the quiet lead-in and fade-out stay
    out) and keeps its fractional frames: beat times finer than a frame.
 4. **Where the song leaves the grid at its ends, the tracker stands.** A
@@ -96,7 +96,12 @@ def _agrees(beats: np.ndarray, grid: Grid, fps: float) -> np.ndarray:
 
 def steady_share(beats: np.ndarray, grid: Grid, fps: float) -> float:
     """Share of tracked ``beats`` (frames) within the tolerance of the grid or its halfway points."""
-    return float(np.mean(_agrees(beats, grid, fps))) if len(beats) else 0.0
+    return _share(_agrees(beats, grid, fps))
+
+
+def _share(agrees: np.ndarray) -> float:
+    """The share of True in ``agrees`` (0 when empty)."""
+    return float(agrees.mean()) if len(agrees) else 0.0
 
 
 def steady_beats(
@@ -117,13 +122,16 @@ def steady_beats(
         return None
     slope = float(np.polyfit(np.arange(len(probe)), probe, 1)[0])
     grid = fit_grid(onset, slope)
-    if max(steady_share(beats, grid, fps), steady_share(probe, grid, fps)) < _STEADY_SHARE:
+    on_beats, on_probe = _agrees(beats, grid, fps), _agrees(probe, grid, fps)
+    if max(_share(on_beats), _share(on_probe)) < _STEADY_SHARE:
         return None
     half = grid.period / 2
     # The grid runs from the first to the last stretch of _LEAVE_BEATS tracked
     # beats in a row on it; beyond, the tracked beats stand (step 4).
-    ends = beats if _runs(_agrees(beats, grid, fps), _LEAVE_BEATS) else probe
-    steady = _runs(_agrees(ends, grid, fps), _LEAVE_BEATS)
+    steady = _runs(on_beats, _LEAVE_BEATS)
+    ends = beats
+    if not steady:
+        ends, steady = probe, _runs(on_probe, _LEAVE_BEATS)
     if not steady:
         return None
     first, last = steady[0][0], steady[-1][1]
